@@ -181,8 +181,13 @@ def default_checks() -> ChecksConfig:
 _PATH_FIELDS = {"landing", "image_root", "catalog", "checkpoint", "dir"}
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> AuditConfig:
-    """Read, parse and validate a YAML config; `overrides` maps dotted keys to values (Airflow params)."""
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                checks_only: bool = False) -> AuditConfig:
+    """Read, parse and validate a YAML config; `overrides` maps dotted keys to values (Airflow params).
+
+    With `checks_only`, only the `checks` section is parsed (the standalone check commands need no
+    dataset or model); unknown top-level keys are still refused.
+    """
     config_path = Path(path)
     if not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
@@ -196,6 +201,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(f"{config_path}: the top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, config_path)
+    if checks_only:
+        _reject_unknown(raw, AuditConfig, "", str(config_path), skip={"source"})
+        raw = {"checks": raw.get("checks")}
     return parse_config(raw, base_dir=config_path.resolve().parent, source=config_path)
 
 

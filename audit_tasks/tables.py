@@ -44,7 +44,12 @@ def write_table(table: pa.Table | pd.DataFrame, target: Path, *, name: str | Non
                 schema: pa.Schema | None = None) -> Path:
     """Write a table to Parquet atomically, with the schema version and table name in its metadata."""
     if isinstance(table, pd.DataFrame):
-        table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+        if schema is not None:
+            from audit_tasks.schemas import conform
+
+            table = conform(table, schema)
+        else:
+            table = pa.Table.from_pandas(table, preserve_index=False)
     elif schema is not None:
         table = table.cast(schema)
     meta = dict(table.schema.metadata or {})

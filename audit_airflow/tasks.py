@@ -1,0 +1,228 @@
+"""Task callables: each one loads the config from the run's params and calls one stage function.
+
+Only strings, paths and tiny dicts cross XCom; every table stays in the run folder. The audit run id
+is derived from the Airflow run id, so a retried or cleared task rewrites the same run folder.
+`audit_tasks` (and with it pandas/torch) is imported inside the callables, never at parse time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import get_current_context
+
+from audit_airflow import compat
+from audit_airflow.assets import AUDIT_CLEAN
+from audit_airflow.params import config_overrides
+
+if TYPE_CHECKING:
+    from audit_tasks.config import AuditConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "audit_summary",
+    "cooccurrence",
+    "failure_message",
+    "gate",
+    "gate_stage",
+    "ingest",
+    "merge_shards",
+    "plan_shards",
+    "report",
+    "score_shard",
+    "subgroups",
+    "train_model_placeholder",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset_audit
+# ---------------------------------------------------------------------------------------------
+
+
+def ingest() -> str:
+    """Land new manifests into the catalog and quarantine; returns the run folder."""
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    result = pipeline.stage_ingest(config, run_id)
+    log.info("ingest finished for audit run %s: %s", run_id, result)
+    return str(pipeline.run_dir(config, run_id))
+
+
+def plan_shards() -> list[dict[str, int]]:
+    """One entry per shard of `shard_size` rows; an empty list skips the mapped stage."""
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    shard_size = int(get_current_context()["params"]["shard_size"])
+    count = pipeline.plan_shards(config, run_id, shard_size)
+    limit = compat.max_map_length()
+    if count > limit:
+        raise compat.AirflowFailException(
+            f"{count} shards of {shard_size} images exceed [core] max_map_length={limit}; "
+            f"raise the shard_size param to at least {_ceil_div(count * shard_size, limit)}"
+        )
+    log.info("audit run %s: %d shard(s) of up to %d images", run_id, count, shard_size)
+    return [{"index": i, "count": count} for i in range(count)]
+
+
+def score_shard(shard: Mapping[str, int]) -> str | None:
+    """Grad-CAM + predictions for one shard; its Parquet part is written atomically, so retries are safe."""
+    from audit_tasks import pipeline
+
+    context = get_current_context()
+    index, count = int(shard["index"]), int(shard["count"])
+    context["shard_label"] = f"shard {index + 1} of {count}"  # read by map_index_template
+    config, run_id = _config_and_run_id()
+    path = pipeline.stage_saliency(config, run_id, shard=index, num_shards=count)
+    return _str_or_none(path)
+
+
+def merge_shards(shards: list[Mapping[str, int]] | None) -> str | None:
+    """Reduce the shard parts into images.parquet + saliency_by_class.parquet (idempotent)."""
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    count = int(shards[0]["count"]) if shards else 0
+    return _str_or_none(pipeline.stage_merge_shards(config, run_id, count))
+
+
+def cooccurrence() -> str | None:
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    return _str_or_none(pipeline.stage_cooccurrence(config, run_id))
+
+
+def subgroups() -> str | None:
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    return _str_or_none(pipeline.stage_subgroups(config, run_id))
+
+
+def gate_stage() -> str:
+    """Compute gates.parquet + summary.json; never fails the task (the final `gate` task does)."""
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    verdict = pipeline.stage_gate(config, run_id)
+    log.info("audit run %s: %s", run_id, verdict.describe())
+    return "passed" if verdict.passed else "failed"
+
+
+def report() -> str:
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    path = pipeline.stage_report(config, run_id)
+    log.info("report for audit run %s: %s", run_id, path)
+    return str(path)
+
+
+def gate() -> str:
+    """Fail the DAG run naming every failed gate and the report, or emit the clean-audit asset event."""
+    from audit_tasks import pipeline
+
+    config, run_id = _config_and_run_id()
+    summary = pipeline.read_summary(config, run_id)
+    report_path = _report_path(summary, pipeline.run_dir(config, run_id))
+    if not summary.get("passed", False):
+        raise compat.AirflowFailException(failure_message(summary, report_path))
+    extra = dict(summary)
+    extra.setdefault("report", report_path)
+    get_current_context()["outlet_events"][AUDIT_CLEAN].extra = extra
+    log.info("audit run %s passed every gate; report: %s", run_id, report_path)
+    return report_path
+
+
+def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
+    """The red run's message: which gates failed and where the report is."""
+    failed = [_gate_name(g) for g in summary.get("failed_gates") or []]
+    lines = [f"Audit {summary.get('run_id', '?')} FAILED: {len(failed)} gate(s) failed:"]
+    lines += [f"  - {name}" for name in failed] or ["  - (summary lists no gate names)"]
+    lines.append(f"Report: {report_path}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# retrain_on_clean_audit
+# ---------------------------------------------------------------------------------------------
+
+
+def audit_summary() -> dict[str, Any]:
+    """The summary a passing audit attached to its asset event (the event that triggered this run)."""
+    extra = compat.latest_event_extra(get_current_context(), AUDIT_CLEAN)
+    if extra is None:
+        raise compat.AirflowFailException(
+            f"no '{AUDIT_CLEAN.uri}' asset event found: run dataset_audit until it passes first"
+        )
+    log.info("clean audit %s, report %s", extra.get("run_id"), extra.get("report"))
+    return extra
+
+
+def train_model_placeholder(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """PLACEHOLDER: replace with your training job. It only logs what it would train on.
+
+    `summary` is the passing audit's summary.json (run_id, counts, report path) plus any
+    recommended sample weights the audit produced (key `sample_weights`, if present).
+    """
+    weights = summary.get("sample_weights") or summary.get("recommended_sample_weights")
+    plan = {
+        "audit_run_id": summary.get("run_id"),
+        "report": summary.get("report"),
+        "counts": summary.get("counts", {}),
+        "sample_weights": weights,
+    }
+    log.warning("PLACEHOLDER training task: would retrain on the audited catalog with %s", plan)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _config_and_run_id() -> tuple[AuditConfig, str]:
+    from audit_tasks.config import load_config
+    from audit_tasks.errors import ConfigError
+
+    context = get_current_context()
+    params = context["params"]
+    overrides = config_overrides(params)
+    if overrides:
+        log.info("threshold overrides from params: %s", overrides)
+    try:
+        config = load_config(params["config_path"], overrides)
+    except ConfigError as exc:  # a bad config will not fix itself: fail now, no retries
+        raise compat.AirflowFailException(f"unusable audit config: {exc}") from exc
+    return config, compat.audit_run_id(context["run_id"])
+
+
+def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:
+    for key in ("report", "report_path"):
+        if summary.get(key):
+            return str(summary[key])
+    return str(run_folder / "report.html")
+
+
+def _gate_name(gate_entry: Any) -> str:
+    if isinstance(gate_entry, Mapping):
+        name = gate_entry.get("name") or "/".join(
+            str(gate_entry.get(k, "?")) for k in ("check", "subject", "metric")
+        )
+        detail = gate_entry.get("detail")
+        return f"{name}: {detail}" if detail else str(name)
+    return str(gate_entry)
+
+
+def _str_or_none(path: Any) -> str | None:
+    return None if path is None else str(path)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

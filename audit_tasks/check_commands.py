@@ -1,0 +1,115 @@
+"""The standalone checks (`check-cooccurrence`, `check-subgroups`): one check on one table, no images.
+
+They write the same tables and `gates.parquet` that `audit` writes for that check, straight into the
+output folder, so a data team can run a check on a manifest before anything is ingested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from audit_tasks import schemas
+from audit_tasks.config import AuditConfig, CooccurrenceCheck, SubgroupCheck, default_checks
+from audit_tasks.errors import ManifestError
+from audit_tasks.gates import GateResult, Verdict, gates_frame, verdict
+from audit_tasks.tables import write_table
+
+#: Columns that are never subgroup attributes when attributes are inferred from a table.
+RESERVED_COLUMNS = frozenset({
+    "image_uri", "image_id", "image_path", "label", "prediction", "tags", "regions", "confidence", "score",
+    "scores", "correct", "target_class", "width", "height", "run_id", "ingest_date", "manifest",
+    "row_number", "content_sha256",
+})
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What a standalone check wrote and its verdict."""
+
+    out_dir: Path
+    verdict: Verdict
+    gates: tuple[GateResult, ...]
+
+
+def infer_attributes(columns: Sequence[str]) -> tuple[str, ...]:
+    """Without a configured attribute list, every non-reserved column is a subgroup attribute."""
+    return tuple(c for c in columns if c not in RESERVED_COLUMNS and not c.startswith("_"))
+
+
+def run_cooccurrence_check(manifest: Path, config: AuditConfig | None, out_dir: Path) -> CheckOutcome:
+    """Co-occurrence balance on a manifest's tags and attributes, touching no image."""
+    from audit_tasks.cooccurrence import check_cooccurrence
+    from audit_tasks.manifest import read_manifest_table
+    from audit_tasks.pipeline import write_cooccurrence_tables
+
+    checks = config.checks if config is not None else default_checks()
+    check = checks.cooccurrence or CooccurrenceCheck()
+    table = read_manifest_table(Path(manifest))
+    if config is not None and config.checks.cooccurrence_attributes():
+        attributes = config.checks.cooccurrence_attributes()
+    else:
+        attributes = infer_attributes(table.column_names)
+    missing = [a for a in attributes if a not in table.column_names]
+    if missing:
+        raise ManifestError(f"{manifest}: configured attribute column(s) missing: {', '.join(missing)}")
+    label_column = "label" if "label" in table.column_names else None
+    result = check_cooccurrence(table, check=check, attributes=attributes, label_column=label_column)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_cooccurrence_tables(result, out_dir)
+    return _finish(out_dir, result.gates)
+
+
+def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: Path) -> CheckOutcome:
+    """Subgroup metrics on a table with `label`, `prediction` and attribute columns."""
+    from audit_tasks.pipeline import write_subgroup_tables
+    from audit_tasks.subgroups import check_subgroups
+
+    frame = read_prediction_table(Path(predictions))
+    for column in ("label", "prediction"):
+        if column not in frame.columns:
+            raise ManifestError(f"{predictions}: required column '{column}' is missing")
+    checks = config.checks if config is not None else default_checks()
+    check = checks.subgroups or SubgroupCheck()
+    if not check.attributes:
+        check = SubgroupCheck(**{**check.__dict__, "attributes": infer_attributes(list(frame.columns))})
+    missing = [a for a in check.attributes if a not in frame.columns]
+    if missing:
+        raise ManifestError(f"{predictions}: configured attribute column(s) missing: {', '.join(missing)}")
+    classes = config.model.classes if config is not None and config.model is not None else None
+    result = check_subgroups(frame, check=check, classes=classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_subgroup_tables(result, out_dir)
+    return _finish(out_dir, result.gates)
+
+
+def read_prediction_table(path: Path) -> pd.DataFrame:
+    """A predictions table (CSV, JSON Lines or Parquet) with labels and predictions as strings."""
+    if not path.is_file():
+        raise ManifestError(f"predictions file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            raise ManifestError(f"{path}: unsupported table format '{suffix}' (use .csv, .jsonl or .parquet)")
+    except ManifestError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read predictions table {path}: {exc}") from exc
+    for column in ("label", "prediction"):
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v: None if v is None or v != v else str(v))
+    return frame
+
+
+def _finish(out_dir: Path, gates: list[GateResult]) -> CheckOutcome:
+    write_table(gates_frame(gates), out_dir / "gates.parquet", name="gates", schema=schemas.GATES)
+    return CheckOutcome(out_dir, verdict(gates), tuple(gates))

@@ -1,0 +1,158 @@
+"""`python -m audit_tasks`: the command-line shell over the stage functions.
+
+Exit status: 0 every gate passed · 1 a gate failed (reports are still written) · 2 unusable config or
+input (message on stderr naming the key or file) · 3 an internal error (a bug: traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from audit_tasks.errors import AuditError
+
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+log = logging.getLogger("audit_tasks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m audit_tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="validate new manifests from the landing area into the catalog")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--run-id")
+
+    p = sub.add_parser("audit", help="the whole pipeline in one process: ingest, checks, reports, gate")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--run-id")
+    p.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+
+    p = sub.add_parser("demo", help="build the demo world and models if missing, then audit both models")
+    p.add_argument("--out", type=Path, default=Path("demo_data"))
+    p.add_argument("--no-airflow", action="store_true", help="run the audits in this process instead of Airflow")
+    p.add_argument("--scale", choices=["full", "small"], default="full", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("report", help="(re)render report.html from a finished run's tables")
+    p.add_argument("--run", required=True, type=Path)
+
+    p = sub.add_parser("check-cooccurrence", help="the co-occurrence check alone, on a manifest")
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--config", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("check-subgroups", help="the subgroup check alone, on a predictions table")
+    p.add_argument("--predictions", required=True, type=Path)
+    p.add_argument("--config", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return _COMMANDS[args.command](args)
+    except AuditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - the shell's last line: a bug must not look like a failed gate
+        traceback.print_exc()
+        print("internal error: this is a bug in audit_tasks; the traceback above says where", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("audit_tasks")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def _load(path: Path | None, out: Path | None = None, *, checks_only: bool = False):
+    from audit_tasks.config import load_config
+
+    if path is None:
+        return None
+    overrides = {"output.dir": str(out.resolve())} if out is not None else None
+    return load_config(path, overrides, checks_only=checks_only)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from audit_tasks import pipeline
+
+    config = _load(args.config)
+    run_id = pipeline.check_run_id(args.run_id or pipeline.new_run_id())
+    result = pipeline.stage_ingest(config, run_id)
+    print(f"run {run_id}: {len(result.accepted)} row(s) ingested, {len(result.quarantined)} quarantined")
+    print(f"quarantine: {pipeline.run_dir(config, run_id) / 'quarantine.parquet'}")
+    return EXIT_PASSED
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from audit_tasks import pipeline
+
+    config = _load(args.config, args.out)
+    outcome = pipeline.run_audit(config, args.run_id)
+    _print_verdict(outcome.run_id, outcome.verdict, outcome.report_path)
+    return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
+
+
+def _print_verdict(run_id: str, verdict, report: Path) -> None:
+    print(f"run {run_id}: {verdict.describe()}")
+    print(f"report: {report}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from audit_tasks.demo.run import run_demo
+
+    results = run_demo(args.out.resolve(), use_airflow=not args.no_airflow, scale=args.scale)
+    return EXIT_PASSED if all(r.ok for r in results) else EXIT_GATE_FAILED
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from audit_tasks.errors import ConfigError
+    from audit_tasks.report import render_report
+
+    if not (args.run / "gates.parquet").is_file() and not (args.run / "summary.json").is_file():
+        raise ConfigError(f"{args.run} is not a finished audit run (no gates.parquet or summary.json)")
+    print(f"report: {render_report(args.run)}")
+    return EXIT_PASSED
+
+
+def _cmd_check_cooccurrence(args: argparse.Namespace) -> int:
+    from audit_tasks.check_commands import run_cooccurrence_check
+
+    outcome = run_cooccurrence_check(args.manifest, _load(args.config, checks_only=True), args.out)
+    print(f"co-occurrence: {outcome.verdict.describe()}")
+    print(f"tables: {outcome.out_dir}")
+    return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
+
+
+def _cmd_check_subgroups(args: argparse.Namespace) -> int:
+    from audit_tasks.check_commands import run_subgroup_check
+
+    outcome = run_subgroup_check(args.predictions, _load(args.config, checks_only=True), args.out)
+    print(f"subgroups: {outcome.verdict.describe()}")
+    print(f"tables: {outcome.out_dir}")
+    return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
+
+
+_COMMANDS = {
+    "ingest": _cmd_ingest,
+    "audit": _cmd_audit,
+    "demo": _cmd_demo,
+    "report": _cmd_report,
+    "check-cooccurrence": _cmd_check_cooccurrence,
+    "check-subgroups": _cmd_check_subgroups,
+}

@@ -1,0 +1,240 @@
+"""Run history: `runs.parquet` beside the run folders, one row per run id, so a trend over nights is one query.
+
+The index is small and rewritten whole on each record (read, upsert, write aside, rename) under an
+advisory file lock, so two runs finishing together do not lose each other's row. Re-recording a run id
+replaces its row: recording is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audit_tasks.errors import AuditError
+from audit_tasks.tables import write_table
+
+RUNS_FILE = "runs.parquet"
+_LOCK_FILE = ".runs.parquet.lock"
+
+#: The headline metrics a run row carries (all optional: a skipped check leaves its metrics null).
+HEADLINE_FIELDS: dict[str, pa.DataType] = {
+    "max_flagged_fraction": pa.float64(),  # saliency: largest per-class fraction of flagged images
+    "n_flagged_classes": pa.int64(),  # saliency: classes over max_flagged_fraction
+    "worst_subgroup_gap": pa.float64(),  # subgroups: largest gap to the best group (judged groups only)
+    "n_flagged_groups": pa.int64(),  # subgroups: groups over max_gap
+    "n_flagged_pairs": pa.int64(),  # cooccurrence: flagged tag/attribute pairs
+}
+
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), metadata={"meaning": b"run creation time, UTC"}),
+        pa.field("passed", pa.bool_()),
+        pa.field("n_failed_gates", pa.int64(), nullable=False),
+        pa.field("failed_gates", pa.list_(pa.string())),
+        pa.field("n_ingested", pa.int64(), metadata={"unit": b"rows"}),
+        pa.field("n_quarantined", pa.int64(), metadata={"unit": b"rows"}),
+        pa.field("n_audited", pa.int64(), metadata={"unit": b"images"}),
+        pa.field("counts_json", pa.string(), metadata={"meaning": b"summary.json counts, as JSON"}),
+        pa.field("checks_json", pa.string(), metadata={"meaning": b"summary.json checks (ran/skipped), as JSON"}),
+        *[
+            pa.field(name, dtype, metadata={"unit": b"fraction" if dtype == pa.float64() else b"count"})
+            for name, dtype in HEADLINE_FIELDS.items()
+        ],
+        pa.field("report", pa.string(), metadata={"meaning": b"report.html path relative to the output dir"}),
+    ]
+)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 time (a summary's created_at) as an aware UTC datetime; None when absent or unparsable."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def headline_metrics(
+    saliency_by_class: pd.DataFrame | None,
+    subgroups: pd.DataFrame | None,
+    cooccurrence: pd.DataFrame | None,
+) -> dict[str, float | int | None]:
+    """The run's headline numbers from its check tables (None for a check whose table is absent)."""
+    out: dict[str, float | int | None] = dict.fromkeys(HEADLINE_FIELDS)
+    if saliency_by_class is not None and len(saliency_by_class):
+        fractions = pd.to_numeric(saliency_by_class.get("flagged_fraction"), errors="coerce")
+        out["max_flagged_fraction"] = _float(fractions.max())
+        if "flagged" in saliency_by_class:
+            out["n_flagged_classes"] = int(saliency_by_class["flagged"].fillna(False).astype(bool).sum())
+    if subgroups is not None and len(subgroups):
+        judged = subgroups
+        if "status" in subgroups:
+            judged = subgroups[subgroups["status"] != "too small to judge"]
+        gaps = pd.to_numeric(judged.get("gap"), errors="coerce") if len(judged) else pd.Series(dtype=float)
+        out["worst_subgroup_gap"] = _float(gaps.max()) if len(gaps) else None
+        if "flagged" in subgroups:
+            out["n_flagged_groups"] = int(subgroups["flagged"].fillna(False).astype(bool).sum())
+    if cooccurrence is not None and "flagged" in cooccurrence:
+        out["n_flagged_pairs"] = int(cooccurrence["flagged"].fillna(False).astype(bool).sum())
+    return out
+
+
+def read_headline(run_dir: Path) -> dict[str, float | int | None]:
+    """Headline metrics of a run folder, read from whichever of its check tables exist."""
+
+    def load(name: str) -> pd.DataFrame | None:
+        path = Path(run_dir) / name
+        return pq.read_table(path).to_pandas() if path.is_file() else None
+
+    return headline_metrics(
+        load("saliency_by_class.parquet"), load("subgroups.parquet"), load("cooccurrence.parquet")
+    )
+
+
+def read_runs(output_dir: Path) -> pd.DataFrame:
+    """Every recorded run, oldest first (an empty frame with the columns when nothing is recorded yet)."""
+    path = Path(output_dir) / RUNS_FILE
+    if not path.is_file():
+        return RUNS_SCHEMA.empty_table().to_pandas()
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise AuditError(f"{path}: cannot read the run history ({exc}); delete it to start a new history") from exc
+    return _sorted(frame)
+
+
+def record_run(output_dir: Path, summary: Mapping[str, Any], headline: Mapping[str, Any] | None = None) -> Path:
+    """Upsert the run's row (keyed by summary['run_id']) into `<output_dir>/runs.parquet`; returns its path.
+
+    `summary` is the run's summary.json payload; `headline` holds any of HEADLINE_FIELDS.
+    Raises AuditError when the summary has no run_id or the headline has an unknown key.
+    """
+    run_id = summary.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise AuditError("record_run: summary has no 'run_id'")
+    headline = dict(headline or {})
+    unknown = sorted(set(headline) - set(HEADLINE_FIELDS))
+    if unknown:
+        raise AuditError(
+            f"record_run: unknown headline metric(s) {', '.join(unknown)} (known: {', '.join(HEADLINE_FIELDS)})"
+        )
+    row = _row(run_id, summary, headline)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(output_dir / _LOCK_FILE):
+        existing = read_runs(output_dir)
+        kept = existing[existing["run_id"] != run_id]
+        new = pa.Table.from_pylist([row], schema=RUNS_SCHEMA).to_pandas()
+        frame = _sorted(pd.concat([kept, new], ignore_index=True) if len(kept) else new)
+        table = pa.Table.from_pandas(frame, schema=RUNS_SCHEMA, preserve_index=False)
+        return write_table(table, output_dir / RUNS_FILE, name="runs")
+
+
+def previous_run(output_dir: Path, run_id: str, *, created_at: Any = None) -> str | None:
+    """The run recorded just before `run_id` (by created_at, then run id), or None when there is none.
+
+    When `run_id` is not recorded yet, `created_at` (its summary's time) places it; without either,
+    the latest other recorded run is returned.
+    """
+    runs = read_runs(output_dir)
+    if not len(runs):
+        return None
+    mine = runs[runs["run_id"] == run_id]
+    moment = parse_time(created_at)
+    if len(mine):
+        recorded = mine.iloc[0]["created_at"]
+        moment = parse_time(recorded) if not pd.isna(recorded) else moment
+    others = runs[runs["run_id"] != run_id]
+    if moment is not None:
+        mine_key = (moment, run_id)
+        keep = [
+            (t := parse_time(when) if not pd.isna(when) else None) is not None and (t, str(rid)) < mine_key
+            for when, rid in zip(others["created_at"], others["run_id"])
+        ]
+        others = others[keep]
+    if not len(others):
+        return None
+    return str(others.iloc[-1]["run_id"])
+
+
+def _row(run_id: str, summary: Mapping[str, Any], headline: Mapping[str, Any]) -> dict[str, Any]:
+    counts = dict(summary.get("counts") or {})
+    failed = [str(g) for g in summary.get("failed_gates") or []]
+    passed = summary.get("passed")
+    row: dict[str, Any] = {
+        "run_id": run_id,
+        "created_at": parse_time(summary.get("created_at")),
+        "passed": bool(passed) if passed is not None else None,
+        "n_failed_gates": len(failed),
+        "failed_gates": failed,
+        "n_ingested": _int(counts.get("ingested")),
+        "n_quarantined": _int(counts.get("quarantined")),
+        "n_audited": _int(counts.get("audited")),
+        "counts_json": json.dumps(counts, sort_keys=True, default=str),
+        "checks_json": json.dumps(dict(summary.get("checks") or {}), sort_keys=True, default=str),
+        "report": f"{run_id}/report.html",
+    }
+    for name, dtype in HEADLINE_FIELDS.items():
+        value = headline.get(name)
+        row[name] = _int(value) if pa.types.is_integer(dtype) else _float(value)
+    return row
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    if not len(frame):
+        return frame.reset_index(drop=True)
+    return frame.sort_values(["created_at", "run_id"], na_position="first", kind="stable").reset_index(drop=True)
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else int(f)
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX flock); a no-op where fcntl is unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

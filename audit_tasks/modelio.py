@@ -1,0 +1,149 @@
+"""Loading the classifier under audit without executing code from the checkpoint.
+
+A state_dict is loaded with `torch.load(weights_only=True)` into a torchvision builder, so a checkpoint
+that smuggles pickled code is refused. TorchScript and torch.export archives carry their own graph
+code and are therefore opt-in (`model.allow_scripted: true`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from audit_tasks.config import ModelConfig
+from audit_tasks.errors import ModelError
+
+_SCRIPTED_HINT = "set model.allow_scripted: true in the config if you trust this file"
+
+
+def load_model(config: ModelConfig) -> nn.Module:
+    """Build and load the configured model on the CPU, in eval mode, with its target layer checked."""
+    path = Path(config.checkpoint)
+    if not path.is_file():
+        raise ModelError(f"model checkpoint not found: {path}")
+    kind = checkpoint_kind(path)
+    if kind == "torchscript":
+        model = _load_scripted(path, config)
+    elif kind == "export":
+        model = _load_exported(path, config)
+    else:
+        model = _load_state_dict_model(path, config)
+    model.eval()
+    _check_target_layer(model, config)
+    _check_output_width(model, config)
+    return model
+
+
+def checkpoint_kind(path: Path) -> str:
+    """'torchscript', 'export' or 'state_dict', judged from the archive's member names (no unpickling)."""
+    if path.suffix == ".pt2":
+        return "export"
+    if not zipfile.is_zipfile(path):
+        return "state_dict"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return "torchscript"
+    if any(name.endswith("serialized_exported_program.json") or "/models/model.json" in name for name in names):
+        return "export"
+    return "state_dict"
+
+
+def _load_state_dict_model(path: Path, config: ModelConfig) -> nn.Module:
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"refused to load {path}: it contains pickled objects other than tensors (possibly code). "
+            f"Save the weights with torch.save(model.state_dict(), path) instead. ({str(exc).splitlines()[0]})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model checkpoint {path}: {exc}") from exc
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ModelError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
+    state_dict = {key.removeprefix("module."): value for key, value in payload.items()}
+    model = build_model(config.arch, num_classes=len(config.classes))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"checkpoint {path} does not fit model.arch '{config.arch}' with {len(config.classes)} classes: "
+            f"{str(exc).splitlines()[0]} (check model.arch and model.classes)"
+        ) from exc
+    return model
+
+
+def build_model(arch: str, *, num_classes: int) -> nn.Module:
+    """A randomly initialised torchvision classifier; never downloads weights."""
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    except (ValueError, KeyError) as exc:
+        raise ModelError(
+            f"model.arch '{arch}' is not a torchvision model builder (e.g. resnet18, resnet50, mobilenet_v2)"
+        ) from exc
+
+
+def _load_scripted(path: Path, config: ModelConfig) -> nn.Module:
+    if not config.allow_scripted:
+        raise ModelError(f"{path} is a TorchScript archive, which runs its own code; {_SCRIPTED_HINT}")
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot load TorchScript model {path}: {exc}") from exc
+
+
+def _load_exported(path: Path, config: ModelConfig) -> nn.Module:
+    if not config.allow_scripted:
+        raise ModelError(f"{path} is a torch.export archive, which runs its own graph; {_SCRIPTED_HINT}")
+    try:
+        return torch.export.load(str(path)).module()
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot load torch.export model {path}: {exc}") from exc
+
+
+def resolve_layer(model: nn.Module, dotted: str) -> nn.Module:
+    """The submodule at a dotted path; works for TorchScript modules, which lack get_submodule."""
+    layer: object = model
+    for part in dotted.split("."):
+        layer = layer[int(part)] if part.isdigit() and hasattr(layer, "__getitem__") else getattr(layer, part)
+    if not isinstance(layer, nn.Module):
+        raise AttributeError(dotted)
+    return layer
+
+
+def _check_target_layer(model: nn.Module, config: ModelConfig) -> None:
+    try:
+        resolve_layer(model, config.target_layer)
+    except (AttributeError, IndexError, TypeError) as exc:
+        top = ", ".join(name for name, _ in model.named_children()) or "(none)"
+        raise ModelError(
+            f"model.target_layer '{config.target_layer}' is not a module of {config.arch}; top-level modules: {top}"
+        ) from exc
+
+
+def _check_output_width(model: nn.Module, config: ModelConfig) -> None:
+    """One tiny forward pass: the model must emit one logit per configured class."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, config.input_size, config.input_size)
+            out = model(probe)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot be audited
+        raise ModelError(f"model {config.checkpoint} failed on a {config.input_size}px input: {exc}") from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != len(config.classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"model {config.checkpoint} outputs {shape}, expected (N, {len(config.classes)}) for classes "
+            f"{list(config.classes)}"
+        )

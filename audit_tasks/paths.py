@@ -1,0 +1,95 @@
+"""Paths and URIs confined to a root: a manifest row can never make the audit read outside its image root.
+
+Two checks, because either alone can be fooled: the path is first normalised lexically (so `../..` cannot
+climb out), then its real path is resolved (so a symlink inside the root cannot point outside it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import unquote, urlsplit
+
+from audit_tasks.errors import ImageError, PathEscapeError
+
+#: Schemes that name a file on this machine; "file" in `allowed_schemes` also admits absolute paths.
+_LOCAL_SCHEMES = frozenset({"", "file"})
+
+
+def resolve_under(root: Path, uri: str, *, allowed_schemes: Sequence[str] = ("file",)) -> Path:
+    """Resolve `uri` (relative path, absolute path or `file://` URI) to a real path inside `root`.
+
+    Relative paths are always allowed; absolute paths and `file://` URIs only when "file" is in
+    `allowed_schemes`, and all of them only when they stay under `root` after resolving symlinks.
+    The file need not exist (probing it is the caller's next step).
+
+    Raises:
+        PathEscapeError: empty URI, a scheme not allowed, or a path that leaves `root`.
+        ImageError: a remote scheme (s3://, gs://, ...) that is allowed but not supported yet.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise PathEscapeError("image URI is empty")
+    text = uri.strip()
+    if "\x00" in text:
+        raise PathEscapeError(f"path {uri!r} contains a NUL byte")
+    scheme = _scheme(text)
+    allowed = {s.lower() for s in allowed_schemes}
+    if scheme not in _LOCAL_SCHEMES:
+        if scheme not in allowed:
+            raise PathEscapeError(
+                f"URI scheme '{scheme}://' is not allowed in {uri!r} (allowed: {', '.join(sorted(allowed)) or 'none'};"
+                " plain relative paths are always allowed)"
+            )
+        raise ImageError(f"remote URIs are not supported yet: {uri!r} (copy the images under the image root)")
+    if scheme == "file":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise PathEscapeError(f"file URI {uri!r} names another host ({parts.netloc!r})")
+        text = unquote(parts.path)
+        if not text:
+            raise PathEscapeError(f"file URI {uri!r} has no path")
+    candidate = Path(text)
+    if candidate.is_absolute() and "file" not in allowed:
+        raise PathEscapeError(f"absolute path {uri!r} is not allowed ('file' is not in allowed_schemes)")
+    return _confine(Path(root), candidate, uri)
+
+
+def safe_child(root: Path, name: str) -> Path:
+    """`root / name` for writing, refusing absolute names and names that climb or link out of `root`."""
+    if not name or Path(name).is_absolute():
+        raise PathEscapeError(f"{name!r} must be a non-empty relative path under {root}")
+    return _confine(Path(root), Path(name), name)
+
+
+def is_under(path: Path, root: Path) -> bool:
+    """True when the real path of `path` is `root` itself or inside it."""
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(path))
+    return real == real_root or real.is_relative_to(real_root)
+
+
+def _confine(root: Path, candidate: Path, shown: str) -> Path:
+    real_root = Path(os.path.realpath(root))
+    lexical_root = Path(os.path.abspath(root))
+    joined = candidate if candidate.is_absolute() else lexical_root / candidate
+    lexical = Path(os.path.normpath(joined))
+    # An absolute path may name the root by its real path or by the path it was configured with.
+    if not (lexical.is_relative_to(lexical_root) or lexical.is_relative_to(real_root)):
+        raise PathEscapeError(f"path {shown!r} leaves the image root {root} (resolves to {lexical})")
+    real = Path(os.path.realpath(lexical))
+    if not (real == real_root or real.is_relative_to(real_root)):
+        raise PathEscapeError(
+            f"path {shown!r} leaves the image root {root} through a symlink (real path {real})"
+        )
+    return real
+
+
+def _scheme(text: str) -> str:
+    """The URI scheme in lower case, or "" for a plain path (a Windows drive letter is not a scheme)."""
+    head, sep, _ = text.partition("://")
+    if not sep or not head or not head[0].isalpha():
+        return ""
+    if not all(c.isalnum() or c in "+-." for c in head):
+        return ""
+    return head.lower()

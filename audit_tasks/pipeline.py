@@ -1,0 +1,414 @@
+"""Stage functions: the one implementation of the audit that every shell (CLI, Airflow) calls.
+
+Each stage takes the parsed config and a run id, reads what earlier stages left in the run folder and
+writes its own files atomically, so any stage can be retried or re-run and gives the same tables.
+Intermediate files live in `<run>/_stages/`; the contract's tables sit at the top of the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit_tasks import schemas
+from audit_tasks.config import AuditConfig
+from audit_tasks.errors import AuditError, ConfigError
+from audit_tasks.gates import GateResult, Verdict, gates_frame, gates_from_frame, verdict
+from audit_tasks.tables import read_table, write_json, write_table
+
+log = logging.getLogger("audit_tasks")
+
+#: Order in which check gates appear in gates.parquet and the report.
+GATE_FILES = ("ingest", "cooccurrence", "saliency", "subgroups")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """What `run_audit` produced: the verdict and where to find everything."""
+
+    run_id: str
+    run_dir: Path
+    verdict: Verdict
+    report_path: Path
+    summary: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+# ---------------------------------------------------------------------------------------------
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A fresh, sortable, filename-safe run id (UTC time plus a short random suffix)."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become folder names: refuse anything that could escape the output folder."""
+    if not _RUN_ID.match(run_id or "") or ".." in run_id:
+        raise ConfigError(
+            f"run id {run_id!r} is not usable as a folder name: use letters, digits, '.', '_', '+', '-' "
+            "(at most 128 characters, not starting with '.')"
+        )
+    return run_id
+
+
+def run_dir(config: AuditConfig, run_id: str) -> Path:
+    return Path(config.output.dir) / check_run_id(run_id)
+
+
+def _stages(config: AuditConfig, run_id: str) -> Path:
+    return run_dir(config, run_id) / "_stages"
+
+
+def _gates_path(config: AuditConfig, run_id: str, check: str) -> Path:
+    return _stages(config, run_id) / f"gates_{check}.parquet"
+
+
+def _write_gates(config: AuditConfig, run_id: str, check: str, gates: list[GateResult]) -> None:
+    write_table(gates_frame(gates), _gates_path(config, run_id, check), name=f"gates_{check}", schema=schemas.GATES)
+
+
+def _clear_gates(config: AuditConfig, run_id: str, check: str) -> None:
+    _gates_path(config, run_id, check).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
+    """Ingest new manifests, write the run's quarantine and the rows to audit."""
+    from audit_tasks.ingest import ingest, ingest_gate, read_catalog
+
+    dataset = config.require_dataset()
+    result = ingest(config, run_id)
+    stages = _stages(config, run_id)
+    if dataset.audit_scope == "catalog":
+        audit_rows = read_catalog(dataset.catalog)
+    else:
+        audit_rows = result.accepted
+    audit_rows = audit_rows.sort_values(["image_id"], kind="stable").reset_index(drop=True)
+    write_table(schemas.to_strings(result.quarantined), stages / "quarantine_ingest.parquet", name="quarantine_ingest")
+    write_table(audit_rows, stages / "audit_rows.parquet", name="audit_rows")
+    counts = {
+        "manifests": int(len(result.manifests)),
+        "rows_in": int(len(result.accepted) + len(result.quarantined)),
+        "ingested": int(len(result.accepted)),
+        "quarantined_at_ingest": int(len(result.quarantined)),
+        "to_audit": int(len(audit_rows)),
+    }
+    write_json(counts, stages / "ingest.json")
+    write_table(result.manifests, stages / "manifests.parquet", name="manifests")
+    # Until scoring runs, the run's quarantine is the ingest quarantine.
+    _write_quarantine(config, run_id, scoring_rejected=None)
+    if config.checks.ingest is not None:
+        _write_gates(config, run_id, "ingest", ingest_gate(result, config.checks.ingest))
+    else:
+        _clear_gates(config, run_id, "ingest")
+    log.info("ingest: %(manifests)d manifest(s), %(ingested)d row(s) accepted, "
+             "%(quarantined_at_ingest)d quarantined, %(to_audit)d to audit", counts)
+    return result
+
+
+def audit_rows(config: AuditConfig, run_id: str) -> pd.DataFrame:
+    path = _stages(config, run_id) / "audit_rows.parquet"
+    if not path.is_file():
+        raise AuditError(f"{path} is missing: run the ingest stage for run {run_id} first")
+    return read_table(path)
+
+
+def plan_shards(config: AuditConfig, run_id: str, shard_size: int) -> int:
+    """How many saliency shards of at most `shard_size` rows the audit rows split into."""
+    if shard_size < 1:
+        raise ConfigError(f"shard size must be at least 1; got {shard_size}")
+    n = len(audit_rows(config, run_id))
+    return max(1, math.ceil(n / shard_size)) if n else 1
+
+
+def _shard_slice(n_rows: int, shard: int, num_shards: int) -> slice:
+    bounds = np.linspace(0, n_rows, num_shards + 1).round().astype(int)
+    return slice(int(bounds[shard]), int(bounds[shard + 1]))
+
+
+def _shard_paths(config: AuditConfig, run_id: str, shard: int, num_shards: int) -> tuple[Path, Path]:
+    stem = f"shard-{shard:05d}-of-{num_shards:05d}"
+    stages = _stages(config, run_id)
+    return stages / f"images_{stem}.parquet", stages / f"rejected_{stem}.parquet"
+
+
+def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
+                   num_shards: int | None = None) -> Path | None:
+    """Run the model and Grad-CAM over (one shard of) the audit rows.
+
+    Without a shard this is the whole single-process stage: it scores every row and merges at once.
+    """
+    from audit_tasks.modelio import load_model
+    from audit_tasks.scoring import score_images
+
+    model_config = config.require_model()
+    if shard is None:
+        stage_saliency(config, run_id, 0, 1)
+        return stage_merge_shards(config, run_id, 1)
+    if num_shards is None or not (0 <= shard < num_shards):
+        raise ConfigError(f"shard {shard} is not within 0..{(num_shards or 0) - 1}")
+    rows = audit_rows(config, run_id)
+    rows = rows.iloc[_shard_slice(len(rows), shard, num_shards)].reset_index(drop=True)
+    images_path, rejected_path = _shard_paths(config, run_id, shard, num_shards)
+    model = load_model(model_config)
+    progress = _progress_logger(f"saliency shard {shard + 1}/{num_shards}", len(rows))
+    result = score_images(
+        model, rows, model_config=model_config, saliency_config=config.saliency,
+        attributes=config.attribute_columns(), run_id=run_id, progress=progress,
+    )
+    rejected = _rejected_rows(rows, result.rejected)
+    write_table(result.images, images_path, name="images_shard")
+    write_table(schemas.to_strings(rejected), rejected_path, name="rejected_shard")
+    log.info("saliency shard %d/%d: %d image(s) scored, %d rejected", shard + 1, num_shards,
+             len(result.images), len(rejected))
+    return images_path
+
+
+def _rejected_rows(rows: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
+    """Rows the scoring stage could not use, as quarantine rows (the row as ingested plus a reason)."""
+    if rejected is None or rejected.empty:
+        return pd.DataFrame(columns=[*rows.columns, "reason", "stage"])
+    picked = rows.iloc[rejected["position"].to_numpy()].reset_index(drop=True).copy()
+    picked["reason"] = rejected["reason"].to_numpy()
+    picked["stage"] = "scoring"
+    return picked
+
+
+def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Path | None:
+    """Merge the shard parts into images.parquet and the run's quarantine; summarise saliency."""
+    from audit_tasks.regions import summarize_saliency
+
+    parts, rejected_parts = [], []
+    for shard in range(num_shards):
+        images_path, rejected_path = _shard_paths(config, run_id, shard, num_shards)
+        if not images_path.is_file() or not rejected_path.is_file():
+            raise AuditError(f"saliency shard {shard} of {num_shards} has not finished ({images_path} missing)")
+        parts.append(read_table(images_path))
+        rejected_parts.append(read_table(rejected_path))
+    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    images = images.sort_values("image_id", kind="stable").reset_index(drop=True)
+    rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame()
+    rd = run_dir(config, run_id)
+    target = write_table(images, rd / "images.parquet", name="images",
+                         schema=schemas.images_schema(images))
+    _write_quarantine(config, run_id, scoring_rejected=rejected)
+    if config.checks.saliency is not None:
+        summary = summarize_saliency(images, config.checks.saliency)
+        write_table(summary.by_class, rd / "saliency_by_class.parquet", name="saliency_by_class",
+                    schema=schemas.SALIENCY_BY_CLASS)
+        _write_gates(config, run_id, "saliency", summary.gates)
+    else:
+        (rd / "saliency_by_class.parquet").unlink(missing_ok=True)
+        _clear_gates(config, run_id, "saliency")
+    return target
+
+
+def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.DataFrame | None) -> Path:
+    ingest_part = read_table(_stages(config, run_id) / "quarantine_ingest.parquet")
+    frames = [ingest_part]
+    if scoring_rejected is not None and not scoring_rejected.empty:
+        frames.append(scoring_rejected)
+    quarantine = pd.concat(frames, ignore_index=True) if len(frames) > 1 else ingest_part
+    return write_table(schemas.quarantine_frame(quarantine), run_dir(config, run_id) / "quarantine.parquet",
+                       name="quarantine")
+
+
+def stage_cooccurrence(config: AuditConfig, run_id: str) -> Path | None:
+    """Co-occurrence balance over the whole catalog's tags and attributes (no image is touched)."""
+    from audit_tasks.cooccurrence import check_cooccurrence
+    from audit_tasks.ingest import read_catalog
+
+    check = config.checks.cooccurrence
+    rd = run_dir(config, run_id)
+    if check is None:
+        for name in ("cooccurrence.parquet", "class_balance.parquet"):
+            (rd / name).unlink(missing_ok=True)
+        _clear_gates(config, run_id, "cooccurrence")
+        return None
+    catalog = read_catalog(config.require_dataset().catalog)
+    result = check_cooccurrence(catalog, check=check, attributes=config.checks.cooccurrence_attributes())
+    target = write_cooccurrence_tables(result, rd)
+    _write_gates(config, run_id, "cooccurrence", result.gates)
+    return target
+
+
+def write_cooccurrence_tables(result, out_dir: Path) -> Path:
+    """Write a CooccurrenceResult's tables into `out_dir` (shared by `audit` and `check-cooccurrence`)."""
+    write_table(result.class_balance, out_dir / "class_balance.parquet", name="class_balance",
+                schema=schemas.CLASS_BALANCE)
+    return write_table(result.pairs, out_dir / "cooccurrence.parquet", name="cooccurrence",
+                       schema=schemas.COOCCURRENCE)
+
+
+def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
+    """Subgroup metrics with confidence intervals over the audited images' predictions."""
+    from audit_tasks.subgroups import check_subgroups
+
+    check = config.checks.subgroups
+    rd = run_dir(config, run_id)
+    if check is None:
+        for name in ("subgroups.parquet", "confusion.parquet"):
+            (rd / name).unlink(missing_ok=True)
+        _clear_gates(config, run_id, "subgroups")
+        return None
+    images_path = rd / "images.parquet"
+    if not images_path.is_file():
+        raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
+    images = read_table(images_path)
+    result = check_subgroups(images, check=check, classes=config.require_model().classes)
+    target = write_subgroup_tables(result, rd)
+    _write_gates(config, run_id, "subgroups", result.gates)
+    return target
+
+
+def write_subgroup_tables(result, out_dir: Path) -> Path:
+    """Write a SubgroupResult's tables into `out_dir` (shared by `audit` and `check-subgroups`)."""
+    write_table(result.confusion, out_dir / "confusion.parquet", name="confusion", schema=schemas.CONFUSION)
+    return write_table(result.groups, out_dir / "subgroups.parquet", name="subgroups", schema=schemas.SUBGROUPS)
+
+
+def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
+    """Every configured check's gates, in the fixed check order."""
+    gates: list[GateResult] = []
+    for check in GATE_FILES:
+        path = _gates_path(config, run_id, check)
+        if path.is_file():
+            gates.extend(gates_from_frame(read_table(path)))
+    return gates
+
+
+def stage_gate(config: AuditConfig, run_id: str) -> Verdict:
+    """Merge the checks' gates into gates.parquet and write summary.json; never raises for a failed gate."""
+    from audit_tasks.history import record_run
+
+    rd = run_dir(config, run_id)
+    gates = collect_gates(config, run_id)
+    write_table(gates_frame(gates), rd / "gates.parquet", name="gates", schema=schemas.GATES)
+    result = verdict(gates)
+    summary = _summary(config, run_id, result)
+    write_json(summary, rd / "summary.json")
+    record_run(Path(config.output.dir), summary, _headline(rd))
+    return result
+
+
+def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any]:
+    rd = run_dir(config, run_id)
+    stages = rd / "_stages"
+    counts: dict[str, int] = {}
+    ingest_counts = stages / "ingest.json"
+    if ingest_counts.is_file():
+        import json
+
+        counts.update(json.loads(ingest_counts.read_text(encoding="utf-8")))
+    for name, table in (("audited", "images.parquet"), ("quarantined", "quarantine.parquet")):
+        path = rd / table
+        if path.is_file():
+            import pyarrow.parquet as pq
+
+            counts[name] = int(pq.read_metadata(path).num_rows)
+    if (rd / "images.parquet").is_file():
+        flags = read_table(rd / "images.parquet")
+        if "spurious_flag" in flags:
+            counts["spurious_flagged"] = int(flags["spurious_flag"].fillna(False).astype(bool).sum())
+    checks = {
+        "ingest": config.checks.ingest is not None,
+        "cooccurrence": config.checks.cooccurrence is not None,
+        "saliency": config.checks.saliency is not None,
+        "subgroups": config.checks.subgroups is not None,
+    }
+    return {
+        "run_id": run_id,
+        "passed": result.passed,
+        "failed_gates": result.failed_names,
+        "failed_details": [g.detail for g in result.failed],
+        "counts": counts,
+        "checks": {name: ("ran" if on else "skipped") for name, on in checks.items()},
+        "created_at": _run_created_at(rd),
+        "config": str(config.source) if config.source else None,
+        "report": str(rd / "report.html"),
+    }
+
+
+def _run_created_at(rd: Path) -> str:
+    """When the run folder was first made, so re-running a run id keeps its time."""
+    marker = rd / "_stages" / "created_at"
+    if not marker.is_file():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(datetime.now(timezone.utc).isoformat(timespec="seconds"), encoding="utf-8")
+    return marker.read_text(encoding="utf-8").strip()
+
+
+def _headline(rd: Path) -> dict[str, float | None]:
+    """Headline metrics for the run history: one number per check."""
+    headline: dict[str, float | None] = {}
+    path = rd / "saliency_by_class.parquet"
+    if path.is_file():
+        by_class = read_table(path)
+        headline["max_flagged_fraction"] = float(by_class["flagged_fraction"].max()) if len(by_class) else None
+    path = rd / "subgroups.parquet"
+    if path.is_file():
+        groups = read_table(path)
+        gaps = groups.loc[groups["status"] != "too small to judge", "gap"]
+        headline["max_subgroup_gap"] = float(gaps.max()) if len(gaps) else None
+    path = rd / "cooccurrence.parquet"
+    if path.is_file():
+        pairs = read_table(path)
+        headline["flagged_pairs"] = float(pairs["flagged"].sum())
+    return headline
+
+
+def read_summary(config: AuditConfig, run_id: str) -> dict[str, Any]:
+    """The summary.json of a finished gate stage."""
+    import json
+
+    path = run_dir(config, run_id) / "summary.json"
+    if not path.is_file():
+        raise AuditError(f"{path} is missing: run the gate stage for run {run_id} first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stage_report(config: AuditConfig, run_id: str) -> Path:
+    """Render report.html from the run folder's tables."""
+    from audit_tasks.report import render_report
+
+    return render_report(run_dir(config, run_id))
+
+
+def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditOutcome:
+    """The whole audit in one process: ingest, checks, gates, report."""
+    run_id = check_run_id(run_id or new_run_id())
+    config.require_dataset()
+    config.require_model()
+    rd = run_dir(config, run_id)
+    rd.mkdir(parents=True, exist_ok=True)
+    _run_created_at(rd)
+    stage_ingest(config, run_id)
+    stage_cooccurrence(config, run_id)
+    stage_saliency(config, run_id)
+    stage_subgroups(config, run_id)
+    result = stage_gate(config, run_id)
+    report = stage_report(config, run_id)
+    return AuditOutcome(run_id, rd, result, report, read_summary(config, run_id))
+
+
+def _progress_logger(label: str, total: int):
+    from audit_tasks.progress import Progress
+
+    return Progress(label, total)

@@ -1,0 +1,200 @@
+"""Explicit pyarrow schemas of the run's tables: types, nullability and units in field metadata.
+
+Writers conform a DataFrame to its schema before writing (`conform`), so a column's type never depends
+on what one night's data happened to contain (an all-null column stays float, not null-typed).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = True, unit: str | None = None, doc: str | None = None) -> pa.Field:
+    meta = {}
+    if unit:
+        meta["unit"] = unit
+    if doc:
+        meta["doc"] = doc
+    return pa.field(name, type_, nullable=nullable, metadata=meta or None)
+
+
+SHARE = "fraction of the image's positive Grad-CAM energy (0..1)"
+ENRICH = "share divided by the region's fraction of the image area (uniform map = 1)"
+PROB = "probability (0..1)"
+
+GATES = pa.schema([
+    _f("check", pa.string(), False, doc="ingest | cooccurrence | class_balance | saliency | subgroups"),
+    _f("subject", pa.string(), False, doc="what the gate judges: a class, a group, a tag pair"),
+    _f("metric", pa.string(), False),
+    _f("value", pa.float64()),
+    _f("threshold", pa.float64()),
+    _f("passed", pa.bool_(), False),
+    _f("detail", pa.string()),
+])
+
+COOCCURRENCE = pa.schema([
+    _f("tag_a", pa.string(), False),
+    _f("tag_b", pa.string(), False, doc="a tag, or attribute=value"),
+    _f("n_a", pa.int64(), False, unit="images"),
+    _f("n_b", pa.int64(), False, unit="images"),
+    _f("n_ab", pa.int64(), False, unit="images"),
+    _f("n_a_only", pa.int64(), unit="images", doc="images with a but without b"),
+    _f("n_b_only", pa.int64(), unit="images", doc="images with b but without a"),
+    _f("p_b_given_a", pa.float64(), False, unit=PROB),
+    _f("ci_low", pa.float64(), unit=PROB),
+    _f("ci_high", pa.float64(), unit=PROB),
+    _f("lift", pa.float64(), unit="ratio P(a,b)/(P(a)P(b))"),
+    _f("npmi", pa.float64(), unit="normalised PMI (-1..1)"),
+    _f("flagged", pa.bool_(), False),
+    _f("message", pa.string()),
+    _f("suggested_additions", pa.int64(), unit="images"),
+])
+
+CLASS_BALANCE = pa.schema([
+    _f("label", pa.string(), False),
+    _f("n", pa.int64(), False, unit="images"),
+    _f("share", pa.float64(), unit="fraction of labelled images"),
+])
+
+SALIENCY_BY_CLASS = pa.schema([
+    _f("class", pa.string(), False),
+    _f("images", pa.int64(), False, unit="images"),
+    _f("images_with_regions", pa.int64(), unit="images"),
+    _f("mean_core_share", pa.float64(), unit=SHARE),
+    _f("mean_spurious_share", pa.float64(), unit=SHARE),
+    _f("mean_outside_share", pa.float64(), unit=SHARE),
+    _f("mean_spurious_enrichment", pa.float64(), unit=ENRICH),
+    _f("pointing_accuracy", pa.float64(), unit="fraction of images whose CAM peak hits a core region"),
+    _f("flagged_fraction", pa.float64(), unit="fraction of region-bearing images flagged"),
+    _f("flagged", pa.bool_(), False),
+])
+
+SUBGROUPS = pa.schema([
+    _f("attribute", pa.string(), False, doc="an attribute, or attributes joined by & for an intersection"),
+    _f("group", pa.string(), False, doc="a value, or values joined by & for an intersection"),
+    _f("n", pa.int64(), False, unit="images"),
+    _f("metric", pa.string(), False),
+    _f("value", pa.float64(), unit=PROB),
+    _f("ci_low", pa.float64(), unit=PROB),
+    _f("ci_high", pa.float64(), unit=PROB),
+    _f("gap", pa.float64(), unit="metric difference to the best group of the attribute"),
+    _f("flagged", pa.bool_(), False),
+    _f("status", pa.string(), doc="ok | gap | too small to judge"),
+])
+
+CONFUSION = pa.schema([
+    _f("attribute", pa.string(), False, doc="__overall__ for the whole audit"),
+    _f("group", pa.string(), False),
+    _f("label", pa.string(), False),
+    _f("prediction", pa.string(), False),
+    _f("n", pa.int64(), False, unit="images"),
+])
+
+_IMAGES_FIXED = [
+    _f("run_id", pa.string()),
+    _f("image_id", pa.string(), False),
+    _f("image_uri", pa.string(), False),
+    _f("image_path", pa.string()),
+    _f("label", pa.string()),
+    _f("prediction", pa.string()),
+    _f("confidence", pa.float64(), unit=PROB),
+    _f("correct", pa.bool_()),
+    _f("target_class", pa.string(), doc="the class the CAM explains"),
+    _f("width", pa.int64(), unit="pixels"),
+    _f("height", pa.int64(), unit="pixels"),
+    _f("tags", pa.list_(pa.string())),
+    _f("regions", pa.string(), doc="JSON list of {kind, name, box}"),
+    _f("core_share", pa.float64(), unit=SHARE),
+    _f("spurious_share", pa.float64(), unit=SHARE),
+    _f("outside_share", pa.float64(), unit=SHARE),
+    _f("core_enrichment", pa.float64(), unit=ENRICH),
+    _f("spurious_enrichment", pa.float64(), unit=ENRICH),
+    _f("spurious_detail", pa.string(), doc="JSON: spurious region name -> share, enrichment"),
+    _f("peak_x", pa.float64(), unit="fraction of image width"),
+    _f("peak_y", pa.float64(), unit="fraction of image height"),
+    _f("pointing_hit", pa.bool_()),
+    _f("has_regions", pa.bool_()),
+    _f("spurious_flag", pa.bool_()),
+    _f("cam_height", pa.int64(), unit="CAM cells"),
+    _f("cam_width", pa.int64(), unit="CAM cells"),
+]
+
+
+def images_schema(images: pd.DataFrame) -> pa.Schema:
+    """The images table's schema: fixed columns, then attributes (strings), then the CAM as a fixed-size list."""
+    fixed = {f.name for f in _IMAGES_FIXED}
+    attributes = [c for c in images.columns if c not in fixed and c != "cam"]
+    cells = 0
+    if "cam_height" in images and "cam_width" in images and len(images):
+        sizes = set(zip(images["cam_height"].astype(int), images["cam_width"].astype(int)))
+        if len(sizes) == 1:
+            h, w = sizes.pop()
+            cells = h * w
+    cam_type = pa.list_(pa.float32(), cells) if cells else pa.list_(pa.float32())
+    fields = [f for f in _IMAGES_FIXED if f.name in images.columns]
+    fields += [_f(c, pa.string(), doc="subgroup attribute") for c in attributes]
+    if "cam" in images.columns:
+        fields.append(_f("cam", cam_type, doc="ReLU'd Grad-CAM at the layer's native resolution, row-major"))
+    return pa.schema(fields)
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Build an Arrow table with exactly `schema`'s fields (missing nullable columns become nulls)."""
+    arrays = []
+    for field in schema:
+        if field.name in frame.columns:
+            values = frame[field.name]
+            if pa.types.is_string(field.type):
+                values = values.astype(object).where(values.notna(), None)
+                values = values.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+            if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+                values = values.map(lambda v: _as_list(v, field.type.value_type))
+            arrays.append(pa.array(values.tolist(), type=field.type, from_pandas=True))
+        elif field.nullable:
+            arrays.append(pa.nulls(len(frame), type=field.type))
+        else:
+            raise KeyError(f"table is missing required column {field.name!r}")
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _as_list(value: Any, value_type: pa.DataType) -> list | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if pa.types.is_floating(value_type):
+        return np.asarray(value, dtype=np.float32).tolist()
+    return [str(v) for v in value]
+
+
+def to_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column as nullable strings: a quarantined row is kept exactly as text, whatever it held."""
+    out = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        out[column] = frame[column].map(_as_text)
+    return out
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return json.dumps([_as_text(v) for v in value])
+    return value if isinstance(value, str) else str(value)
+
+
+def quarantine_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Quarantine rows as strings with `reason` and `stage` last; row_number stays numeric."""
+    text = to_strings(frame.drop(columns=[c for c in ("row_number",) if c in frame.columns]))
+    if "row_number" in frame.columns:
+        text.insert(0, "row_number", pd.to_numeric(frame["row_number"], errors="coerce").astype("Int64"))
+    for column in ("manifest", "reason", "stage"):
+        if column not in text.columns:
+            text[column] = None
+    order = [c for c in text.columns if c not in ("reason", "stage")] + ["reason", "stage"]
+    return text[order].reset_index(drop=True)

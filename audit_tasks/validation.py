@@ -1,0 +1,251 @@
+"""Row validation with Great Expectations: every rule is an expectation, every failed row gets a reason.
+
+Rules that need more than one cell (regions against the image size, empty-looking attribute values) are
+first turned into per-row helper columns (`_regions_error`: None or a message), which expectations then
+check; so the whole rule set is one GX suite, and its COMPLETE result names each failing row by `_row`.
+
+Image ids must be unique; the first row that passes every other rule keeps its id and later rows are
+reported, so a row rejected for another reason never makes a good duplicate look bad.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import pandas as pd
+
+from audit_tasks.manifest import parse_regions
+
+#: Values that mean "missing" in an attribute cell, case-insensitively, besides null and blank text.
+MISSING_TEXT = frozenset({"nan", "none", "null"})
+_ROW = "_row"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One expectation and how to word its failure for one row."""
+
+    expectation: Any
+    message: Callable[[Any], str]  # value of the failing cell -> reason
+    table_level: bool = False  # True: a failure applies to every row (e.g. a missing column)
+
+
+def validate_rows(frame: pd.DataFrame, *, classes: Sequence[str] | None, attributes: Sequence[str]) -> pd.Series:
+    """Validate normalised manifest rows; return, per row (same index), a reason string or None.
+
+    Checks: `image_uri` and `label` present and non-empty; `label` in `classes` (skipped when None);
+    `regions` well-formed and, when `width`/`height` columns are present, inside the image; each attribute
+    column present with a non-empty value; `image_id` (when the column exists) unique. The reasons of every
+    failed rule for a row are joined with "; ".
+    """
+    reasons: list[list[str]] = [[] for _ in range(len(frame))]
+    if len(frame) == 0:
+        return pd.Series([], index=frame.index, dtype=object)
+    data = _helper_frame(frame, attributes)
+    with _quiet_gx():
+        import great_expectations as gx  # noqa: F401  (imported here: a 3-5 s import only validation needs)
+
+        context = _context()
+        rules = _row_rules(frame, classes, attributes)
+        _run(context, "rows", data, rules, reasons)
+        if "image_id" in frame.columns:
+            survivors = data[[not r for r in reasons]]
+            if len(survivors):
+                _run(context, "ids", survivors, _id_rules(), reasons, first_wins=True, frame=frame)
+    return pd.Series(["; ".join(r) if r else None for r in reasons], index=frame.index, dtype=object)
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN, blank text and text such as 'nan'/'None'/'null' that exports write for nothing."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str):
+        text = value.strip()
+        return not text or text.lower() in MISSING_TEXT
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Helper columns and rules
+# ---------------------------------------------------------------------------------------------
+
+
+def _helper_frame(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFrame:
+    """The columns GX checks: a positional `_row`, stripped values, and per-row rule outcomes."""
+    data = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    data[_ROW] = range(len(frame))
+    data["_image_uri"] = _text_column(frame, "image_uri")
+    data["_label"] = _text_column(frame, "label")
+    for i, attribute in enumerate(attributes):
+        data[f"_attr_{i}"] = _text_column(frame, attribute)
+    if "image_id" in frame.columns:
+        data["_image_id"] = _text_column(frame, "image_id")
+    if "regions" in frame.columns:
+        widths = frame["width"].tolist() if "width" in frame.columns else [None] * len(frame)
+        heights = frame["height"].tolist() if "height" in frame.columns else [None] * len(frame)
+        data["_regions_error"] = pd.Series(
+            [_regions_error(raw, w, h) for raw, w, h in zip(frame["regions"].tolist(), widths, heights)],
+            index=data.index, dtype=object,
+        )
+    return data
+
+
+def _text_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame.columns:
+        return pd.Series([None] * len(frame), dtype=object)
+    values = [None if is_missing(v) else str(v).strip() for v in frame[column].tolist()]
+    return pd.Series(values, dtype=object)
+
+
+def _regions_error(raw: Any, width: Any, height: Any) -> str | None:
+    w = None if is_missing(width) else int(width)
+    h = None if is_missing(height) else int(height)
+    try:
+        parse_regions(raw, width=w, height=h)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: Sequence[str]) -> list[_Rule]:
+    import great_expectations.expectations as gxe
+
+    rules: list[_Rule] = []
+    for column in ("image_uri", "label"):
+        if column not in frame.columns:
+            rules.append(_Rule(gxe.ExpectColumnToExist(column=column),
+                               lambda _v, c=column: f"required column '{c}' is missing", table_level=True))
+        else:
+            rules.append(_Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_{column}"),
+                               lambda _v, c=column: f"{c} is empty"))
+    if classes is not None and "label" in frame.columns:
+        shown = ", ".join(classes)
+        rules.append(_Rule(gxe.ExpectColumnValuesToBeInSet(column="_label", value_set=list(classes)),
+                           lambda v: f"label {v!r} is not one of the model classes [{shown}]"))
+    if "regions" in frame.columns:
+        rules.append(_Rule(gxe.ExpectColumnValuesToBeNull(column="_regions_error"),
+                           lambda v: str(v)))
+    for i, attribute in enumerate(attributes):
+        if attribute not in frame.columns:
+            rules.append(_Rule(gxe.ExpectColumnToExist(column=attribute),
+                               lambda _v, a=attribute: f"attribute column '{a}' is missing", table_level=True))
+        else:
+            rules.append(_Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_attr_{i}"),
+                               lambda _v, a=attribute: f"attribute '{a}' is empty"))
+    return rules
+
+
+def _id_rules() -> list[_Rule]:
+    import great_expectations.expectations as gxe
+
+    return [_Rule(gxe.ExpectColumnValuesToBeUnique(column="_image_id"), lambda v: f"image_id {v!r} is not unique")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running GX
+# ---------------------------------------------------------------------------------------------
+
+
+def _context() -> Any:
+    """A fresh in-memory GX context: no files, no analytics, no progress bars."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _run(context: Any, name: str, data: pd.DataFrame, rules: list[_Rule], reasons: list[list[str]], *,
+         first_wins: bool = False, frame: pd.DataFrame | None = None) -> None:
+    """Run `rules` as one suite over `data` and append each failing row's reason to `reasons`."""
+    import great_expectations as gx
+
+    if not rules:
+        return
+    tag = f"{name}_{uuid.uuid4().hex[:12]}"
+    batch = (
+        context.data_sources.add_pandas(f"ds_{tag}")
+        .add_dataframe_asset(f"asset_{tag}")
+        .add_batch_definition_whole_dataframe(f"batch_{tag}")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"suite_{tag}"))
+    for i, rule in enumerate(rules):
+        rule.expectation.meta = {"rule": i}
+        suite.add_expectation(rule.expectation)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"vd_{tag}", data=batch, suite=suite))
+    result = definition.run(
+        batch_parameters={"dataframe": data.reset_index(drop=True)},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [_ROW]},
+    )
+    for outcome in sorted(result.results, key=lambda r: r.expectation_config.meta["rule"]):
+        rule = rules[outcome.expectation_config.meta["rule"]]
+        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+            message = f"validation could not run ({outcome.exception_info.get('exception_message')})"
+            for r in reasons:
+                r.append(message)
+            continue
+        if outcome.success:
+            continue
+        if rule.table_level:
+            message = rule.message(None)
+            for r in reasons:
+                r.append(message)
+            continue
+        failing = [(int(item[_ROW]), _cell(item)) for item in outcome.result.get("unexpected_index_list") or []]
+        if first_wins:
+            _first_wins(failing, reasons, frame)
+        else:
+            for row, value in failing:
+                reasons[row].append(rule.message(value))
+
+
+def _first_wins(failing: list[tuple[int, Any]], reasons: list[list[str]], frame: pd.DataFrame | None) -> None:
+    first: dict[Any, int] = {}
+    for row, value in sorted(failing):
+        if value not in first:
+            first[value] = row
+            continue
+        reasons[row].append(f"image_id {value!r} is not unique: already used by {_where(frame, first[value])}")
+
+
+def _where(frame: pd.DataFrame | None, row: int) -> str:
+    if frame is not None and {"manifest", "row_number"} <= set(frame.columns):
+        return f"manifest {frame['manifest'].iloc[row]} row {frame['row_number'].iloc[row]}"
+    return f"row {row + 1}"
+
+
+def _cell(item: dict[str, Any]) -> Any:
+    values = [v for k, v in item.items() if k != _ROW]
+    return values[0] if values else None
+
+
+@contextmanager
+def _quiet_gx() -> Iterator[None]:
+    """Raise GX's loggers to WARNING for the call and restore them after (no global change survives)."""
+    loggers = [logging.getLogger(n) for n in ("great_expectations", "great_expectations.core", "posthog")]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
