@@ -1,0 +1,91 @@
+"""A tiny audit world for end-to-end tests: a few generated images, a manifest, a random model, a config."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+import yaml
+from PIL import Image
+
+CLASSES = ("doctor", "nurse")
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    config: Path
+    manifest: Path
+    rows: int
+
+
+def _image(path: Path, seed: int, size: int = 64) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    pixels[16:48, 16:48, seed % 3] = 220  # the object (core region)
+    pixels[2:10, 50:62] = 255  # a small bright patch (spurious region)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def make_world(root: Path, *, n_images: int = 12, bad_rows: int = 0, checks: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> World:
+    """Images + a CSV manifest in landing/ + a random resnet18 + audit.yaml; `bad_rows` rows name missing files."""
+    for name in ("landing", "images", "catalog"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_images):
+        uri = f"img_{i:03d}.png"
+        _image(root / "images" / uri, seed=i)
+        rows.append({
+            "image_uri": uri,
+            "label": CLASSES[i % 2],
+            "tags": "person|coat" + ("|stethoscope" if i % 2 == 0 else ""),
+            "regions": json.dumps([{"kind": "core", "name": "object", "box": [16, 16, 48, 48]},
+                                   {"kind": "spurious", "name": "patch", "box": [50, 2, 62, 10]}]),
+            "gender": "female" if i % 3 else "male",
+        })
+    for j in range(bad_rows):
+        rows.append({"image_uri": f"missing_{j}.png", "label": CLASSES[0], "tags": "person", "regions": "",
+                     "gender": "female"})
+    manifest = root / "landing" / "batch_001.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).state_dict(), root / "model.pt")
+    body: dict[str, Any] = {
+        "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
+        "model": {"arch": "resnet18", "checkpoint": "model.pt", "classes": list(CLASSES), "target_layer": "layer4",
+                  "input_size": 64},
+        "saliency": {"batch_size": 4, "device": "cpu", "num_workers": 0},
+        "checks": checks if checks is not None else lenient_checks(),
+        "output": {"dir": "reports"},
+    }
+    if extra:
+        body.update(extra)
+    config = root / "audit.yaml"
+    config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    return World(root, config, manifest, len(rows))
+
+
+def lenient_checks() -> dict[str, Any]:
+    """Every check on, thresholds no random model can cross on a dozen images."""
+    return {
+        "ingest": {"max_quarantine_fraction": 0.5},
+        "cooccurrence": {"attributes": ["gender"]},
+        "saliency": {"max_flagged_fraction": 1.0, "min_images": 1},
+        "subgroups": {"attributes": ["gender"], "max_gap": 1.0},
+    }
+
+
+def strict_ingest_checks() -> dict[str, Any]:
+    """Lenient model checks, but no quarantined row tolerated: one bad row turns the audit red."""
+    return lenient_checks() | {"ingest": {"max_quarantine_fraction": 0.0}}
