@@ -5,7 +5,7 @@ config section ``[audit]`` (so ``AIRFLOW__AUDIT__<KEY>`` environment variables w
 
 | key | default | meaning |
 | --- | --- | --- |
-| ``config`` | ``$AUDIT_CONFIG`` or ``config/audit.yaml`` | default of the ``config_path`` param |
+| ``config`` | ``$AUDIT_CONFIG`` or ``config/audit.yaml`` | default of the ``config`` param |
 | ``reports_dir`` | ``$AUDIT_REPORTS_DIR`` or ``./audit_reports`` | root the UI plugin serves runs from |
 | ``gpu_pool`` | ``default_pool`` | pool of the mapped saliency shards (create ``gpu`` and set this to it) |
 | ``shard_size`` | ``512`` | default of the ``shard_size`` param |
@@ -41,6 +41,7 @@ _SECTION = "audit"
 #: `[core] max_map_length` default; plan_shards refuses to plan more copies than the scheduler allows.
 MAX_MAP_LENGTH = 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
 
 
 def audit_setting(key: str, fallback: str) -> str:
@@ -93,7 +94,7 @@ def gpu_task_kwargs() -> dict[str, Any]:
 
 def audit_run_id(airflow_run_id: str) -> str:
     """A filename-safe audit run id from the Airflow run id: deterministic, so retries reuse the folder."""
-    cleaned = _UNSAFE.sub("_", airflow_run_id).strip("._-")
+    cleaned = _DOTS.sub(".", _UNSAFE.sub("_", airflow_run_id)).strip("._-")[:128].rstrip("._-")
     return cleaned or "run"
 
 

@@ -15,7 +15,10 @@ from airflow.sdk import Param
 
 from audit_airflow import compat
 
-__all__ = ["THRESHOLDS", "Threshold", "audit_params", "config_overrides"]
+__all__ = ["RUN_ID_PATTERN", "THRESHOLDS", "Threshold", "audit_params", "config_overrides"]
+
+#: Same rule as audit_tasks.pipeline.check_run_id: a plain folder name.
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,21 @@ _BY_PARAM = {t.param: t for t in THRESHOLDS}
 
 
 def audit_params() -> dict[str, Param]:
-    """The `params` of `dataset_audit`: config path, shard size, then one param per threshold."""
+    """The `params` of `dataset_audit`: config path, run id, shard size, then one param per threshold."""
     params: dict[str, Param] = {
-        "config_path": Param(
+        "config": Param(
             compat.default_config_path(),
             type="string",
             minLength=1,
             title="Config file",
             description="Path of the audit YAML config, as seen by the workers.",
+        ),
+        "run_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=RUN_ID_PATTERN,
+            title="Audit run id",
+            description="Folder name of this audit under output.dir. Empty: derived from the Airflow run id.",
         ),
         "shard_size": Param(
             compat.default_shard_size(),

@@ -23,7 +23,7 @@ from audit_airflow import compat
 
 __all__ = ["AuditRun", "create_reports_app", "list_runs", "require_airflow_user", "report_file"]
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")  # audit_tasks.pipeline.check_run_id's rule
 
 
 def require_airflow_user() -> Callable[..., None]:

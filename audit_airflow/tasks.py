@@ -190,6 +190,7 @@ def train_model_placeholder(summary: Mapping[str, Any]) -> dict[str, Any]:
 def _config_and_run_id() -> tuple[AuditConfig, str]:
     from audit_tasks.config import load_config
     from audit_tasks.errors import ConfigError
+    from audit_tasks.pipeline import check_run_id
 
     context = get_current_context()
     params = context["params"]
@@ -197,10 +198,11 @@ def _config_and_run_id() -> tuple[AuditConfig, str]:
     if overrides:
         log.info("threshold overrides from params: %s", overrides)
     try:
-        config = load_config(params["config_path"], overrides)
+        config = load_config(params["config"], overrides)
+        run_id = check_run_id(params.get("run_id") or compat.audit_run_id(context["run_id"]))
     except ConfigError as exc:  # a bad config will not fix itself: fail now, no retries
         raise compat.AirflowFailException(f"unusable audit config: {exc}") from exc
-    return config, compat.audit_run_id(context["run_id"])
+    return config, run_id
 
 
 def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:

@@ -5,9 +5,12 @@ mouse. For every ordered pair (a, b) that occurs together at least once -- `a` a
 ``attribute=value`` item such as ``gender=female`` -- the check counts the 2x2 table over images and
 flags the pairs where `a` almost never appears without `b`.
 
-Counting is one sparse product: a CSR indicator matrix of images x tags (built straight from the Arrow
-buffers, a tag repeated in one image counted once) transposed times the images x items matrix gives every
-``n_ab`` at once. Memory is bounded by the pairs that occur, never by tags squared times images.
+Counting works on a CSR indicator matrix of images x tags, built straight from the Arrow buffers (strings
+hashed once, a tag repeated in one image counted once), and one code per image and attribute. For a
+vocabulary whose tags x items grid has at most 4M cells (32 MB of counts; about 2,000 tags) the counts are bincounts of pair keys
+generated per group of equally long rows (about 7x faster than scipy's sparse product here); larger
+vocabularies use the one sparse product ``X_tags.T @ X_items``, whose memory is bounded by the pairs that
+occur. Neither path loops in Python per image or holds tags squared times images.
 
 Flag rule (all of it must hold; thresholds from ``checks.cooccurrence``):
 
@@ -94,10 +97,12 @@ def check_cooccurrence(
     the data lacks: no class balance) feeds only the class balance.
 
     Raises ManifestError when the tags column or an attribute column is missing or has an unusable type,
-    ConfigError when a threshold cannot be used (confidence of 1).
+    ConfigError when a threshold cannot be used (a confidence or target share of 1).
     """
     if not 0 < check.confidence < 1:
         raise ConfigError(f"'checks.cooccurrence.confidence' must be in (0, 1); got {check.confidence}")
+    if not 0 < check.target_share < 1:
+        raise ConfigError(f"'checks.cooccurrence.target_share' must be in (0, 1); got {check.target_share}")
     available = list(data.column_names if isinstance(data, pa.Table) else map(str, getattr(data, "columns", [])))
     if tags_column not in available:
         raise ManifestError(f"co-occurrence check: no '{tags_column}' column (columns: {', '.join(available)})")
@@ -112,8 +117,8 @@ def check_cooccurrence(
     n_rows = table.num_rows
 
     tag_names, x_tags = _tag_matrix(table.column(tags_column), n_rows, tags_column)
-    attr_names, x_attrs = _attribute_matrix(table, attributes, n_rows)
-    pairs = _pairs(tag_names, x_tags, attr_names, x_attrs, n_rows, check)
+    attr_names, attr_codes = _attribute_codes(table, attributes)
+    pairs = _pairs(tag_names, x_tags, attr_names, attr_codes, n_rows, check)
 
     gates = [
         GateResult("cooccurrence", f"{a} -> {b}", "p_b_given_a", float(p), check.max_conditional, False, msg)
@@ -161,16 +166,43 @@ def _as_table(data: pa.Table | pd.DataFrame, wanted: Sequence[str]) -> pa.Table:
 def _contiguous(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
     return column
 
 
+def _encode(values: pa.Array, *, empty_as: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (int64, -1 for dropped) and sorted names of string values, trimmed.
+
+    Values are hashed once; trimming and the treatment of empty/null values (dropped, or replaced by
+    `empty_as`) happen on the small dictionary, then map back to the codes with one take.
+    """
+    if not pa.types.is_dictionary(values.type):
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            values = values.cast(pa.string())
+        values = values.dictionary_encode()
+    raw_names = values.dictionary
+    if not (pa.types.is_string(raw_names.type) or pa.types.is_large_string(raw_names.type)):
+        raw_names = raw_names.cast(pa.string())
+    clean = pc.utf8_trim_whitespace(raw_names.fill_null("")).to_numpy(zero_copy_only=False).astype(object)
+    if values.null_count:
+        clean = np.append(clean, "")  # the slot null values point to
+    if empty_as is not None:
+        clean[clean == ""] = empty_as
+    valid = clean != ""
+    names, inverse = np.unique(clean[valid], return_inverse=True)
+    remap = np.full(len(raw_names) + 1, -1, dtype=np.int32 if len(raw_names) < 2**31 - 1 else np.int64)
+    remap[np.flatnonzero(valid)] = inverse
+    indices = values.indices.fill_null(len(raw_names)) if values.null_count else values.indices
+    raw_codes = indices.to_numpy(zero_copy_only=False)
+    return remap[raw_codes], names.astype(object)
+
+
 def _tag_matrix(column: pa.ChunkedArray, n_rows: int, name: str) -> tuple[np.ndarray, sp.csr_matrix]:
-    """Images x tags 0/1 CSR matrix and the tag names, from list<string> or `|`-separated strings."""
+    """Images x tags 0/1 CSR matrix (canonical: sorted, a repeated tag counted once) and the tag names."""
     arr = _contiguous(column)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
     if pa.types.is_null(arr.type):
-        arr = pa.array([None] * len(arr), type=pa.list_(pa.string()))
+        arr = pa.nulls(len(arr), type=pa.list_(pa.string()))
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         arr = pc.split_pattern(arr, TAG_SEPARATOR)
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
@@ -178,74 +210,117 @@ def _tag_matrix(column: pa.ChunkedArray, n_rows: int, name: str) -> tuple[np.nda
             f"co-occurrence check: column '{name}' must be a list of strings or a '|'-separated string; "
             f"got {arr.type}"
         )
-    values = pc.list_flatten(arr)
-    parents = pc.list_parent_indices(arr)
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        values = values.cast(pa.string())
-    values = pc.utf8_trim_whitespace(values)
-    keep = pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
-    values = values.filter(keep)
-    parents = parents.filter(keep)
-    encoded = values.dictionary_encode()
-    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-    cols = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    rows = parents.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return names, _indicator(rows, cols, (n_rows, len(names)))
-
-
-def _indicator(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """0/1 CSR matrix; duplicates (a tag repeated in one row) collapse to a single 1."""
-    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=shape)
+    codes, names = _encode(pc.list_flatten(arr), empty_as=None)
+    # list_flatten concatenates the non-null lists in order, so the lists' lengths give CSR row pointers.
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    keep = codes >= 0
+    if not keep.all():  # empty or null tag strings: drop them and recount the row pointers
+        kept_before = np.zeros(len(codes) + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept_before[1:])
+        indptr = kept_before[indptr]
+        codes = codes[keep]
+    index_type = np.int32 if len(names) < 2**31 and len(codes) < 2**31 else np.int64
+    matrix = sp.csr_matrix(
+        (np.ones(len(codes), dtype=np.int32), codes.astype(index_type, copy=False),
+         indptr.astype(index_type, copy=False)),
+        shape=(n_rows, len(names)),
+    )
     matrix.sum_duplicates()
     matrix.data[:] = 1
-    return matrix
+    return names, matrix
 
 
-def _attribute_matrix(table: pa.Table, attributes: Sequence[str], n_rows: int) -> tuple[np.ndarray, sp.csr_matrix]:
-    """Images x `attribute=value` CSR matrix (one 1 per image and attribute; null/empty -> unknown)."""
+def _attribute_codes(table: pa.Table, attributes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, one item code per attribute (an n_rows x k matrix, codes offset across attributes)."""
     names: list[str] = []
-    rows_parts: list[np.ndarray] = []
-    cols_parts: list[np.ndarray] = []
-    row_ids = np.arange(n_rows, dtype=np.int32)
+    columns: list[np.ndarray] = []
     for attribute in dict.fromkeys(attributes):
-        values = _attribute_values(table.column(attribute))
-        encoded = values.dictionary_encode()
-        offset = len(names)
-        names.extend(f"{attribute}={v}" for v in encoded.dictionary.to_pylist())
-        rows_parts.append(row_ids)
-        cols_parts.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32) + offset)
-    rows = np.concatenate(rows_parts) if rows_parts else np.empty(0, np.int32)
-    cols = np.concatenate(cols_parts) if cols_parts else np.empty(0, np.int32)
-    return np.asarray(names, dtype=object), _indicator(rows, cols, (n_rows, len(names)))
-
-
-def _attribute_values(column: pa.ChunkedArray) -> pa.Array:
-    """Trimmed string values with null and empty replaced by UNKNOWN."""
-    arr = _contiguous(column)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())
-    arr = pc.utf8_trim_whitespace(arr)
-    empty = pc.fill_null(pc.equal(pc.utf8_length(arr), 0), True)
-    return pc.if_else(empty, pa.scalar(UNKNOWN, arr.type), arr)
+        codes, values = _encode(_contiguous(table.column(attribute)), empty_as=UNKNOWN)
+        columns.append(codes + len(names))
+        names.extend(f"{attribute}={v}" for v in values)
+    matrix = np.column_stack(columns) if columns else np.empty((table.num_rows, 0), dtype=np.int64)
+    return np.asarray(names, dtype=object), matrix
 
 
 # --------------------------------------------------------------------------------------------- pairs
 
+#: Largest tags x items grid counted with a dense accumulator (8 bytes a cell: 32 MB). Larger
+#: vocabularies use the sparse product, whose memory is bounded by the pairs that occur.
+_DENSE_CELLS = 1 << 22
+#: Pair keys generated at once by the dense path (4 bytes each).
+_KEYS_PER_CHUNK = 1 << 22
 
-def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray, x_attrs: sp.csr_matrix,
+
+def _count_pairs(x_tags: sp.csr_matrix, attr_codes: np.ndarray, n_attr_items: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, n_ab) for every ordered pair with n_ab > 0, a != b; b indexes tags then attribute items."""
+    n_tags = x_tags.shape[1]
+    n_items = n_tags + n_attr_items
+    if n_tags * n_items <= _DENSE_CELLS:
+        counts = _dense_counts(x_tags, attr_codes, n_attr_items)
+        a, b = np.nonzero(counts)
+        return a.astype(np.int64), b.astype(np.int64), counts[a, b].astype(np.int64)
+    n_rows, k = attr_codes.shape
+    x_items = x_tags
+    if k:
+        x_attrs = sp.csr_matrix(
+            (np.ones(n_rows * k, dtype=np.int32), attr_codes.ravel(), np.arange(0, n_rows * k + 1, k)),
+            shape=(n_rows, n_attr_items),
+        )
+        x_items = sp.hstack([x_tags, x_attrs], format="csr")
+    product = x_tags.T.tocsr() @ x_items
+    product.sort_indices()  # (a, b) in order, as the dense path gives them
+    product = product.tocoo()
+    keep = (product.row != product.col) & (product.data > 0)
+    return product.row[keep].astype(np.int64), product.col[keep].astype(np.int64), product.data[keep].astype(np.int64)
+
+
+def _dense_counts(x_tags: sp.csr_matrix, attr_codes: np.ndarray, n_attr_items: int) -> np.ndarray:
+    """Tags x items co-occurrence counts for a small vocabulary, by bincounts over pair keys.
+
+    Rows are grouped by their number of tags l; each group is an (images x l) block of sorted tag codes,
+    whose l(l-1)/2 column pairs give the upper triangle of tag x tag counts with no Python loop per row.
+    """
+    n_tags = x_tags.shape[1]
+    key_type = np.int32 if n_tags * max(n_tags, n_attr_items) < 2**31 else np.int64
+    indptr, indices = x_tags.indptr, x_tags.indices.astype(key_type, copy=False)
+    lengths = np.diff(indptr)
+    per_length = np.bincount(lengths)
+    small = len(per_length) <= np.iinfo(np.int16).max  # then numpy's stable sort is a radix sort
+    by_length = np.argsort(lengths.astype(np.int16) if small else lengths, kind="stable")
+    group_end = np.cumsum(per_length)
+    upper = np.zeros(n_tags * n_tags, dtype=np.int64)
+    for length in np.flatnonzero(per_length[2:]) + 2:
+        starts = indptr[by_length[group_end[length] - per_length[length]:group_end[length]]]
+        p, q = np.triu_indices(int(length), 1)
+        step = max(1, _KEYS_PER_CHUNK // len(p))  # bounds the keys held at once
+        for first in range(0, len(starts), step):
+            block = indices[starts[first:first + step, None] + np.arange(length)]
+            keys = (block[:, p] * key_type(n_tags) + block[:, q]).ravel()
+            upper += np.bincount(keys, minlength=n_tags * n_tags)
+    upper = upper.reshape(n_tags, n_tags)
+    tag_tag = upper + upper.T
+    if not n_attr_items:
+        return tag_tag
+    entry_rows = np.repeat(np.arange(len(lengths)), lengths)
+    tag_attr = np.zeros(n_tags * n_attr_items, dtype=np.int64)
+    for column in attr_codes.T:
+        item = column.astype(key_type)[entry_rows]
+        tag_attr += np.bincount(indices * key_type(n_attr_items) + item, minlength=n_tags * n_attr_items)
+    return np.hstack([tag_tag, tag_attr.reshape(n_tags, n_attr_items)])
+
+
+def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray, attr_codes: np.ndarray,
            n_rows: int, check: CooccurrenceCheck) -> pd.DataFrame:
     """All co-occurring ordered pairs with their statistics and flags, flagged first then by npmi."""
-    item_names = np.concatenate([tag_names, attr_names]) if len(attr_names) else tag_names
-    x_items = sp.hstack([x_tags, x_attrs], format="csr") if len(attr_names) else x_tags
-    item_counts = np.diff(x_items.tocsc().indptr).astype(np.int64)
-    counts = (x_tags.T.tocsr() @ x_items).tocoo()
-    a = counts.row.astype(np.int64)
-    b = counts.col.astype(np.int64)
-    n_ab = counts.data.astype(np.int64)
-    keep = (a != b) & (n_ab > 0)
-    a, b, n_ab = a[keep], b[keep], n_ab[keep]
+    item_names = np.concatenate([tag_names, attr_names])
+    item_counts = np.concatenate([
+        np.bincount(x_tags.indices, minlength=len(tag_names)),
+        np.bincount(attr_codes.ravel(), minlength=len(attr_names)),
+    ]).astype(np.int64)
+    a, b, n_ab = _count_pairs(x_tags, attr_codes, len(attr_names))
     n_a = item_counts[a]
     n_b = item_counts[b]
 
@@ -262,32 +337,32 @@ def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray,
         (n_a >= check.min_support) & (p >= check.max_conditional) & (ci_low >= floor - 1e-12)
         & (lift >= check.min_lift)
     )
-    order = np.lexsort((b, a, -npmi, ~flagged))
+    # Pairs arrive sorted by (a, b) codes, which follow the sorted names: stable sorts keep that as the tie-break.
+    order = np.argsort(-npmi, kind="stable")
+    order = np.concatenate([order[flagged[order]], order[~flagged[order]]])
     a, b, n_ab, n_a, n_b = a[order], b[order], n_ab[order], n_a[order], n_b[order]
-    p, ci_low, ci_high, lift, npmi, flagged = (
-        p[order], ci_low[order], ci_high[order], lift[order], npmi[order], flagged[order]
-    )
+    p, ci_low, ci_high, lift, npmi = p[order], ci_low[order], ci_high[order], lift[order], npmi[order]
+    n_flagged = int(flagged.sum())
     n_a_only = n_a - n_ab
     suggested = np.zeros(len(a), dtype=np.int64)
-    messages = np.full(len(a), "", dtype=object)
-    for i in np.flatnonzero(flagged):
+    messages = [""]
+    for i in range(n_flagged):
         suggested[i] = suggested_additions(int(n_a[i]), int(n_a_only[i]), check.target_share)
-        messages[i] = curator_message(str(tag_names[a[i]]), str(item_names[b[i]]), int(n_a[i]), int(n_a_only[i]),
-                                      int(suggested[i]), check.target_share)
-    frame = pd.DataFrame(
+        messages.append(curator_message(str(tag_names[a[i]]), str(item_names[b[i]]), int(n_a[i]),
+                                        int(n_a_only[i]), int(suggested[i]), check.target_share))
+    message_index = np.zeros(len(a), dtype=np.int32)
+    message_index[:n_flagged] = np.arange(1, n_flagged + 1)
+    message = pa.DictionaryArray.from_arrays(message_index, pa.array(messages, type=pa.string()))
+    names = pa.array(item_names.tolist(), type=pa.string())
+    return pa.table(
         {
-            "tag_a": tag_names[a], "tag_b": item_names[b],
+            "tag_a": names.take(a), "tag_b": names.take(b),
             "n_a": n_a, "n_b": n_b, "n_ab": n_ab, "n_a_only": n_a_only, "n_b_only": n_b - n_ab,
-            "p_b_given_a": p.astype(np.float64), "ci_low": ci_low, "ci_high": ci_high,
-            "lift": lift.astype(np.float64), "npmi": npmi.astype(np.float64), "flagged": flagged.astype(bool),
-            "message": messages, "suggested_additions": suggested,
-        },
-        columns=PAIR_COLUMNS,
-    )
-    frame["tag_a"] = frame["tag_a"].astype("str")
-    frame["tag_b"] = frame["tag_b"].astype("str")
-    frame["message"] = frame["message"].astype("str")
-    return frame
+            "p_b_given_a": p, "ci_low": ci_low, "ci_high": ci_high, "lift": lift, "npmi": npmi,
+            "flagged": np.arange(len(a)) < n_flagged, "message": message.cast(pa.string()),
+            "suggested_additions": suggested,
+        }
+    ).to_pandas(split_blocks=True)
 
 
 def _wilson(successes: np.ndarray, trials: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -326,23 +401,19 @@ def curator_message(tag_a: str, tag_b: str, n_a: int, n_a_only: int, additions: 
 
 
 def _empty_class_balance() -> pd.DataFrame:
-    return pd.DataFrame({"label": pd.Series([], dtype="str"), "n": pd.Series([], dtype="int64"),
-                         "share": pd.Series([], dtype="float64")})
+    dtypes = dict(zip(CLASS_BALANCE_COLUMNS, ["str", "int64", "float64"]))
+    return pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in dtypes.items()})
 
 
 def _class_balance(column: pa.ChunkedArray) -> pd.DataFrame:
     """Label counts and shares, largest first (rows without a label are left out)."""
-    arr = _contiguous(column)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())
-    arr = pc.utf8_trim_whitespace(arr)
-    arr = arr.filter(pc.fill_null(pc.greater(pc.utf8_length(arr), 0), False))
-    if len(arr) == 0:
+    codes, labels = _encode(_contiguous(column), empty_as=None)
+    n = np.bincount(codes[codes >= 0], minlength=len(labels)).astype(np.int64)
+    present = n > 0
+    labels, n = labels[present], n[present]
+    if not len(n):
         return _empty_class_balance()
-    counts = pc.value_counts(arr)
-    labels = np.asarray(counts.field("values").to_pylist(), dtype=object)
-    n = counts.field("counts").to_numpy().astype(np.int64)
-    order = np.lexsort((labels.astype(str), -n))
+    order = np.lexsort((np.arange(len(n)), -n))  # labels are sorted: ties break alphabetically
     frame = pd.DataFrame({"label": labels[order], "n": n[order], "share": n[order] / n.sum()})
     frame["label"] = frame["label"].astype("str")
     return frame

@@ -34,6 +34,9 @@ HEADLINE_FIELDS: dict[str, pa.DataType] = {
     "n_flagged_pairs": pa.int64(),  # cooccurrence: flagged tag/attribute pairs
 }
 
+#: Other names callers use for the same metrics (accepted by record_run, stored under the canonical name).
+HEADLINE_ALIASES = {"max_subgroup_gap": "worst_subgroup_gap", "flagged_pairs": "n_flagged_pairs"}
+
 RUNS_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -123,13 +126,14 @@ def read_runs(output_dir: Path) -> pd.DataFrame:
 def record_run(output_dir: Path, summary: Mapping[str, Any], headline: Mapping[str, Any] | None = None) -> Path:
     """Upsert the run's row (keyed by summary['run_id']) into `<output_dir>/runs.parquet`; returns its path.
 
-    `summary` is the run's summary.json payload; `headline` holds any of HEADLINE_FIELDS.
+    `summary` is the run's summary.json payload; `headline` holds any of HEADLINE_FIELDS (or their
+    HEADLINE_ALIASES); `read_headline(run_dir)` computes them all from the run folder.
     Raises AuditError when the summary has no run_id or the headline has an unknown key.
     """
     run_id = summary.get("run_id")
     if not isinstance(run_id, str) or not run_id:
         raise AuditError("record_run: summary has no 'run_id'")
-    headline = dict(headline or {})
+    headline = {HEADLINE_ALIASES.get(k, k): v for k, v in (headline or {}).items()}
     unknown = sorted(set(headline) - set(HEADLINE_FIELDS))
     if unknown:
         raise AuditError(

@@ -14,6 +14,7 @@ any pixel is decoded, and checks for truncation cheaply:
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,15 @@ def probe_image(path: Path, *, max_pixels: int, min_side: int) -> ImageInfo:
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"image too large (decompression-bomb guard; nothing was decoded): {exc}") from None
+            declared = re.search(r"\((\d+) pixels\)", str(exc))
+            count = f"{int(declared.group(1)):,} pixels" if declared else "a size PIL refuses"
+            raise ImageError(
+                f"image too large: {path.name} declares {count}, over max_image_pixels {max_pixels:,}"
+                " (decompression-bomb guard; nothing was decoded)"
+            ) from None
         except UnidentifiedImageError:
             raise ImageError(f"not a recognised image format: {path.name} ({size} bytes)") from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a hostile file can trip any error in a decoder plugin
             raise ImageError(f"corrupt image {path.name}: {type(exc).__name__}: {exc}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
@@ -122,5 +128,5 @@ def _check_complete(path: Path, image: Image.Image, fmt: str, size: int) -> None
 def _decode(image: Image.Image, path: Path, why: str) -> None:
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - as in probe_image: any decoder error means this file is unusable
         raise ImageError(f"truncated or corrupt image {path.name}: {why} ({exc})") from None

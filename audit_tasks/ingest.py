@@ -111,20 +111,22 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     mine = ledger[ledger["run_id"] == run_id]
     ingest_date = str(mine["ingest_date"].iloc[0]) if len(mine) else (today or date.today()).isoformat()
 
-    files = _landing_files(Path(dataset.landing), catalog)
-    hashes = {f: content_hash(f) for f in files}
+    files = _landing_files(Path(dataset.landing))
+    hashes = {f: _manifest_hash(f) for f in files}
     if len(mine):
-        wanted = set(mine["sha256"])
-        selected = [f for f in files if hashes[f] in wanted]
-        lost = sorted(set(mine["manifest"][~mine["sha256"].isin([hashes[f] for f in selected])]))
+        wanted = set(mine["sha256"].dropna())
+        unhashed = set(mine["manifest"][mine["sha256"].isna()])
+        selected = [f for f in files if hashes[f] in wanted or (hashes[f] is None and f.name in unhashed)]
+        found = {hashes[f] for f in selected}
+        lost = sorted(set(mine["manifest"][mine["sha256"].notna() & ~mine["sha256"].isin(found)]))
         if lost:
             raise ManifestError(
                 f"cannot re-run ingest {run_id!r}: manifest(s) {', '.join(lost)} are no longer in the landing"
                 f" folder {dataset.landing} with the content that run ingested; restore them or use a new run id"
             )
     else:
-        done = set(ledger["sha256"])
-        selected = [f for f in files if hashes[f] not in done]
+        done = set(ledger["sha256"].dropna())
+        selected = [f for f in files if hashes[f] is None or hashes[f] not in done]
 
     others = _committed_parts(catalog, ledger, exclude=run_id)
     known = _read_parts(others, columns=["run_id", "manifest", "row_number", "image_id", "content_sha256"])
@@ -156,7 +158,7 @@ def read_catalog(catalog: Path, *, run_id: str | None = None) -> pd.DataFrame:
         parts = [p for p in parts if _part_run(p) == run_id]
     frame = _read_parts(parts)
     if frame.empty:
-        return pa.schema(CATALOG_FIELDS).empty_table().to_pandas()
+        return _to_pandas(pa.schema(CATALOG_FIELDS).empty_table())
     return frame.sort_values(["ingest_date", "run_id", "manifest", "row_number"], kind="stable").reset_index(drop=True)
 
 
@@ -224,14 +226,17 @@ class _Run:
 
     # -- per manifest ---------------------------------------------------------------------------
 
-    def read(self, path: Path, sha256: str) -> None:
+    def read(self, path: Path, sha256: str | None) -> None:
         entry = {"manifest": path.name, "sha256": sha256, "rows": 0, "status": STATUS_INGESTED, "reason": None}
         self.manifests.append(entry)
+        frame = None
         try:
+            if sha256 is None:
+                raise ManifestError(f"{path.name}: cannot read manifest (permission or I/O error)")
             frame = read_manifest(path)
             self._check_columns(frame, path.name)
         except ManifestError as exc:
-            rows = len(frame) if "frame" in locals() else 0
+            rows = len(frame) if frame is not None else 0
             entry.update(rows=max(rows, 1), status=STATUS_FAILED, reason=str(exc))
             self.faults.append({"manifest": path.name, "row_number": None, "reason": str(exc)})
             return
@@ -251,14 +256,14 @@ class _Run:
             raise ManifestError(
                 f"{name}: column(s) {', '.join(reserved)} are reserved for what the ingest records; rename them"
             )
+        found = ", ".join(c for c in frame.columns if c != ROW_ERROR) or "none"
         for column in _REQUIRED:
             if column not in present:
-                raise ManifestError(f"{name}: missing required column '{column}' (columns found: {', '.join(frame.columns.drop(ROW_ERROR))})")
+                raise ManifestError(f"{name}: missing required column '{column}' (columns found: {found})")
         for column in self.attributes:
             if column not in present:
                 raise ManifestError(
-                    f"{name}: missing attribute column '{column}' that the config's checks use"
-                    f" (columns found: {', '.join(frame.columns.drop(ROW_ERROR))})"
+                    f"{name}: missing attribute column '{column}' that the config's checks use (columns found: {found})"
                 )
 
     def _locate(self, row: dict[str, Any], values: dict[str, Any]) -> str | None:
@@ -310,7 +315,7 @@ class _Run:
             if row["sha256"] in by_sha:
                 row["reason"] = f"duplicate image content of {by_sha[row['sha256']]}"
             elif image_id in by_id:
-                other_sha, other = by_id[image_id]
+                _, other = by_id[image_id]
                 row["reason"] = f"image_id {image_id!r} is already used for different image content ({other})"
             else:
                 row["image_id"] = image_id
@@ -349,13 +354,13 @@ class _Run:
             record = {
                 "run_id": self.run_id, "ingest_date": self.ingest_date, "manifest": r["manifest"],
                 "row_number": r["row_number"], "image_id": r["image_id"], "image_uri": str(v["image_uri"]).strip(),
-                "image_path": r["path"], "content_sha256": r["sha256"], "label": _text(v.get("label")),
+                "image_path": r["path"], "content_sha256": r["sha256"], "label": _stripped(v.get("label")),
                 "tags": list(v.get("tags") or []), "regions": regions, "width": r["width"], "height": r["height"],
             }
-            record.update({c: _text(v.get(c)) for c in extras})
+            record.update({c: _stripped(v.get(c)) for c in extras})
             records.append(record)
         schema = catalog_schema(extras)
-        return pa.Table.from_pylist(records, schema=schema).to_pandas() if records else schema.empty_table().to_pandas()
+        return _to_pandas(pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table())
 
     def _quarantine_frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         columns = list(self.columns)
@@ -369,7 +374,8 @@ class _Run:
         order = {entry["manifest"]: i for i, entry in enumerate(self.manifests)}
         records.sort(key=lambda rec: (order[rec["manifest"]], rec["row_number"] or 0))
         schema = quarantine_schema(columns)
-        return pa.Table.from_pylist(records, schema=schema).to_pandas() if records else schema.empty_table().to_pandas()
+        table = pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()
+        return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)  # row_number may be null
 
 
 def catalog_schema(extra_columns: Sequence[str]) -> pa.Schema:
@@ -398,17 +404,30 @@ def _check_run_id(run_id: str) -> None:
         )
 
 
-def _landing_files(landing: Path, catalog: Path) -> list[Path]:
-    """Manifest candidates: regular files in the landing folder, sorted by name, without hidden/temp files."""
+def _landing_files(landing: Path) -> list[Path]:
+    """Manifest candidates: regular files in the landing folder, sorted by name.
+
+    Skipped: hidden files (`.x`), editor/lock files (`~x`, `x~`), marker files (`_SUCCESS`), and files still
+    being written (`.tmp`, `.part`, ...), so an upload in progress is picked up by the next run instead.
+    """
     if not landing.is_dir():
         raise ConfigError(f"'dataset.landing' folder does not exist: {landing}")
     files = []
     for path in sorted(landing.iterdir(), key=lambda p: p.name):
         if path.name.startswith((".", "~", "_")) or path.name.lower().endswith(_TEMP_SUFFIXES):
             continue
-        if path.is_file() and path.resolve() != catalog.resolve():
+        if path.is_file():
             files.append(path)
     return files
+
+
+def _manifest_hash(path: Path) -> str | None:
+    """The manifest's content hash, or None when it cannot be read (it is then refused, and retried next run:
+    with no content to key the ledger on, a fixed permission must not leave it skipped forever)."""
+    try:
+        return content_hash(path)
+    except OSError:
+        return None
 
 
 def _part_path(catalog: Path, run_id: str, ingest_date: str) -> Path:
@@ -435,8 +454,14 @@ def _read_parts(parts: Sequence[Path], columns: Sequence[str] | None = None) -> 
     if not parts:
         names = list(columns) if columns else [f.name for f in CATALOG_FIELDS]
         return pa.schema([f for f in CATALOG_FIELDS if f.name in names]).empty_table().to_pandas()
-    tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in parts]
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+    tables = []
+    for part in parts:
+        table = pq.read_table(part, columns=list(columns) if columns else None, partitioning=None)
+        if "ingest_date" in table.column_names:
+            position = table.schema.get_field_index("ingest_date")
+            table = table.set_column(position, "ingest_date", table.column(position).cast(pa.string()))
+        tables.append(table)
+    return _to_pandas(pa.concat_tables(tables, promote_options="default"))
 
 
 def _write_part(catalog: Path, run_id: str, ingest_date: str, accepted: pd.DataFrame) -> Path | None:
@@ -445,7 +470,12 @@ def _write_part(catalog: Path, run_id: str, ingest_date: str, accepted: pd.DataF
     written = None
     if len(accepted):
         extras = [c for c in accepted.columns if c not in {f.name for f in CATALOG_FIELDS}]
-        written = write_table(accepted, target, name="catalog", schema=catalog_schema(extras))
+        table = pa.Table.from_pandas(accepted, schema=catalog_schema(extras), preserve_index=False)
+        # Dictionary-typed like the hive partition key, so `pq.read_table(catalog)` can merge the two.
+        position = table.schema.get_field_index("ingest_date")
+        table = table.set_column(position, pa.field("ingest_date", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+                                 table.column(position).dictionary_encode())
+        written = write_table(table, target, name="catalog")
     for stale in _all_parts(catalog):  # an earlier attempt of this run under another date, or now empty
         if _part_run(stale) == run_id and stale != written:
             stale.unlink()
@@ -462,6 +492,20 @@ def _write_ledger(catalog: Path, ledger: pd.DataFrame, run_id: str, ingest_date:
 # ---------------------------------------------------------------------------------------------
 # Cell helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Arrow -> pandas with `tags` as Python lists (as `read_manifest` gives them), not NumPy arrays."""
+    frame = table.to_pandas()
+    if "tags" in frame.columns:
+        frame["tags"] = pd.Series([[] if t is None else list(t) for t in frame["tags"]], index=frame.index, dtype=object)
+    return frame
+
+
+def _stripped(value: Any) -> str | None:
+    """A catalog cell: text without surrounding whitespace, so ' f' and 'f' are one subgroup."""
+    text = _text(value)
+    return None if text is None else text.strip()
 
 
 def _text(value: Any) -> str | None:

@@ -73,7 +73,8 @@ def read_manifest_table(path: Path, *, required: Sequence[str] = ("image_uri",))
     """Read a manifest straight into Arrow, vectorised, for million-row manifests that never touch images.
 
     Every column but `tags` becomes a string column; `tags` becomes list<string> normalised as in
-    `parse_tags`. A CSV with bytes that are not UTF-8 falls back to `read_manifest` (row-wise, slower).
+    `parse_tags`; `_row_error` is null, except when a CSV/JSON Lines file that Arrow refuses (bytes that are
+    not UTF-8, ragged rows, bad JSON) falls back to `read_manifest` (row-wise, slower), which fills it in.
 
     Raises:
         ManifestError: as `read_manifest`.
@@ -100,12 +101,14 @@ def read_manifest_table(path: Path, *, required: Sequence[str] = ("image_uri",))
             table = pajson.read_json(path)
         else:
             table = pq.read_table(path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        if kind == "csv" and "UTF8" in str(exc).upper().replace("-", ""):
-            return _frame_to_table(read_manifest(path, required=required))
-        if kind == "jsonl":  # ragged or odd JSON: the row-wise reader reports it precisely
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        if kind in ("csv", "jsonl"):  # bad bytes, ragged rows, odd JSON: the row-wise reader names each bad row
             return _frame_to_table(read_manifest(path, required=required))
         raise ManifestError(f"{path.name}: cannot read manifest: {exc}") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path.name}: cannot read manifest: {exc}") from exc
+    if table.num_columns == 0 and table.num_rows == 0:  # JSON Lines with no records: zero rows, as read_manifest
+        table = pa.table({name: pa.array([], pa.string()) for name in required})
     names = [n.strip() for n in table.column_names]
     _check_names(names, path.name)
     table = table.rename_columns(names)
@@ -119,10 +122,13 @@ def read_manifest_table(path: Path, *, required: Sequence[str] = ("image_uri",))
             columns[name] = _tags_array(column)
         elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             columns[name] = column.cast(pa.string())
-        elif name == "regions" or pa.types.is_nested(column.type):
-            columns[name] = pa.array([_to_text(v, json_nested=True) for v in column.to_pylist()], pa.string())
-        else:
+        elif pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+            columns[name] = column.cast(pa.string())  # same text as read_manifest: "41", "true"
+        else:  # floats, nested values (regions as a list), dates...: as read_manifest writes them
             columns[name] = pa.array([_to_text(v) for v in column.to_pylist()], pa.string())
+    if ROW_ERROR in columns:
+        raise ManifestError(f"{path.name}: column '{ROW_ERROR}' is reserved")
+    columns[ROW_ERROR] = pa.nulls(table.num_rows, pa.string())
     return pa.table(columns)
 
 
@@ -368,7 +374,7 @@ def _finish(columns: list[str], rows: list[dict[str, Any]], name: str, required:
             if column == "tags":
                 out[column].append(parse_tags(value))
             else:
-                out[column].append(_to_text(value, json_nested=True))
+                out[column].append(_to_text(value))
         errors.append(row.get(ROW_ERROR))
     frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in out.items()})
     frame[ROW_ERROR] = pd.Series(errors, dtype=object)
@@ -376,7 +382,7 @@ def _finish(columns: list[str], rows: list[dict[str, Any]], name: str, required:
     return frame
 
 
-def _to_text(value: Any, *, json_nested: bool = True) -> str | None:
+def _to_text(value: Any) -> str | None:
     """A cell as text: None stays None, strings are kept, other scalars and nested values become JSON."""
     if value is None:
         return None
@@ -410,7 +416,6 @@ def _missing_message(name: str, column: str, columns: Sequence[str]) -> str:
 
 
 def _frame_to_table(frame: pd.DataFrame) -> pa.Table:
-    frame = frame.drop(columns=[ROW_ERROR])
     columns = {}
     for name in frame.columns:
         if name == "tags":

@@ -105,7 +105,7 @@ def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
     write_table(audit_rows, stages / "audit_rows.parquet", name="audit_rows")
     counts = {
         "manifests": int(len(result.manifests)),
-        "rows_in": int(len(result.accepted) + len(result.quarantined)),
+        "rows_in": int(result.rows_in),
         "ingested": int(len(result.accepted)),
         "quarantined_at_ingest": int(len(result.quarantined)),
         "to_audit": int(len(audit_rows)),
@@ -296,7 +296,7 @@ def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
 
 def stage_gate(config: AuditConfig, run_id: str) -> Verdict:
     """Merge the checks' gates into gates.parquet and write summary.json; never raises for a failed gate."""
-    from audit_tasks.history import record_run
+    from audit_tasks.history import read_headline, record_run
 
     rd = run_dir(config, run_id)
     gates = collect_gates(config, run_id)
@@ -304,7 +304,7 @@ def stage_gate(config: AuditConfig, run_id: str) -> Verdict:
     result = verdict(gates)
     summary = _summary(config, run_id, result)
     write_json(summary, rd / "summary.json")
-    record_run(Path(config.output.dir), summary, _headline(rd))
+    record_run(Path(config.output.dir), summary, read_headline(rd))
     return result
 
 
@@ -353,25 +353,6 @@ def _run_created_at(rd: Path) -> str:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(datetime.now(timezone.utc).isoformat(timespec="seconds"), encoding="utf-8")
     return marker.read_text(encoding="utf-8").strip()
-
-
-def _headline(rd: Path) -> dict[str, float | None]:
-    """Headline metrics for the run history: one number per check."""
-    headline: dict[str, float | None] = {}
-    path = rd / "saliency_by_class.parquet"
-    if path.is_file():
-        by_class = read_table(path)
-        headline["max_flagged_fraction"] = float(by_class["flagged_fraction"].max()) if len(by_class) else None
-    path = rd / "subgroups.parquet"
-    if path.is_file():
-        groups = read_table(path)
-        gaps = groups.loc[groups["status"] != "too small to judge", "gap"]
-        headline["max_subgroup_gap"] = float(gaps.max()) if len(gaps) else None
-    path = rd / "cooccurrence.parquet"
-    if path.is_file():
-        pairs = read_table(path)
-        headline["flagged_pairs"] = float(pairs["flagged"].sum())
-    return headline
 
 
 def read_summary(config: AuditConfig, run_id: str) -> dict[str, Any]:

@@ -8,26 +8,25 @@ deterministic: the same tables give a byte-identical page (no render-time clock)
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from audit_tasks import history
 from audit_tasks.errors import AuditError
 from audit_tasks.report_charts import GroupPoint, class_bars, heatmap, subgroup_chart
+from audit_tasks.report_data import QUARANTINE_ROWS, RunDigest, RunTables, find_previous, load_run, read_cams
 from audit_tasks.report_html import badge, count, esc, is_missing, num, page, pct, section, skipped, table
 from audit_tasks.report_images import CORE_COLOUR, SPURIOUS_COLOUR, Overlay, render_overlay
 from audit_tasks.tables import write_text
 
+__all__ = ["QUARANTINE_ROWS", "REPORT_FILE", "RunDigest", "RunTables", "build_html", "find_previous", "load_run",
+           "render_report"]
+
 REPORT_FILE = "report.html"
-#: Quarantine rows shown on the page; the rest stay in quarantine.parquet.
-QUARANTINE_ROWS = 1000
 #: Thumbnails on the whole page, per gallery: the page-weight budget (about 4-6 KB each).
 CONFUSION_THUMBS = 240
 SALIENCY_THUMBS = 192
@@ -35,228 +34,14 @@ SALIENCY_THUMBS = 192
 PASSED_GATES_ROWS = 200
 FLAGGED_PAIRS_ROWS = 500
 HEATMAP_TAGS = 12
+#: Above this many classes the confusion grid becomes a list of the most frequent confusions.
+MATRIX_MAX_CLASSES = 60
+MATRIX_LIST_ROWS = 300
 TOO_SMALL = "too small to judge"
 OVERALL = "__overall__"
 DASH = " \u2014 "
 DOT = " \u00b7 "
 FLAG_BADGE = '<br><span class="badge fail">flagged</span>'
-
-_IMAGE_COLUMNS = (
-    "image_id", "image_uri", "image_path", "label", "prediction", "confidence", "correct", "target_class",
-    "width", "height", "regions", "core_share", "spurious_share", "outside_share", "spurious_enrichment",
-    "pointing_hit", "has_regions", "spurious_flag", "cam_height", "cam_width",
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the run
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunTables:
-    """What the report reads from a run folder; a table is None when its file is absent."""
-
-    run_dir: Path
-    summary: dict[str, Any] | None
-    gates: pd.DataFrame | None
-    cooccurrence: pd.DataFrame | None
-    class_balance: pd.DataFrame | None
-    saliency_by_class: pd.DataFrame | None
-    subgroups: pd.DataFrame | None
-    confusion: pd.DataFrame | None
-    quarantine_head: pd.DataFrame | None
-    quarantine_total: int
-    images: pd.DataFrame | None  # without the cam column; `_row` is the row number in images.parquet
-
-    @property
-    def run_id(self) -> str:
-        if self.summary and self.summary.get("run_id"):
-            return str(self.summary["run_id"])
-        return self.run_dir.name
-
-    def check_status(self, name: str) -> str | None:
-        """'ran', 'skipped' or None (unknown) for a check, from summary.json."""
-        checks = (self.summary or {}).get("checks") or {}
-        value = checks.get(name) if isinstance(checks, Mapping) else None
-        return str(value) if value is not None else None
-
-
-def _read(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        return pq.read_table(path).to_pandas()
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise AuditError(f"{path}: expected a JSON object")
-    return payload
-
-
-def _read_quarantine(path: Path, limit: int) -> tuple[pd.DataFrame | None, int]:
-    if not path.is_file():
-        return None, 0
-    try:
-        pf = pq.ParquetFile(path)
-        total = pf.metadata.num_rows
-        batches = []
-        taken = 0
-        for batch in pf.iter_batches(batch_size=limit):
-            batches.append(batch.slice(0, limit - taken))
-            taken += min(limit - taken, batch.num_rows)
-            if taken >= limit:
-                break
-        if batches:
-            import pyarrow as pa
-
-            head = pa.Table.from_batches(batches).to_pandas()
-        else:
-            head = pf.schema_arrow.empty_table().to_pandas()
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
-    return head, int(total)
-
-
-def _read_images(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        names = set(pq.read_schema(path).names)
-        frame = pq.read_table(path, columns=[c for c in _IMAGE_COLUMNS if c in names]).to_pandas()
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
-    frame["_row"] = np.arange(len(frame), dtype=np.int64)
-    return frame
-
-
-def load_run(run_dir: Path) -> RunTables:
-    """Read every table the report uses from a run folder (images without their CAMs)."""
-    run_dir = Path(run_dir)
-    head, total = _read_quarantine(run_dir / "quarantine.parquet", QUARANTINE_ROWS)
-    return RunTables(
-        run_dir=run_dir,
-        summary=_read_summary(run_dir),
-        gates=_read(run_dir / "gates.parquet"),
-        cooccurrence=_read(run_dir / "cooccurrence.parquet"),
-        class_balance=_read(run_dir / "class_balance.parquet"),
-        saliency_by_class=_read(run_dir / "saliency_by_class.parquet"),
-        subgroups=_read(run_dir / "subgroups.parquet"),
-        confusion=_read(run_dir / "confusion.parquet"),
-        quarantine_head=head,
-        quarantine_total=total,
-        images=_read_images(run_dir / "images.parquet"),
-    )
-
-
-def _read_cams(path: Path, rows: list[int]) -> dict[int, tuple[np.ndarray, Any, Any]]:
-    """The CAMs of the given images.parquet rows, read one row group at a time (memory stays bounded)."""
-    wanted = np.array(sorted(set(rows)), dtype=np.int64)
-    out: dict[int, tuple[np.ndarray, Any, Any]] = {}
-    if not len(wanted) or not path.is_file():
-        return out
-    pf = pq.ParquetFile(path)
-    if "cam" not in pf.schema_arrow.names:
-        return out
-    offset = 0
-    for rg in range(pf.num_row_groups):
-        n = pf.metadata.row_group(rg).num_rows
-        local = wanted[(wanted >= offset) & (wanted < offset + n)] - offset
-        if len(local):
-            chunk = pf.read_row_group(rg, columns=["cam"]).column("cam").take(local)
-            for r, value in zip(local, chunk.to_pylist()):
-                out[int(r + offset)] = (np.asarray(value if value is not None else [], dtype=np.float32), None, None)
-        offset += n
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Previous run
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunDigest:
-    """What the "change since the previous run" block compares: verdict, failed gates, counts, headline."""
-
-    run_id: str
-    created_at: str | None
-    passed: bool | None
-    failed_gates: tuple[str, ...]
-    counts: dict[str, Any] = field(default_factory=dict)
-    headline: dict[str, Any] = field(default_factory=dict)
-
-
-def _digest_from_folder(run_dir: Path) -> RunDigest | None:
-    summary = _read_summary(run_dir) if run_dir.is_dir() else None
-    if summary is None:
-        return None
-    return RunDigest(
-        run_id=str(summary.get("run_id") or run_dir.name),
-        created_at=str(summary["created_at"]) if summary.get("created_at") is not None else None,
-        passed=summary.get("passed"),
-        failed_gates=tuple(str(g) for g in summary.get("failed_gates") or []),
-        counts=dict(summary.get("counts") or {}),
-        headline=history.read_headline(run_dir),
-    )
-
-
-def _digest_from_history(output_dir: Path, run_id: str) -> RunDigest | None:
-    runs = history.read_runs(output_dir)
-    rows = runs[runs["run_id"] == run_id]
-    if not len(rows):
-        return None
-    row = rows.iloc[0]
-    created = history.parse_time(row["created_at"]) if not pd.isna(row["created_at"]) else None
-    return RunDigest(
-        run_id=run_id,
-        created_at=created.isoformat() if created else None,
-        passed=None if pd.isna(row["passed"]) else bool(row["passed"]),
-        failed_gates=tuple(row["failed_gates"] if row["failed_gates"] is not None else ()),
-        counts=json.loads(row["counts_json"]) if isinstance(row["counts_json"], str) else {},
-        headline={k: (None if is_missing(row[k]) or pd.isna(row[k]) else row[k]) for k in history.HEADLINE_FIELDS},
-    )
-
-
-def find_previous(run: RunTables, previous_run_dir: Path | None) -> RunDigest | None:
-    """The previous run: the one given, else the run history's, else the latest older sibling folder."""
-    if previous_run_dir is not None:
-        return _digest_from_folder(Path(previous_run_dir))
-    output_dir = run.run_dir.parent
-    created_at = (run.summary or {}).get("created_at")
-    if (output_dir / history.RUNS_FILE).is_file():
-        prev_id = history.previous_run(output_dir, run.run_id, created_at=created_at)
-        if prev_id is not None:
-            return _digest_from_folder(output_dir / prev_id) or _digest_from_history(output_dir, prev_id)
-    mine = history.parse_time(created_at)
-    if mine is None:
-        return None
-    best: tuple[Any, str, Path] | None = None
-    for sibling in sorted(p for p in output_dir.iterdir() if p.is_dir() and p != run.run_dir):
-        summary_path = sibling / "summary.json"
-        if not summary_path.is_file():
-            continue
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        when = history.parse_time(summary.get("created_at")) if isinstance(summary, dict) else None
-        if when is None or (when, sibling.name) >= (mine, run.run_dir.name):
-            continue
-        if best is None or (when, sibling.name) > (best[0], best[1]):
-            best = (when, sibling.name, sibling)
-    return _digest_from_folder(best[2]) if best else None
-
 
 # ---------------------------------------------------------------------------------------------
 # Sections
@@ -293,7 +78,9 @@ def _verdict_block(run: RunTables) -> str:
     if run.gates is not None:
         failed = [g for g in _gate_rows(run.gates) if not bool(g.passed)]
         total = len(run.gates)
-        if passed:
+        if total == 0:
+            why = "No gate was evaluated (every check skipped)."
+        elif passed:
             why = f"All {total:,} gates passed."
         else:
             why = f"{len(failed):,} of {total:,} gates failed."
@@ -331,7 +118,8 @@ def _counts(run: RunTables) -> dict[str, Any]:
     return counts
 
 
-def _delta(now: Any, before: Any, *, as_pct: bool = False, lower_is_better: bool = True) -> str:
+def _delta(now: Any, before: Any, *, as_pct: bool = False, better: str | None = "lower") -> str:
+    """The change from `before` to `now`, coloured red when worse, green when better (`better`: lower/higher/None)."""
     if is_missing(now) or is_missing(before):
         return ""
     try:
@@ -340,9 +128,15 @@ def _delta(now: Any, before: Any, *, as_pct: bool = False, lower_is_better: bool
         return ""
     if abs(d) < 1e-12:
         return '<span class="note">no change</span>'
-    worse = d > 0 if lower_is_better else d < 0
     text = f"{d * 100:+.1f} pts" if as_pct else (f"{d:+,.0f}" if float(d).is_integer() else f"{d:+.3f}")
+    if better is None:
+        return f"<span>{esc(text)}</span>"
+    worse = d > 0 if better == "lower" else d < 0
     return f'<span class="{"up" if worse else "down"}">{esc(text)}</span>'
+
+
+def _since(delta: str) -> str:
+    return f'<div class="d">{delta} since previous</div>' if delta else ""
 
 
 _HEADLINE_LABELS = {
@@ -362,10 +156,10 @@ def _summary_section(run: RunTables, previous: RunDigest | None, headline: dict[
     for key in order:
         if key not in counts:
             continue
-        delta = _delta(counts.get(key), prev_counts.get(key), lower_is_better=key == "quarantined") if previous else ""
+        delta = _delta(counts.get(key), prev_counts.get(key), better="lower" if key == "quarantined" else None) if previous else ""
         cards.append(
-            f'<div class="card"><div class="k">{esc(key)}</div><div class="v">{count(counts.get(key))}</div>'
-            f'{f"<div class=d>{delta} since previous</div>" if delta else ""}</div>'
+            f'<div class="card"><div class="k">{esc(key.replace("_", " "))}</div><div class="v">{count(counts.get(key))}</div>'
+            f"{_since(delta)}</div>"
         )
     checks = (run.summary or {}).get("checks") or {}
     chips = "".join(
@@ -631,7 +425,7 @@ def _sort_worst(frame: pd.DataFrame) -> pd.DataFrame:
 class _Thumbs:
     """Renders each selected image's overlay once per report (local cache, not module state)."""
 
-    def __init__(self, images: pd.DataFrame, cams: dict[int, tuple[np.ndarray, Any, Any]], thumb_size: int) -> None:
+    def __init__(self, images: pd.DataFrame, cams: dict[int, np.ndarray], thumb_size: int) -> None:
         self._images = images
         self._cams = cams
         self._size = thumb_size
@@ -640,7 +434,7 @@ class _Thumbs:
     def figure(self, row: int) -> str:
         r = self._images.iloc[row]
         if row not in self._cache:
-            cam = self._cams.get(row, (None, None, None))[0]
+            cam = self._cams.get(row)
             self._cache[row] = render_overlay(
                 cam, r.get("cam_height"), r.get("cam_width"), image_path=r.get("image_path"),
                 width=r.get("width"), height=r.get("height"), regions=r.get("regions"), thumb_size=self._size,
@@ -660,7 +454,8 @@ class _Thumbs:
             f"{'' if ov.has_original else '<br><span class=note>original missing: heatmap only</span>'}"
         )
         return (
-            f'<figure class="{"flag" if flagged else ""}"><img src="{ov.data_uri}" width="{ov.width}" '
+            f'<figure class="{"flag" if flagged else ""}" style="width:{max(ov.width, 104) + 12}px">'
+            f'<img src="{ov.data_uri}" width="{ov.width}" '
             f'height="{ov.height}" alt="Grad-CAM overlay of {esc(name)}" loading="lazy">'
             f"<figcaption>{caption}</figcaption></figure>"
         )
@@ -709,6 +504,52 @@ def _confusion_plan(images: pd.DataFrame, max_gallery: int) -> dict[tuple[str, s
     return plan
 
 
+def _matrix_html(classes: list[str], counts: dict[tuple[str, str], int], plan: dict[tuple[str, str], list[int]]) -> str:
+    index = {c: i for i, c in enumerate(classes)}
+    row_totals = {c: 0 for c in classes}
+    for (label, _), n in counts.items():
+        row_totals[label] += n
+    head = "".join(f"<th>{esc(c)}</th>" for c in classes)
+    body_rows = []
+    for label in classes:
+        cells = []
+        for pred in classes:
+            n = counts.get((label, pred), 0)
+            if not n:
+                cells.append("<td>0</td>")  # empty cells stay bare: a 100-class matrix has 10,000 of them
+                continue
+            share = n / row_totals[label] if row_totals[label] else 0.0
+            colour = (f"rgba(22,121,74,{0.08 + 0.6 * share:.3f})" if label == pred
+                      else f"rgba(179,38,30,{0.08 + 0.7 * share:.3f})")
+            title = esc(f"true {label}, predicted {pred}: {n:,} ({share * 100:.1f}% of the row)")
+            if (label, pred) in plan:
+                inner = f'<a href="#cm-{index[label]}-{index[pred]}" title="{title}">{n:,}</a>'
+            else:
+                inner = f'<span title="{title}">{n:,}</span>'
+            cells.append(f'<td style="background:{colour}">{inner}</td>')
+        body_rows.append(f'<tr><th class="rowh">{esc(label)}</th>{"".join(cells)}</tr>')
+    return (
+        '<div class="scroll"><table class="cm"><thead><tr><th>true \u2193 / predicted \u2192</th>'
+        f'{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table></div>'
+    )
+
+
+def _top_confusions_html(classes: list[str], counts: dict[tuple[str, str], int],
+                         plan: dict[tuple[str, str], list[int]]) -> str:
+    """For too many classes to draw a grid: the most frequent confusions as a list."""
+    index = {c: i for i, c in enumerate(classes)}
+    off = sorted(((n, l, p) for (l, p), n in counts.items() if l != p and n), key=lambda t: (-t[0], t[1], t[2]))
+    rows = []
+    for n, label, pred in off[:MATRIX_LIST_ROWS]:
+        cell = f"{n:,}"
+        if (label, pred) in plan:
+            cell = f'<a href="#cm-{index[label]}-{index[pred]}">{cell}</a>'
+        rows.append([esc(label), esc(pred), cell])
+    note = (f'<p class="note">{len(classes):,} classes: too many to draw the matrix; the {min(len(off), MATRIX_LIST_ROWS):,} '
+            f"most frequent confusions of {len(off):,} are listed (confusion.parquet keeps every cell).</p>")
+    return note + table(["true label", "predicted", "images"], rows, numeric=(2,))
+
+
 def _confusion_section(run: RunTables, thumbs: _Thumbs | None, plan: dict[tuple[str, str], list[int]]) -> str:
     cm, note = _confusion_frame(run)
     if cm is None:
@@ -716,53 +557,34 @@ def _confusion_section(run: RunTables, thumbs: _Thumbs | None, plan: dict[tuple[
     cm = cm.assign(label=cm["label"].astype(str), prediction=cm["prediction"].astype(str))
     classes = sorted(set(cm["label"]) | set(cm["prediction"]))
     index = {c: i for i, c in enumerate(classes)}
-    counts = {(r.label, r.prediction): int(r.n) for r in cm.itertuples(index=False)}
-    row_totals = {c: sum(v for (l, _), v in counts.items() if l == c) for c in classes}
-    head = "".join(f"<th>{esc(c)}</th>" for c in classes)
-    body_rows = []
-    for label in classes:
-        cells = []
-        for pred in classes:
-            n = counts.get((label, pred), 0)
-            share = n / row_totals[label] if row_totals[label] else 0.0
-            if label == pred:
-                colour = f"rgba(22,121,74,{0.08 + 0.6 * share:.3f})"
-            else:
-                colour = f"rgba(179,38,30,{(0.08 + 0.7 * share) if n else 0:.3f})"
-            title = f"true {label}, predicted {pred}: {n:,} ({share * 100:.1f}% of the row)"
-            anchor = f"cm-{index[label]}-{index[pred]}"
-            if n and (label, pred) in plan:
-                inner = f'<a href="#{anchor}" title="{esc(title)}">{n:,}</a>'
-            else:
-                inner = f'<span title="{esc(title)}">{n:,}</span>'
-            cells.append(f'<td style="background:{colour}">{inner}</td>')
-        body_rows.append(f'<tr><th class="rowh">{esc(label)}</th>{"".join(cells)}</tr>')
-    matrix = (
-        '<div class="scroll"><table class="cm"><thead><tr><th>true \u2193 / predicted \u2192</th>'
-        f'{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table></div>'
-    )
-    body = [f'<p class="note">Rows: true label; columns: prediction. Click a cell to see its images. {esc(note)}</p>', matrix]
+    counts: dict[tuple[str, str], int] = {}
+    for r in cm.itertuples(index=False):
+        counts[(r.label, r.prediction)] = counts.get((r.label, r.prediction), 0) + int(r.n)
+    plan = {cell: rows for cell, rows in plan.items() if cell[0] in index and cell[1] in index}
+    grid = (_matrix_html(classes, counts, plan) if len(classes) <= MATRIX_MAX_CLASSES
+            else _top_confusions_html(classes, counts, plan))
+    body = [f'<p class="note">Rows: true label; columns: prediction. Click a cell to see its images. {esc(note)}</p>', grid]
     if thumbs is None or run.images is None:
         body.append('<p class="note">No images.parquet in this run: no per-image drill-down (saliency check skipped).</p>')
         return section("confusion", "Confusion matrix", "".join(body))
     body.append("<h3>Images per cell</h3>" + _legend())
-    body.append(f'<p class="note">Worst offenders first (flagged, then highest spurious share); at most '
-                f"{max((len(v) for v in plan.values()), default=0)} per cell and {CONFUSION_THUMBS} on the page. "
-                "images.parquet keeps every image.</p>")
+    body.append(f'<p class="note">Per true class, the cell with the worst offender first; in each cell flagged images, '
+                f"then highest spurious share; at most {max((len(v) for v in plan.values()), default=0)} per cell and "
+                f"{CONFUSION_THUMBS} on the page. images.parquet keeps every image.</p>")
+    spur = (pd.to_numeric(run.images["spurious_share"], errors="coerce").fillna(-1.0).to_numpy()
+            if "spurious_share" in run.images else np.full(len(run.images), -1.0))
     for label in classes:
-        label_cells = [(label, pred) for pred in classes if counts.get((label, pred), 0) and (label, pred) in plan]
+        label_cells = [(label, pred) for pred in classes if (label, pred) in plan]
         if not label_cells:
             continue
-        # Within a class, the cell holding the worst offender comes first.
-        label_cells.sort(key=lambda c: (c[0] == c[1], classes.index(c[1])))
+        label_cells.sort(key=lambda c: (-max(spur[r] for r in plan[c]), c[0] == c[1], index[c[1]]))
         body.append(f"<h4>True class {esc(label)}</h4>")
         for cell in label_cells:
             rows = plan[cell]
-            n = counts.get(cell, 0)
-            anchor = f"cm-{index[cell[0]]}-{index[cell[1]]}"
+            n = counts.get(cell, len(rows))
             body.append(
-                f'<div class="cell" id="{anchor}"><p><strong>{esc(cell[0])}</strong> predicted as '
-                f"<strong>{esc(cell[1])}</strong>: {n:,} image(s), showing {len(rows)}</p>"
+                f'<div class="cell" id="cm-{index[cell[0]]}-{index[cell[1]]}"><p><strong>{esc(cell[0])}</strong> '
+                f"predicted as <strong>{esc(cell[1])}</strong>: {n:,} image(s), showing {len(rows)}</p>"
                 f'<div class="gallery">{"".join(thumbs.figure(r) for r in rows)}</div></div>'
             )
     return section("confusion", "Confusion matrix", "".join(body))
@@ -873,7 +695,7 @@ def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, 
             cm_plan = _confusion_plan(run.images, max_gallery)
         sal_plan = _saliency_plan(run.images, max_gallery)
         wanted = [r for rows in cm_plan.values() for r in rows] + [r for rows in sal_plan.values() for r in rows]
-        thumbs = _Thumbs(run.images, _read_cams(run.run_dir / "images.parquet", wanted), thumb_size)
+        thumbs = _Thumbs(run.images, read_cams(run.run_dir / "images.parquet", wanted), thumb_size)
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("summary", "Summary"), ("cooccurrence", "Co-occurrence"), ("subgroups", "Subgroups"),
         ("confusion", "Confusion matrix"), ("saliency", "Saliency"), ("quarantine", "Quarantine")))

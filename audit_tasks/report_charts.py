@@ -47,7 +47,7 @@ def heatmap(
     cell = 36
     left = min(190, 16 + 7 * max((len(_short(r, 26)) for r in rows), default=4))
     top = min(160, 20 + 5.2 * max((len(_short(c, 26)) for c in cols), default=4))
-    width = left + cell * len(cols) + 20
+    width = max(left + cell * len(cols) + 20, left + 21 * 8 + 170)  # room for the legend
     height = top + cell * len(rows) + 34
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{_f(width)}" height="{_f(height)}" '
@@ -113,7 +113,7 @@ def subgroup_chart(
 ) -> str:
     """Dot-and-whisker chart of a metric per group: CI whiskers, the best group and the gap threshold drawn."""
     label_w, plot_w, right = 230, 520, 150
-    row_h, top = 24, 30
+    row_h, top = 24, 40
     width = label_w + plot_w + right
     height = top + row_h * len(points) + 36
     lows = [p.ci_low for p in points if not is_missing(p.ci_low)] + [
@@ -155,11 +155,11 @@ def subgroup_chart(
     if not is_missing(threshold):
         xt = sx(float(threshold))  # type: ignore[arg-type]
         parts.append(
-            f'<line x1="{_f(xt)}" y1="{top - 10}" x2="{_f(xt)}" y2="{_f(axis_y)}" stroke="#b3261e" '
+            f'<line x1="{_f(xt)}" y1="{top - 24}" x2="{_f(xt)}" y2="{_f(axis_y)}" stroke="#b3261e" '
             f'stroke-width="1.5" stroke-dasharray="5 3"/>'
         )
         parts.append(
-            f'<text x="{_f(xt)}" y="{top - 14}" text-anchor="middle" fill="#b3261e">gap limit</text>'
+            f'<text x="{_f(xt)}" y="{top - 27}" text-anchor="middle" fill="#b3261e">gap limit</text>'
         )
     for i, p in enumerate(points):
         cy = top + row_h * i + row_h / 2

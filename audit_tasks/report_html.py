@@ -162,10 +162,10 @@ table.cm td{text-align:center;min-width:46px;padding:0}
 table.cm td a,table.cm td span{display:block;padding:6px 4px;text-decoration:none;color:inherit}
 table.cm th.rowh{text-align:right}
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0 12px}
-figure{margin:0;width:min-content;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:5px}
+figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:5px}
 figure.flag{border-color:var(--fail)}
 figure img{display:block;border-radius:3px;image-rendering:auto}
-figcaption{font-size:11px;line-height:1.3;margin-top:4px;min-width:96px;word-break:break-all}
+figcaption{font-size:11px;line-height:1.3;margin-top:4px;overflow-wrap:anywhere}
 figcaption .sh{white-space:nowrap}
 .cell{border-left:3px solid var(--line);padding-left:10px;margin:10px 0}
 .cell:target{border-left-color:var(--accent);background:#f2f6ff}

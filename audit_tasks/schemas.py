@@ -179,12 +179,10 @@ def to_strings(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
     if isinstance(value, (list, tuple, np.ndarray)):
         return json.dumps([_as_text(v) for v in value])
+    if value is None or pd.isna(value):
+        return None
     return value if isinstance(value, str) else str(value)
 
 

@@ -100,18 +100,19 @@ t0 = time.perf_counter()
 import pyarrow.parquet as pq
 from audit_tasks.config import CooccurrenceCheck
 from audit_tasks.cooccurrence import check_cooccurrence
-t1 = time.perf_counter()
-table = pq.read_table(sys.argv[1], columns=["tags", "label", "gender", "skin_tone"])
+t1, c1 = time.perf_counter(), time.process_time()
+dictionary = ["tags.list.element", "label", "gender", "skin_tone"] if sys.argv[2] == "dict" else None
+table = pq.read_table(sys.argv[1], columns=["tags", "label", "gender", "skin_tone"], read_dictionary=dictionary)
 t2 = time.perf_counter()
 result = check_cooccurrence(table, check=CooccurrenceCheck(), attributes=["gender", "skin_tone"])
-t3 = time.perf_counter()
-if len(sys.argv) > 2:
-    n = int(sys.argv[2])
+t3, c3 = time.perf_counter(), time.process_time()
+if len(sys.argv) > 3:
+    n = int(sys.argv[3])
     sample = check_cooccurrence(table.slice(0, n), check=CooccurrenceCheck(), attributes=["gender", "skin_tone"]).pairs
-    sample[["tag_a", "tag_b", "n_ab"]].to_parquet(sys.argv[3])
+    sample[["tag_a", "tag_b", "n_ab"]].to_parquet(sys.argv[4])
 flagged = result.pairs[result.pairs["flagged"]]
 print(json.dumps({
-    "import_s": t1 - t0, "read_s": t2 - t1, "check_s": t3 - t2, "read_check_s": t3 - t1,
+    "import_s": t1 - t0, "read_s": t2 - t1, "check_s": t3 - t2, "read_check_s": t3 - t1, "cpu_s": c3 - c1,
     "pairs": len(result.pairs), "flagged": [f"{a} -> {b}" for a, b in zip(flagged.tag_a, flagged.tag_b)],
     "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))
@@ -122,7 +123,7 @@ import json, resource, sys, time
 import pandas as pd, pyarrow.parquet as pq
 n = int(sys.argv[2])
 frame = pq.read_table(sys.argv[1], columns=["tags", "gender", "skin_tone"]).slice(0, n).to_pandas()
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 frame["row"] = range(len(frame))
 tags = frame[["row", "tags"]].explode("tags").dropna().drop_duplicates()
 tags = tags.rename(columns={"tags": "item"})
@@ -134,10 +135,10 @@ items = pd.concat([tags, *attrs], ignore_index=True)
 pairs = tags.rename(columns={"item": "tag_a"}).merge(items.rename(columns={"item": "tag_b"}), on="row")
 pairs = pairs[pairs["tag_a"] != pairs["tag_b"]]
 counts = pairs.groupby(["tag_a", "tag_b"], sort=False).size().rename("n_ab").reset_index()
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 if len(sys.argv) > 3:
     counts.to_parquet(sys.argv[3])
-print(json.dumps({"baseline_s": t1 - t0, "rows": len(frame), "pairs": len(counts),
+print(json.dumps({"baseline_s": t1 - t0, "cpu_s": c1 - c0, "rows": len(frame), "pairs": len(counts),
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -152,29 +153,32 @@ def _run(code: str, *args: str) -> tuple[dict, float]:
     return json.loads(out.stdout.strip().splitlines()[-1]), wall
 
 
+def walls(runs: list[dict], key: str, scale: float = 1.0) -> str:
+    return ", ".join(f"{r[key] * scale:.2f}" for r in runs)
+
+
 def _cli_available() -> bool:
     cli = REPO / "audit_tasks" / "cli.py"
     return cli.is_file() and "check-cooccurrence" in cli.read_text(encoding="utf-8")
 
 
-def _time_cli(manifest: Path, out_dir: Path) -> tuple[float, int, float]:
-    """Wall time, exit code and peak RSS (MB) of `python -m audit_tasks check-cooccurrence`."""
-    import resource
+_CLI = r"""
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.run([sys.executable, "-m", "audit_tasks", *sys.argv[1:]], capture_output=True, text=True)
+wall = time.perf_counter() - start
+print(json.dumps({"wall_s": wall, "code": proc.returncode, "stderr": proc.stderr[-800:],
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
 
+
+def _time_cli(manifest: Path, out_dir: Path) -> dict:
+    """Wall time, exit code and peak RSS of `python -m audit_tasks check-cooccurrence` (its own process)."""
     cfg = out_dir / "bench_config.yaml"
     cfg.write_text("checks:\n  cooccurrence: {attributes: [gender, skin_tone]}\n", encoding="utf-8")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "audit_tasks", "check-cooccurrence", "--manifest", str(manifest), "--config", str(cfg),
-         "--out", str(out_dir / "cli_out")],
-        capture_output=True, text=True, cwd=REPO, check=False,
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode not in (0, 1):
-        print(f"  CLI failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return wall, proc.returncode, max(after, before) / 1024
+    result, _ = _run(_CLI, "check-cooccurrence", "--manifest", str(manifest), "--config", str(cfg),
+                     "--out", str(out_dir / "cli_out"))
+    return result
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -187,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "audit_tasks_bench")
     parser.add_argument("--baseline-rows", type=int, default=None,
                         help="rows for the baseline (default: all, or a sample if all would exceed ~3 minutes)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs of each side; the best counts")
     args = parser.parse_args(argv)
 
     manifest = args.data_dir / f"cooccurrence_{args.rows}_{args.tags}.parquet"
@@ -194,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating {manifest} ...", flush=True)
         generate(manifest, args.rows, args.tags)
     print(f"manifest: {manifest} ({manifest.stat().st_size / 1e6:.1f} MB, {args.rows:,} rows, {args.tags} tags)")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}, "
+          f"load average {load:.1f} at start")
 
-    # Decide the baseline's rows: probe on 100k rows, extrapolate, sample when the full run is too slow.
+    # The baseline's rows: probe on 100k rows, extrapolate, sample when the full run would be too slow.
     probe_rows = min(100_000, args.rows)
     baseline_rows = args.baseline_rows
     if baseline_rows is None:
@@ -205,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         baseline_rows = args.rows if estimate <= BASELINE_BUDGET_S else probe_rows
     work = Path(tempfile.mkdtemp(prefix="bench_cooc_"))
 
-    check, check_wall = _run(_CHECK, str(manifest), str(baseline_rows), str(work / "check_sample.parquet"))
-    baseline, _ = _run(_BASELINE, str(manifest), str(baseline_rows), str(work / "baseline.parquet"))
+    checks = []
+    dict_checks = []
+    baselines = []
+    for i in range(max(1, args.repeats)):  # interleaved, so that both sides see the same machine load
+        sample_args = (str(baseline_rows), str(work / "check_sample.parquet")) if i == 0 else ()
+        checks.append(_run(_CHECK, str(manifest), "plain", *sample_args)[0])
+        dict_checks.append(_run(_CHECK, str(manifest), "dict")[0])
+        baseline_out = (str(work / "baseline.parquet"),) if i == 0 else ()
+        baselines.append(_run(_BASELINE, str(manifest), str(baseline_rows), *baseline_out)[0])
 
     import pandas as pd
 
@@ -217,24 +231,39 @@ def main(argv: list[str] | None = None) -> int:
     if not same:
         return 1
 
-    baseline_full_s = baseline["baseline_s"] * args.rows / baseline_rows
+    check = min(checks, key=lambda r: r["read_check_s"])
+    scale = args.rows / baseline_rows
+    base_wall = min(r["baseline_s"] for r in baselines) * scale
+    base_cpu = min(r["cpu_s"] for r in baselines) * scale
     note = "" if baseline_rows == args.rows else (
-        f"  (measured on the first {baseline_rows:,} rows: {baseline['baseline_s']:.2f} s, extrapolated linearly)"
+        f" (measured on the first {baseline_rows:,} rows, extrapolated linearly to {args.rows:,})"
     )
-    print(f"(a) read Parquet + check_cooccurrence: {check['read_check_s']:.2f} s "
-          f"(read {check['read_s']:.2f} s, check {check['check_s']:.2f} s; imports {check['import_s']:.2f} s; "
-          f"whole subprocess {check_wall:.2f} s), peak RSS {check['maxrss_mb']:.0f} MB")
+    print(f"best of {len(checks)} fresh processes each:")
+    print(f"(a) read Parquet + check_cooccurrence: {check['read_check_s']:.2f} s wall "
+          f"(read {check['read_s']:.2f} s, check {check['check_s']:.2f} s), {check['cpu_s']:.2f} s CPU; "
+          f"imports {check['import_s']:.2f} s; peak RSS {max(r['maxrss_mb'] for r in checks):.0f} MB")
+    print(f"    all runs (wall s): {walls(checks, 'read_check_s')}")
     print(f"    {check['pairs']:,} co-occurring pairs; flagged: {', '.join(check['flagged']) or 'none'}")
-    print(f"(b) pandas explode/self-merge/groupby baseline (n_ab only, Parquet read excluded): "
-          f"{baseline_full_s:.1f} s for {args.rows:,} rows{note}, peak RSS {baseline['maxrss_mb']:.0f} MB "
+    fast = min(dict_checks, key=lambda r: r["read_check_s"])
+    print(f"(a') the same, reading tags and attributes as dictionaries (read_dictionary=...): "
+          f"{fast['read_check_s']:.2f} s wall (read {fast['read_s']:.2f} s, check {fast['check_s']:.2f} s), "
+          f"{fast['cpu_s']:.2f} s CPU; peak RSS {max(r['maxrss_mb'] for r in dict_checks):.0f} MB")
+    print(f"    all runs (wall s): {walls(dict_checks, 'read_check_s')}")
+    print(f"(b) pandas explode/self-merge/groupby baseline, n_ab only, Parquet read excluded: {base_wall:.2f} s wall, "
+          f"{base_cpu:.2f} s CPU{note}; peak RSS {max(r['maxrss_mb'] for r in baselines):.0f} MB "
           f"on {baseline_rows:,} rows")
-    print(f"speed-up (b) / (a): {baseline_full_s / check['read_check_s']:.1f}x")
+    print(f"    all runs (wall s): {walls(baselines, 'baseline_s', scale)}")
+    print(f"speed-up (b) / (a): {base_wall / check['read_check_s']:.1f}x wall, {base_cpu / check['cpu_s']:.1f}x CPU; "
+          f"(b) / (a'): {base_wall / fast['read_check_s']:.1f}x wall, {base_cpu / fast['cpu_s']:.1f}x CPU")
     if _cli_available():
-        wall, code, rss = _time_cli(manifest, work)
-        print(f"(c) python -m audit_tasks check-cooccurrence: {wall:.2f} s wall (interpreter start and writing "
-              f"included), exit {code}, peak RSS {rss:.0f} MB")
+        cli = _time_cli(manifest, work)
+        if cli["code"] not in (0, 1):
+            print(f"    CLI failed (exit {cli['code']}): {cli['stderr']}")
+        print(f"(c) python -m audit_tasks check-cooccurrence: {cli['wall_s']:.2f} s wall (interpreter start, imports, "
+              f"config and writing the tables included), exit {cli['code']}, peak RSS {cli['maxrss_mb']:.0f} MB")
     else:
         print("(c) audit_tasks/cli.py has no check-cooccurrence command yet: not timed")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import audit_tasks.cooccurrence as cooccurrence
 from audit_tasks.config import CooccurrenceCheck
 from audit_tasks.cooccurrence import PAIR_COLUMNS, check_cooccurrence
-from audit_tasks.errors import ManifestError
+from audit_tasks.errors import ConfigError, ManifestError
 
 DEFAULT = CooccurrenceCheck()
 
@@ -234,6 +237,65 @@ def test_arrow_table_gives_the_same_result_as_dataframe():
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_dictionary_encoded_chunked_input_gives_the_same_result():
+    frame = _generated(seed=11, n=2000)
+    halves = [frame.iloc[:700], frame.iloc[700:]]
+    chunks = [  # each chunk with its own dictionary, in a different order, as Parquet row groups give them
+        pa.table({
+            "tags": pa.array(part["tags"], type=pa.list_(pa.dictionary(pa.int32(), pa.string()))),
+            "gender": pa.array(part["gender"]).dictionary_encode(),
+        })
+        for part in (halves[0], halves[1].iloc[::-1])
+    ]
+    table = pa.concat_tables(chunks)
+    expected = pd.concat([halves[0], halves[1].iloc[::-1]], ignore_index=True)
+    a = check_cooccurrence(expected, check=DEFAULT, attributes=["gender"]).pairs
+    b = check_cooccurrence(table, check=DEFAULT, attributes=["gender"]).pairs
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("attributes", [["gender"], []])
+def test_sparse_product_path_matches_dense_path(monkeypatch, attributes):
+    frame = _generated(seed=12, n=3000)
+    dense = check_cooccurrence(frame, check=DEFAULT, attributes=attributes).pairs
+    monkeypatch.setattr(cooccurrence, "_DENSE_CELLS", 0)
+    sparse = check_cooccurrence(frame, check=DEFAULT, attributes=attributes).pairs
+    pd.testing.assert_frame_equal(dense, sparse)
+
+
+def test_chunked_pair_keys_give_the_same_counts(monkeypatch):
+    frame = _generated(seed=13, n=3000)
+    whole = check_cooccurrence(frame, check=DEFAULT, attributes=["gender"]).pairs
+    monkeypatch.setattr(cooccurrence, "_KEYS_PER_CHUNK", 7)
+    chunked = check_cooccurrence(frame, check=DEFAULT, attributes=["gender"]).pairs
+    pd.testing.assert_frame_equal(whole, chunked)
+
+
+_TAG = st.sampled_from(["a", "b", "c", "d", " a", "", "e f"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.one_of(st.none(), st.lists(_TAG, max_size=6)), st.sampled_from(["x", "y", "", None])),
+        max_size=25,
+    ),
+    dense=st.booleans(),
+)
+def test_counts_match_brute_force_on_arbitrary_small_data(rows, dense):
+    tags = [r[0] for r in rows]
+    group = [r[1] for r in rows]
+    frame = pd.DataFrame({"tags": pd.Series(tags, dtype=object), "group": pd.Series(group, dtype=object)})
+    limit = cooccurrence._DENSE_CELLS if dense else 0
+    original, cooccurrence._DENSE_CELLS = cooccurrence._DENSE_CELLS, limit
+    try:
+        result = check_cooccurrence(frame, check=DEFAULT, attributes=["group"])
+    finally:
+        cooccurrence._DENSE_CELLS = original
+    got = {(r.tag_a, r.tag_b): (r.n_a, r.n_b, r.n_ab) for r in result.pairs.itertuples()}
+    assert got == _brute_force(tags, {"group": group})
+
+
 def test_null_and_empty_attribute_values_count_as_unknown():
     frame = pd.DataFrame({"tags": [["a"], ["a"], ["a"], ["a"]], "gender": ["female", None, "", "  "]})
     result = check_cooccurrence(frame, check=DEFAULT, attributes=["gender"])
@@ -349,6 +411,11 @@ def test_missing_attribute_column_raises_manifest_error_naming_it():
 def test_missing_tags_column_raises_manifest_error_naming_it():
     with pytest.raises(ManifestError, match="'keywords'"):
         check_cooccurrence(pd.DataFrame({"tags": [["a"]]}), check=DEFAULT, attributes=[], tags_column="keywords")
+
+
+def test_confidence_of_one_raises_config_error():
+    with pytest.raises(ConfigError, match="confidence"):
+        check_cooccurrence(pd.DataFrame({"tags": [["a"]]}), check=CooccurrenceCheck(confidence=1.0), attributes=[])
 
 
 def test_thresholds_come_from_the_check_config():

@@ -1,0 +1,238 @@
+"""Reading a finished run for the report: its tables (images without CAMs), CAMs on demand, the previous run.
+
+Absent tables are None (a check that was not configured); unreadable ones raise AuditError naming the file.
+Only the rows the page shows are read from big tables: the first quarantine rows, the CAMs of sampled images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audit_tasks import history
+from audit_tasks.errors import AuditError
+from audit_tasks.report_html import is_missing
+
+#: Quarantine rows shown on the page; the rest stay in quarantine.parquet.
+QUARANTINE_ROWS = 1000
+
+_IMAGE_COLUMNS = (
+    "image_id", "image_uri", "image_path", "label", "prediction", "confidence", "correct", "target_class",
+    "width", "height", "regions", "core_share", "spurious_share", "outside_share", "spurious_enrichment",
+    "pointing_hit", "has_regions", "spurious_flag", "cam_height", "cam_width",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTables:
+    """What the report reads from a run folder; a table is None when its file is absent."""
+
+    run_dir: Path
+    summary: dict[str, Any] | None
+    gates: pd.DataFrame | None
+    cooccurrence: pd.DataFrame | None
+    class_balance: pd.DataFrame | None
+    saliency_by_class: pd.DataFrame | None
+    subgroups: pd.DataFrame | None
+    confusion: pd.DataFrame | None
+    quarantine_head: pd.DataFrame | None
+    quarantine_total: int
+    images: pd.DataFrame | None  # without the cam column; `_row` is the row number in images.parquet
+
+    @property
+    def run_id(self) -> str:
+        if self.summary and self.summary.get("run_id"):
+            return str(self.summary["run_id"])
+        return self.run_dir.name
+
+    def check_status(self, name: str) -> str | None:
+        """'ran', 'skipped' or None (unknown) for a check, from summary.json."""
+        checks = (self.summary or {}).get("checks") or {}
+        value = checks.get(name) if isinstance(checks, Mapping) else None
+        return str(value) if value is not None else None
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise AuditError(f"{path}: expected a JSON object")
+    return payload
+
+
+def _read_quarantine(path: Path, limit: int) -> tuple[pd.DataFrame | None, int]:
+    if not path.is_file():
+        return None, 0
+    try:
+        pf = pq.ParquetFile(path)
+        total = pf.metadata.num_rows
+        batches = []
+        taken = 0
+        for batch in pf.iter_batches(batch_size=limit):
+            batches.append(batch.slice(0, limit - taken))
+            taken += min(limit - taken, batch.num_rows)
+            if taken >= limit:
+                break
+        if batches:
+            head = pa.Table.from_batches(batches).to_pandas()
+        else:
+            head = pf.schema_arrow.empty_table().to_pandas()
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
+    return head, int(total)
+
+
+def _read_images(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        names = set(pq.read_schema(path).names)
+        frame = pq.read_table(path, columns=[c for c in _IMAGE_COLUMNS if c in names]).to_pandas()
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
+    frame["_row"] = np.arange(len(frame), dtype=np.int64)
+    return frame
+
+
+def load_run(run_dir: Path) -> RunTables:
+    """Read every table the report uses from a run folder (images without their CAMs)."""
+    run_dir = Path(run_dir)
+    head, total = _read_quarantine(run_dir / "quarantine.parquet", QUARANTINE_ROWS)
+    return RunTables(
+        run_dir=run_dir,
+        summary=_read_summary(run_dir),
+        gates=_read(run_dir / "gates.parquet"),
+        cooccurrence=_read(run_dir / "cooccurrence.parquet"),
+        class_balance=_read(run_dir / "class_balance.parquet"),
+        saliency_by_class=_read(run_dir / "saliency_by_class.parquet"),
+        subgroups=_read(run_dir / "subgroups.parquet"),
+        confusion=_read(run_dir / "confusion.parquet"),
+        quarantine_head=head,
+        quarantine_total=total,
+        images=_read_images(run_dir / "images.parquet"),
+    )
+
+
+def read_cams(path: Path, rows: list[int]) -> dict[int, np.ndarray]:
+    """The CAMs of the given images.parquet rows, read one row group at a time (memory stays bounded)."""
+    wanted = np.array(sorted(set(rows)), dtype=np.int64)
+    out: dict[int, np.ndarray] = {}
+    if not len(wanted) or not path.is_file():
+        return out
+    pf = pq.ParquetFile(path)
+    if "cam" not in pf.schema_arrow.names:
+        return out
+    offset = 0
+    for rg in range(pf.num_row_groups):
+        n = pf.metadata.row_group(rg).num_rows
+        local = wanted[(wanted >= offset) & (wanted < offset + n)] - offset
+        if len(local):
+            chunk = pf.read_row_group(rg, columns=["cam"]).column("cam").take(local)
+            for r, value in zip(local, chunk.to_pylist()):
+                out[int(r + offset)] = np.asarray(value if value is not None else [], dtype=np.float32)
+        offset += n
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Previous run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunDigest:
+    """What the "change since the previous run" block compares: verdict, failed gates, counts, headline."""
+
+    run_id: str
+    created_at: str | None
+    passed: bool | None
+    failed_gates: tuple[str, ...]
+    counts: dict[str, Any] = field(default_factory=dict)
+    headline: dict[str, Any] = field(default_factory=dict)
+
+
+def _digest_from_folder(run_dir: Path) -> RunDigest | None:
+    summary = _read_summary(run_dir) if run_dir.is_dir() else None
+    if summary is None:
+        return None
+    return RunDigest(
+        run_id=str(summary.get("run_id") or run_dir.name),
+        created_at=str(summary["created_at"]) if summary.get("created_at") is not None else None,
+        passed=summary.get("passed"),
+        failed_gates=tuple(str(g) for g in summary.get("failed_gates") or []),
+        counts=dict(summary.get("counts") or {}),
+        headline=history.read_headline(run_dir),
+    )
+
+
+def _digest_from_history(output_dir: Path, run_id: str) -> RunDigest | None:
+    runs = history.read_runs(output_dir)
+    rows = runs[runs["run_id"] == run_id]
+    if not len(rows):
+        return None
+    row = rows.iloc[0]
+    created = history.parse_time(row["created_at"]) if not pd.isna(row["created_at"]) else None
+    return RunDigest(
+        run_id=run_id,
+        created_at=created.isoformat() if created else None,
+        passed=None if pd.isna(row["passed"]) else bool(row["passed"]),
+        failed_gates=tuple(row["failed_gates"] if row["failed_gates"] is not None else ()),
+        counts=json.loads(row["counts_json"]) if isinstance(row["counts_json"], str) else {},
+        headline={k: (None if is_missing(row[k]) or pd.isna(row[k]) else row[k]) for k in history.HEADLINE_FIELDS},
+    )
+
+
+def find_previous(run: RunTables, previous_run_dir: Path | None) -> RunDigest | None:
+    """The previous run: the one given, else the run history's, else the latest older sibling folder."""
+    if previous_run_dir is not None:
+        return _digest_from_folder(Path(previous_run_dir))
+    output_dir = run.run_dir.parent
+    created_at = (run.summary or {}).get("created_at")
+    if (output_dir / history.RUNS_FILE).is_file():
+        prev_id = history.previous_run(output_dir, run.run_id, created_at=created_at)
+        if prev_id is not None:
+            return _digest_from_folder(output_dir / prev_id) or _digest_from_history(output_dir, prev_id)
+    mine = history.parse_time(created_at)
+    if mine is None:
+        return None
+    best: tuple[Any, str, Path] | None = None
+    for sibling in sorted(p for p in output_dir.iterdir() if p.is_dir() and p != run.run_dir):
+        summary_path = sibling / "summary.json"
+        if not summary_path.is_file():
+            continue
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        when = history.parse_time(summary.get("created_at")) if isinstance(summary, dict) else None
+        if when is None or (when, sibling.name) >= (mine, run.run_dir.name):
+            continue
+        if best is None or (when, sibling.name) > (best[0], best[1]):
+            best = (when, sibling.name, sibling)
+    return _digest_from_folder(best[2]) if best else None

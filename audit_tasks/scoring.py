@@ -1,0 +1,224 @@
+"""Scoring: stream the audit rows through the model and the Grad-CAM engine into the images table.
+
+Per batch everything stays on the device (decode on the device where possible, normalise, forward, CAM,
+region metrics); the batch's results come to the host once. Rows that cannot be scored (a label the model
+does not know when CAMs explain labels, malformed regions, an image that does not decode) come back in
+`rejected` with a reason, never as an exception, so every input row ends in exactly one of the two tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch import nn
+
+from audit_tasks import schemas
+from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
+from audit_tasks.errors import ImageError
+from audit_tasks.loader import iter_image_batches
+from audit_tasks.regions import flag_images, parse_regions, region_metrics
+from audit_tasks.saliency import GradCAM
+
+#: The images table's columns before the attributes, and after them (docs/ARCHITECTURE.md).
+HEAD_COLUMNS = ("run_id", "image_id", "image_uri", "image_path", "label", "prediction", "confidence", "correct",
+                "target_class", "width", "height")
+TAIL_COLUMNS = ("tags", "regions", "core_share", "spurious_share", "outside_share", "core_enrichment",
+                "spurious_enrichment", "spurious_detail", "peak_x", "peak_y", "pointing_hit", "has_regions",
+                "spurious_flag", "cam", "cam_height", "cam_width")
+REJECTED_COLUMNS = ("position", "image_id", "reason")
+UNKNOWN_LABEL = "label {label!r} is not one of the model's classes ({classes})"
+MISSING_LABEL = "row has no label, and saliency.target is 'label'"
+BAD_SIZE = "row has regions but no valid width/height ({width!r} x {height!r})"
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """The scored rows (images table columns) and the rows that could not be scored (position, image_id, reason)."""
+
+    images: pd.DataFrame
+    rejected: pd.DataFrame
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def image_columns(attributes: Sequence[str]) -> list[str]:
+    return [*HEAD_COLUMNS, *attributes, *TAIL_COLUMNS]
+
+
+def images_schema(attributes: Sequence[str], cam_cells: int) -> pa.Schema:
+    """The images table's Arrow schema with `cam` as a fixed-size list of `cam_cells` float32."""
+    base = schemas.images_schema(pd.DataFrame(columns=image_columns(attributes)))
+    index = base.get_field_index("cam")
+    return base.set(index, base.field(index).with_type(pa.list_(pa.float32(), cam_cells)))
+
+
+def score_images(model: nn.Module, rows: pd.DataFrame, *, model_config: ModelConfig,
+                 saliency_config: SaliencyConfig, attributes: Sequence[str], run_id: str,
+                 progress: Callable[[int, int], None] | None = None,
+                 check: SaliencyCheck | None = None) -> ScoringResult:
+    """Predict, explain and measure every row; `check` sets the per-image flag's thresholds (defaults if None)."""
+    check = check or SaliencyCheck()
+    device = resolve_device(saliency_config.device)
+    classes = list(model_config.classes)
+    class_index = {name: i for i, name in enumerate(classes)}
+    rows = rows.reset_index(drop=True)
+    total = len(rows)
+    rejected: list[tuple[int, Any, str]] = []
+    prepared = _prepare_rows(rows, class_index, saliency_config.target, rejected)
+    usable = sorted(prepared)
+    engine = GradCAM(model, model_config.target_layer, precision=saliency_config.precision,
+                     channels_last=True, fuse_batchnorm=True, compile=saliency_config.compile, device=device)
+    parts: list[pd.DataFrame] = []
+    done = total - len(usable)
+    if progress is not None and done:
+        progress(done, total)
+    batches = iter_image_batches(
+        rows.iloc[usable], input_size=model_config.input_size, mean=model_config.mean, std=model_config.std,
+        batch_size=saliency_config.batch_size, num_workers=saliency_config.num_workers, device=device,
+    )
+    for batch in batches:
+        for local, reason in batch.failures:
+            position = usable[local]
+            rejected.append((position, rows.at[position, "image_id"] if "image_id" in rows else None, reason))
+        positions = [usable[local] for local in batch.positions]
+        if positions:
+            parts.append(_score_batch(engine, batch.images, positions, rows, prepared, classes,
+                                      saliency_config.target, attributes, run_id, check))
+        done += len(positions) + len(batch.failures)
+        if progress is not None:
+            progress(done, total)
+    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=image_columns(attributes))
+    rejected_frame = pd.DataFrame(rejected, columns=list(REJECTED_COLUMNS)).sort_values("position", kind="stable")
+    return ScoringResult(images=images, rejected=rejected_frame.reset_index(drop=True))
+
+
+@dataclass(frozen=True)
+class _Row:
+    target: int | None
+    regions: list[dict[str, Any]]
+    size: tuple[int, int]
+
+
+def _prepare_rows(rows: pd.DataFrame, class_index: dict[str, int], target: str,
+                  rejected: list[tuple[int, Any, str]]) -> dict[int, _Row]:
+    """Check what the model and the metrics need from each row before any image is decoded."""
+    prepared = {}
+    n = len(rows)
+    columns = zip(range(n), _column(rows, "image_id", n), _column(rows, "label", n),
+                  _column(rows, "regions", n), _column(rows, "width", n), _column(rows, "height", n))
+    for position, image_id, raw_label, raw_regions, raw_width, raw_height in columns:
+        label = _text(raw_label)
+        if target == "label":
+            if label is None:
+                rejected.append((position, image_id, MISSING_LABEL))
+                continue
+            if label not in class_index:
+                rejected.append((position, image_id, UNKNOWN_LABEL.format(label=label, classes=", ".join(class_index))))
+                continue
+        try:
+            regions = parse_regions(raw_regions, where=f"row {position} ({image_id})")
+        except ImageError as exc:
+            rejected.append((position, image_id, str(exc)))
+            continue
+        width, height = _int(raw_width), _int(raw_height)
+        if regions and (width is None or height is None or width < 1 or height < 1):
+            rejected.append((position, image_id, BAD_SIZE.format(width=raw_width, height=raw_height)))
+            continue
+        prepared[position] = _Row(class_index[label] if target == "label" else None, regions,
+                                  (width or 1, height or 1))
+    return prepared
+
+
+def _score_batch(engine: GradCAM, images: torch.Tensor, positions: list[int], rows: pd.DataFrame,
+                 prepared: dict[int, _Row], classes: list[str], target: str, attributes: Sequence[str],
+                 run_id: str, check: SaliencyCheck) -> pd.DataFrame:
+    info = [prepared[p] for p in positions]
+    targets = None if target == "prediction" else torch.tensor([r.target for r in info], dtype=torch.long)
+    result = engine.attribute(images, targets)
+    probs = torch.softmax(result.logits.float(), dim=1)
+    confidence, prediction = probs.max(dim=1)
+    cams = result.cams
+    n, h, w = cams.shape
+    metrics = region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    packed = torch.cat([prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None],
+                        cams.flatten(1)], dim=1).cpu().numpy()  # one host transfer for the batch
+    pred_idx, target_idx = packed[:, 0].astype(np.int64), packed[:, 1].astype(np.int64)
+    src = rows.iloc[positions]
+    labels = [_text(v) for v in src["label"]] if "label" in src else [None] * n
+    frame = pd.DataFrame({
+        "run_id": run_id,
+        "image_id": _column(src, "image_id", n),
+        "image_uri": _column(src, "image_uri", n),
+        "image_path": [str(p) for p in src["image_path"]],
+        "label": labels,
+        "prediction": [classes[i] if i < len(classes) else str(i) for i in pred_idx],
+        "confidence": packed[:, 2].astype(np.float64),
+        "correct": [lab is not None and lab == (classes[i] if i < len(classes) else None)
+                    for lab, i in zip(labels, pred_idx)],
+        "target_class": [classes[i] if i < len(classes) else str(i) for i in target_idx],
+        "width": [r.size[0] if _int(v) is not None else None for r, v in zip(info, _column(src, "width", n))],
+        "height": [r.size[1] if _int(v) is not None else None for r, v in zip(info, _column(src, "height", n))],
+    })
+    for attribute in attributes:
+        frame[attribute] = [_text(v) for v in _column(src, attribute, n)]
+    frame["tags"] = [_tags(v) for v in _column(src, "tags", n)]
+    frame["regions"] = [_regions_json(v) for v in _column(src, "regions", n)]
+    for column in metrics.columns:
+        frame[column] = metrics[column].to_numpy()
+    frame["spurious_flag"] = flag_images(metrics, check).to_numpy()
+    cam_values = np.ascontiguousarray(packed[:, 3:], dtype=np.float32)
+    frame["cam"] = list(cam_values)
+    frame["cam_height"] = h
+    frame["cam_width"] = w
+    frame["width"] = frame["width"].astype("Int64")
+    frame["height"] = frame["height"].astype("Int64")
+    return frame[image_columns(attributes)]
+
+
+def _column(frame: pd.DataFrame, name: str, n: int) -> list[Any]:
+    return frame[name].tolist() if name in frame.columns else [None] * n
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _tags(value: Any) -> list[str]:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [t.strip() for t in value.split("|") if t.strip()]
+    return [str(t) for t in list(value)]
+
+
+def _regions_json(value: Any) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return json.dumps(value)

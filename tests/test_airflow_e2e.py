@@ -1,0 +1,225 @@
+"""dataset_audit and retrain_on_clean_audit end to end in real Airflow (`dag.test()`, SQLite metadata DB).
+
+Each run audits its own tiny generated world (a dozen PNGs, a CSV manifest, a random resnet18), because
+ingest consumes the landing area. The first `dag.test()` in a process pays Airflow's start-up (~15 s).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fixtures_pipeline import make_world
+
+pytestmark = pytest.mark.slow
+
+TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
+          "gates")
+
+
+class _FreshDags:
+    """A freshly parsed DAG per lookup: `dag.test(run_conf=...)` leaves the conf in the DAG's params."""
+
+    def __getitem__(self, dag_id: str):
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
+        assert bag.import_errors == {}
+        return bag.dags[dag_id]
+
+
+@pytest.fixture(scope="module")
+def dags(airflow_db):
+    return _FreshDags()
+
+
+def _task_states(run) -> dict[tuple[str, int], str]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id).all()
+        return {(ti.task_id, ti.map_index): str(ti.state) for ti in rows}
+
+
+def _asset_events(run) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(AssetEvent).filter_by(source_dag_id=run.dag_id, source_run_id=run.run_id).all()
+        return [dict(row.extra) for row in rows]
+
+
+def _queued_consumers() -> set[str]:
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {row.target_dag_id for row in session.query(AssetDagRunQueue).all()}
+
+
+def _return_value(run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(
+            dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value"
+        ).one()
+        return XComModel.deserialize_value(row)
+
+
+def _summary(world, run_id: str) -> dict:
+    return json.loads((world.root / "reports" / run_id / "summary.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def red_run(dags, tmp_path_factory):
+    """One bad manifest row, and the trigger form tightens the ingest threshold to zero."""
+    world = make_world(tmp_path_factory.mktemp("red"), n_images=8, bad_rows=1)
+    run = dags["dataset_audit"].test(
+        run_conf={"config": str(world.config), "run_id": "red-1", "ingest_max_quarantine_fraction": 0.0}
+    )
+    return world, run
+
+
+@pytest.fixture(scope="module")
+def green_run(dags, tmp_path_factory):
+    world = make_world(tmp_path_factory.mktemp("green"), n_images=8)
+    run = dags["dataset_audit"].test(run_conf={"config": str(world.config), "run_id": "green-1"})
+    return world, run
+
+
+def test_failed_gate_turns_the_run_red_with_a_report(red_run):
+    world, run = red_run
+    states = _task_states(run)
+    assert str(run.state) == "failed"
+    assert states[("gate", -1)] == "failed"
+    assert states[("report", -1)] == "success"
+    summary = _summary(world, "red-1")
+    assert summary["passed"] is False
+    assert any(name.startswith("ingest/") for name in summary["failed_gates"])
+    assert (world.root / "reports" / "red-1" / "report.html").is_file()
+
+
+def test_red_gate_message_names_the_failed_gates_and_report(red_run, tmp_path):
+    """The exception the gate task raised, re-derived from the same summary the task read."""
+    from audit_airflow.tasks import failure_message
+
+    world, _ = red_run
+    summary = _summary(world, "red-1")
+    report = str(world.root / "reports" / "red-1" / "report.html")
+    message = failure_message(summary, report)
+    for gate in summary["failed_gates"]:
+        assert gate in message
+    assert f"Report: {report}" in message
+
+
+def test_red_run_emits_no_asset_event(red_run):
+    _, run = red_run
+    assert _asset_events(run) == []
+
+
+def test_green_run_emits_the_asset_event_with_the_summary(green_run):
+    world, run = green_run
+    assert str(run.state) == "success"
+    events = _asset_events(run)
+    summary = _summary(world, "green-1")
+    assert len(events) == 1
+    assert events[0]["passed"] is True and events[0]["run_id"] == "green-1"
+    assert events[0]["report"] == summary["report"] == str(world.root / "reports" / "green-1" / "report.html")
+    assert "retrain_on_clean_audit" in _queued_consumers()
+
+
+def test_retrain_dag_reads_the_audit_summary_from_the_event(dags, green_run):
+    world, _ = green_run
+    run = dags["retrain_on_clean_audit"].test()
+    assert str(run.state) == "success"
+    plan = _return_value(run, "train_model_placeholder")
+    assert plan["audit_run_id"] == "green-1"
+    assert plan["report"] == str(world.root / "reports" / "green-1" / "report.html")
+    assert plan["counts"]["audited"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# sharding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded_and_single(dags, tmp_path_factory):
+    """The same world audited twice: by Airflow over 3 mapped shards, and by run_audit in one process."""
+    from audit_tasks.config import load_config
+    from audit_tasks.pipeline import run_audit
+
+    mapped_world = make_world(tmp_path_factory.mktemp("mapped"), n_images=12, bad_rows=1)
+    single_root = tmp_path_factory.mktemp("single") / "world"
+    shutil.copytree(mapped_world.root, single_root)
+    run = dags["dataset_audit"].test(
+        run_conf={"config": str(mapped_world.config), "run_id": "same-run", "shard_size": 4}
+    )
+    outcome = run_audit(load_config(single_root / "audit.yaml"), "same-run")
+    return mapped_world.root, run, single_root, outcome
+
+
+def _tables(root: Path, run_id: str = "same-run") -> dict[str, pd.DataFrame]:
+    from audit_tasks.tables import read_table
+
+    folder = root / "reports" / run_id
+    tables = {}
+    for name in TABLES:
+        frame = read_table(folder / f"{name}.parquet")
+        for column in frame.columns:  # paths differ only by the world's root folder
+            if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
+                frame[column] = frame[column].map(lambda v: v.replace(str(root), "<root>") if isinstance(v, str) else v)
+        tables[name] = frame
+    return tables
+
+
+def _assert_tables_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame]) -> None:
+    for name in TABLES:
+        a, b = left[name], right[name]
+        assert list(a.columns) == list(b.columns), name
+        assert len(a) == len(b), name
+        if "cam" in a.columns:
+            np.testing.assert_allclose(np.stack(a["cam"].to_numpy()), np.stack(b["cam"].to_numpy()), rtol=1e-5,
+                                       atol=1e-7, err_msg=name)
+            a, b = a.drop(columns="cam"), b.drop(columns="cam")
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
+
+
+def test_mapped_run_uses_one_task_per_shard(sharded_and_single):
+    _, run, _, _ = sharded_and_single
+    states = _task_states(run)
+    assert str(run.state) == "success"
+    assert sorted(i for (task, i) in states if task == "score_shard") == [0, 1, 2]
+    assert all(states[("score_shard", i)] == "success" for i in range(3))
+
+
+def test_mapped_run_equals_the_single_process_audit(sharded_and_single):
+    mapped_root, _, single_root, _ = sharded_and_single
+    _assert_tables_equal(_tables(mapped_root), _tables(single_root))
+
+
+def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
+    """What a retried or cleared `score_shard` task does: rewrite its part, then the reduce re-runs."""
+    from audit_tasks import pipeline
+    from audit_tasks.config import load_config
+
+    mapped_root, _, _, _ = sharded_and_single
+    before = _tables(mapped_root)
+    config = load_config(mapped_root / "audit.yaml")
+    part = pipeline.stage_saliency(config, "same-run", shard=1, num_shards=3)
+    pipeline.stage_merge_shards(config, "same-run", 3)
+    pipeline.stage_subgroups(config, "same-run")
+    pipeline.stage_gate(config, "same-run")
+    after = _tables(mapped_root)
+    assert part is not None and part.is_file()
+    assert after["images"]["image_id"].is_unique
+    _assert_tables_equal(before, after)

@@ -1,0 +1,214 @@
+"""The DAG files: they parse cleanly and fast, wire the stages as documented, and validate their params."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from copy import copy
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+PARSE_BUDGET_S = 0.2
+HEAVY_MODULES = ("torch", "torchvision", "pandas", "numpy", "pyarrow", "great_expectations", "audit_tasks")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_dagbag_has_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"dataset_audit", "retrain_on_clean_audit"} <= set(dagbag.dags)
+
+
+def test_dagbag_parses_each_file_within_budget(dagbag):
+    durations = {Path(stat.file).name: stat.duration.total_seconds() for stat in dagbag.dagbag_stats}
+    assert set(durations) == {p.name for p in DAG_FILES}
+    assert all(seconds < PARSE_BUDGET_S for seconds in durations.values()), durations
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_fast_and_light_in_a_fresh_interpreter(dag_file):
+    """Like the DAG processor: airflow.sdk is already loaded, then the file is executed."""
+    probe = textwrap.dedent(
+        f"""
+        import importlib.util, json, sys, time
+        import airflow.sdk
+        from airflow.sdk import Asset, Param, conf, dag, task  # what the processor already has loaded
+        conf.get("core", "executor")
+        spec = importlib.util.spec_from_file_location("dag_under_test", {str(dag_file)!r})
+        module = importlib.util.module_from_spec(spec)
+        start = time.perf_counter()
+        spec.loader.exec_module(module)
+        elapsed = time.perf_counter() - start
+        heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
+        print(json.dumps({{"seconds": elapsed, "heavy": heavy}}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["seconds"] < PARSE_BUDGET_S, result
+
+
+def test_dataset_audit_wires_stages_as_a_table_of_contents(dagbag):
+    dag = dagbag.dags["dataset_audit"]
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream == {
+        "ingest": {"plan_shards", "cooccurrence"},
+        "plan_shards": {"score_shard", "merge"},
+        "score_shard": {"merge"},
+        "merge": {"subgroups"},
+        "subgroups": {"gate_stage"},
+        "cooccurrence": {"gate_stage"},
+        "gate_stage": {"report"},
+        "report": {"gate"},
+        "gate": set(),
+    }
+    assert dag.max_active_runs == 1 and dag.catchup is False
+
+
+def test_saliency_stage_is_mapped_over_shards_with_a_named_index(dagbag):
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    score = dagbag.dags["dataset_audit"].get_task("score_shard")
+    assert isinstance(score, MappedOperator)
+    assert score.map_index_template == "{{ shard_label }}"
+    assert score.pool == "default_pool"  # tests run LocalExecutor without [audit] gpu_pool
+    assert dagbag.dags["dataset_audit"].get_task("merge").trigger_rule == "none_failed"
+
+
+def test_only_the_final_gate_task_emits_the_clean_audit_asset(dagbag):
+    from audit_airflow.assets import AUDIT_CLEAN
+
+    dag = dagbag.dags["dataset_audit"]
+    emitters = {t.task_id for t in dag.tasks if t.outlets}
+    assert emitters == {"gate"}
+    assert dag.get_task("gate").outlets == [AUDIT_CLEAN]
+    assert dag.get_task("gate").retries == 0
+
+
+def test_retrain_dag_is_scheduled_on_the_clean_audit_asset(dagbag):
+    from audit_airflow.assets import AUDIT_CLEAN
+
+    dag = dagbag.dags["retrain_on_clean_audit"]
+    assert tuple(dag.timetable.asset_condition.objects) == (AUDIT_CLEAN,)
+    assert "train_model_placeholder" in dag.task_ids
+
+
+def test_gpu_task_kwargs_set_the_queue_only_under_celery(monkeypatch):
+    from audit_airflow import compat
+
+    monkeypatch.setenv("AIRFLOW__AUDIT__GPU_POOL", "gpu")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    assert compat.gpu_task_kwargs() == {"pool": "gpu"}
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    assert compat.gpu_task_kwargs() == {"pool": "gpu", "queue": "gpu"}
+
+
+# ---------------------------------------------------------------------------------------------
+# params
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_config_threshold_has_a_param():
+    from audit_airflow.params import THRESHOLDS
+    from audit_tasks import config
+
+    not_thresholds = {"attributes", "intersections"}
+    expected = {
+        f"checks.{section}.{f.name}"
+        for section, cls in (("cooccurrence", config.CooccurrenceCheck), ("saliency", config.SaliencyCheck),
+                             ("subgroups", config.SubgroupCheck), ("ingest", config.IngestCheck))
+        for f in dataclasses.fields(cls) if f.name not in not_thresholds
+    }
+    assert {t.key for t in THRESHOLDS} == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("saliency_max_spurious_share", 1.5), ("saliency_max_spurious_share", -0.1),
+     ("saliency_max_spurious_share", "half"), ("subgroups_min_group_size", 2.5),
+     ("subgroups_confidence", 1.0), ("cooccurrence_min_lift", 0.5), ("subgroups_metric", "f1"),
+     ("shard_size", 0), ("run_id", "../escape"), ("config", "")],
+)
+def test_param_schema_rejects_invalid_values(name, value):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from audit_airflow.params import audit_params
+
+    with pytest.raises(ParamValidationError):
+        audit_params()[name].resolve(value)
+
+
+def test_param_schema_accepts_null_and_valid_values():
+    from audit_airflow.params import audit_params
+
+    params = audit_params()
+    assert params["saliency_max_spurious_share"].resolve(None) is None
+    assert params["saliency_max_spurious_share"].resolve(0.4) == 0.4
+    assert params["subgroups_metric"].resolve("recall") == "recall"
+    assert params["run_id"].resolve("night-1") == "night-1"
+
+
+def test_dag_params_validate_a_manual_trigger_conf(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = copy(dagbag.dags["dataset_audit"].params)
+    params.update({"saliency_max_flagged_fraction": 0.1})
+    assert params.validate()["saliency_max_flagged_fraction"] == 0.1
+    with pytest.raises(ParamValidationError):
+        params.update({"saliency_max_flagged_fraction": 2})
+
+
+def test_config_overrides_keep_only_set_thresholds(tmp_path):
+    from audit_airflow.params import config_overrides
+    from audit_tasks.config import load_config
+
+    overrides = config_overrides(
+        {"config": "x.yaml", "shard_size": 8, "saliency_max_spurious_share": 0.4, "subgroups_max_gap": None,
+         "subgroups_metric": "recall"}
+    )
+    assert overrides == {"checks.saliency.max_spurious_share": 0.4, "checks.subgroups.metric": "recall"}
+    path = tmp_path / "audit.yaml"
+    path.write_text("checks:\n  saliency: {max_spurious_share: 0.5}\n  subgroups: {attributes: [gender]}\n")
+    config = load_config(path, overrides)
+    assert config.checks.saliency.max_spurious_share == 0.4
+    assert config.checks.subgroups.metric == "recall"
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("airflow_run_id", "expected"),
+    [("scheduled__2026-01-01T00:00:00+00:00", "scheduled__2026-01-01T00_00_00_00_00"),
+     ("manual__../../etc", "manual__._._etc"), ("///", "run")],
+)
+def test_audit_run_id_is_a_safe_deterministic_folder_name(airflow_run_id, expected):
+    from audit_airflow.compat import audit_run_id
+
+    assert audit_run_id(airflow_run_id) == expected
+
+
+def test_failure_message_names_each_failed_gate_and_the_report():
+    from audit_airflow.tasks import failure_message
+
+    message = failure_message(
+        {"run_id": "r1", "failed_gates": ["saliency/nurse/flagged_fraction", "subgroups/gender/accuracy_gap"]},
+        "/reports/r1/report.html",
+    )
+    assert "2 gate(s) failed" in message
+    assert "saliency/nurse/flagged_fraction" in message and "subgroups/gender/accuracy_gap" in message
+    assert "Report: /reports/r1/report.html" in message

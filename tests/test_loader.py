@@ -1,0 +1,122 @@
+"""Streaming loader: every odd image mode decodes upright to RGB; broken files are reported, never raised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from audit_tasks.loader import decode_image, iter_image_batches
+
+S = 16
+
+
+def _batches(paths, **kwargs):
+    rows = pd.DataFrame({"image_path": [str(p) for p in paths]})
+    options = dict(input_size=S, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), batch_size=4, num_workers=0, device="cpu")
+    options.update(kwargs)
+    return list(iter_image_batches(rows, **options))
+
+
+def _solid(path, color=(200, 30, 30), size=(40, 30), fmt=None):
+    Image.new("RGB", size, color).save(path, fmt)
+    return path
+
+
+def test_truncated_jpeg_and_text_file_are_quarantined_without_raising(tmp_path):
+    good = _solid(tmp_path / "good.jpg")
+    data = _solid(tmp_path / "full.jpg", size=(200, 200)).read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not an image")
+    missing = tmp_path / "missing.png"
+    batches = _batches([good, truncated, text, missing, good])
+    positions = [p for b in batches for p in b.positions]
+    failures = dict(f for b in batches for f in b.failures)
+    assert positions == [0, 4]
+    assert sorted(failures) == [1, 2, 3]
+    assert "truncated" in failures[1]
+    assert "not a readable image" in failures[2]
+    assert "not found" in failures[3]
+
+
+def test_batches_keep_row_order_and_shapes(tmp_path):
+    paths = [_solid(tmp_path / f"{i}.png", color=(i * 20, 0, 0)) for i in range(6)]
+    batches = _batches(paths)
+    assert [b.positions for b in batches] == [[0, 1, 2, 3], [4, 5]]
+    assert batches[0].images.shape == (4, 3, S, S) and batches[0].images.dtype.is_floating_point
+    reds = [float(img[0].mean()) for b in batches for img in b.images]
+    assert reds == pytest.approx([i * 20 / 255 for i in range(6)], abs=1e-3)
+
+
+def test_normalisation_uses_mean_and_std(tmp_path):
+    path = _solid(tmp_path / "a.png", color=(255, 0, 51))
+    (batch,) = _batches([path], mean=(0.5, 0.5, 0.1), std=(0.5, 0.25, 0.1))
+    assert batch.images[0, :, 0, 0].tolist() == pytest.approx([1.0, -2.0, 1.0], abs=1e-5)
+
+
+def test_parallel_workers_give_the_same_batches(tmp_path):
+    paths = [_solid(tmp_path / f"{i}.png", color=(i * 30, 10, 10)) for i in range(5)]
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    paths.insert(2, tmp_path / "bad.png")
+    serial = _batches(paths)
+    parallel = _batches(paths, num_workers=2)
+    assert [b.positions for b in serial] == [b.positions for b in parallel]
+    assert [b.failures for b in serial] == [b.failures for b in parallel]
+    for a, b in zip(serial, parallel):
+        assert np.allclose(a.images.numpy(), b.images.numpy())
+
+
+def test_exif_rotated_jpeg_is_decoded_upright(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise: the stored left becomes the top
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    tensor = decode_image(str(path), S).float()
+    top, bottom = tensor[:, : S // 2 - 2], tensor[:, S // 2 + 2 :]
+    assert top[0].mean() > 200 and top[2].mean() < 60
+    assert bottom[2].mean() > 200 and bottom[0].mean() < 60
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(path, quality=95)
+    red, green, blue = decode_image(str(path), S).float().mean(dim=(1, 2)).tolist()
+    assert red > 200 and green < 50 and blue < 50
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    path = tmp_path / "gray.png"
+    Image.new("L", (30, 20), 77).save(path)
+    tensor = decode_image(str(path), S)
+    assert tensor.shape == (3, S, S) and (tensor == 77).all()
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 30), 32768, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    tensor = decode_image(str(path), S)
+    assert abs(int(tensor[0, 0, 0]) - 127) <= 1 and (tensor[0] == tensor[2]).all()
+
+
+def test_palette_with_transparency_decodes(tmp_path, recwarn):
+    image = Image.new("P", (30, 30), 1)
+    image.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    image.info["transparency"] = 0
+    path = tmp_path / "palette.png"
+    image.save(path, transparency=0)
+    tensor = decode_image(str(path), S)
+    assert tensor[:, 0, 0].tolist() == [10, 200, 30]
+    assert not [w for w in recwarn if "Palette" in str(w.message)]
+
+
+def test_image_over_the_pixel_limit_is_refused(tmp_path):
+    path = _solid(tmp_path / "big.png", size=(100, 100))
+    (batch,) = _batches([path], max_pixels=5000)
+    assert batch.positions == [] and "more than the limit" in batch.failures[0][1]
+    assert batch.images.shape == (0, 3, S, S)

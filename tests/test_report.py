@@ -1,0 +1,320 @@
+"""Tests of the HTML report: verdict and sections, skipped checks, escaping, determinism, page weight, browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from audit_tasks import history
+from audit_tasks.errors import AuditError
+from audit_tasks.report import QUARANTINE_ROWS, render_report
+from audit_tasks.report_images import colourise, jet_lut, render_overlay
+from audit_tasks.tables import write_table
+from browser import chromium_or_skip, dump_dom, screenshot
+from fixtures_report import XSS_ATTR, XSS_SCRIPT, build_large_run, build_run
+
+FIVE_MB = 5 * 1024 * 1024
+
+
+def _render(run_dir: Path, **kwargs) -> str:
+    return render_report(run_dir, **kwargs).read_text(encoding="utf-8")
+
+
+# ---- content ------------------------------------------------------------------------------------
+
+
+def test_failed_run_shows_failed_verdict_with_failing_gates(tmp_path):
+    page = _render(build_run(tmp_path, passed=False))
+    assert '<div class="word" id="verdict">FAILED</div>' in page
+    assert "3 of 7 gates failed." in page
+    assert "saliency/nurse/flagged_fraction</strong>: 0.410 vs threshold 0.250" in page
+
+
+def test_passed_run_shows_passed_verdict(tmp_path):
+    page = _render(build_run(tmp_path, passed=True))
+    assert '<div class="word" id="verdict">PASSED</div>' in page
+    assert "All 7 gates passed." in page
+    assert "<title>PASSED" in page
+
+
+def test_report_has_every_section(tmp_path):
+    page = _render(build_run(tmp_path))
+    for anchor in ("summary", "cooccurrence", "subgroups", "confusion", "saliency", "quarantine"):
+        assert f'<section id="{anchor}">' in page
+    assert "Skipped" not in page
+
+
+def test_summary_shows_counts(tmp_path):
+    page = _render(build_run(tmp_path, n_images=80))
+    for key, value in (("ingested", "83"), ("quarantined", "3"), ("audited", "80")):
+        assert f'<div class="k">{key}</div><div class="v">{value}</div>' in page
+
+
+def test_missing_tables_show_check_skipped(tmp_path):
+    run_dir = build_run(tmp_path, skip=("cooccurrence", "class_balance", "subgroups", "confusion",
+                                        "images", "saliency_by_class", "quarantine"))
+    page = _render(run_dir)
+    skipped_sections = re.findall(r'<section id="(\w+)">.*?</section>', page, flags=re.S)
+    assert skipped_sections == ["summary", "cooccurrence", "subgroups", "confusion", "saliency", "quarantine"]
+    for anchor in ("cooccurrence", "subgroups", "confusion", "saliency", "quarantine"):
+        body = re.search(rf'<section id="{anchor}">(.*?)</section>', page, flags=re.S).group(1)
+        assert "check not configured / skipped" in body, anchor
+
+
+def test_run_without_gates_or_summary_says_no_verdict(tmp_path):
+    page = _render(build_run(tmp_path, skip=("gates", "summary")))
+    assert '<div class="word" id="verdict">NO VERDICT</div>' in page
+
+
+def test_missing_run_folder_raises_audit_error(tmp_path):
+    with pytest.raises(AuditError, match="run folder not found"):
+        render_report(tmp_path / "nope")
+
+
+def test_flagged_pairs_listed_with_curator_sentence(tmp_path):
+    page = _render(build_run(tmp_path))
+    assert "Flagged pairs (2)" in page
+    assert "&#x27;stethoscope&#x27; appears with &#x27;gender=male&#x27; in 95% of its images" in page
+    assert page.count('stroke="#111" stroke-width="2.5"') >= 1  # flagged cell outlined in the heatmap
+
+
+def test_subgroup_chart_marks_small_groups_and_draws_gap_limit(tmp_path):
+    page = _render(build_run(tmp_path))
+    section = re.search(r'<section id="subgroups">(.*?)</section>', page, flags=re.S).group(1)
+    assert "n=4 · too small to judge" in section
+    assert section.count(">gap limit</text>") == 3  # one per attribute (gender, skin_tone, gender&skin_tone)
+    assert "(max_gap 0.050)" in section
+
+
+def test_confusion_cells_link_to_their_image_anchors(tmp_path):
+    page = _render(build_run(tmp_path))
+    links = set(re.findall(r'href="#(cm-\d+-\d+)"', page))
+    targets = set(re.findall(r'id="(cm-\d+-\d+)"', page))
+    assert links and links == targets
+
+
+def test_cells_show_worst_offenders_first(tmp_path):
+    run_dir = build_run(tmp_path)
+    page = _render(run_dir)
+    images = pd.read_parquet(run_dir / "images.parquet")
+    cell = images[(images["label"] == "doctor") & (images["prediction"] == "doctor")]
+    worst = cell.sort_values(["spurious_flag", "spurious_share"], ascending=False).iloc[0]
+    block = re.search(r'<div class="cell" id="cm-0-0">(.*?)</div></div>', page, flags=re.S).group(1)
+    first = re.search(r"spur (\d+)%", block).group(1)
+    assert int(first) == round(worst["spurious_share"] * 100)
+
+
+def test_thumbnails_are_small_jpegs(tmp_path):
+    page = _render(build_run(tmp_path), thumb_size=64)
+    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert uris
+    img = Image.open(io.BytesIO(base64.b64decode(uris[0])))
+    assert img.format == "JPEG" and max(img.size) == 64
+
+
+def test_missing_original_image_shows_heatmap_alone(tmp_path):
+    page = _render(build_run(tmp_path))
+    assert "original missing: heatmap only" in page
+
+
+def test_gallery_is_bounded_by_max_gallery(tmp_path):
+    page = _render(build_run(tmp_path, n_images=80), max_gallery=2)
+    for block in re.findall(r'<div class="cell" id="cm-\d+-\d+">(.*?)</div></div>', page, flags=re.S):
+        assert block.count("<figure") <= 2
+
+
+def test_quarantine_shows_first_rows_and_counts_the_rest(tmp_path):
+    run_dir = build_run(tmp_path)
+    n = QUARANTINE_ROWS + 234
+    write_table(pd.DataFrame({"image_uri": [f"x{i}.png" for i in range(n)], "manifest": "m.csv",
+                              "row_number": np.arange(1, n + 1), "reason": "image file not found", "stage": "ingest"}),
+                run_dir / "quarantine.parquet")
+    page = _render(run_dir)
+    section = re.search(r'<section id="quarantine">(.*?)</section>', page, flags=re.S).group(1)
+    assert section.count("<strong>image file not found</strong>") == QUARANTINE_ROWS
+    assert "234 more are in quarantine.parquet" in section
+
+
+def test_quarantine_lists_every_rejected_row_with_its_reason(tmp_path):
+    page = _render(build_run(tmp_path))
+    assert "<strong>label &#x27;pilot&#x27; is not one of the model&#x27;s classes</strong>" in page
+    assert "<strong>regions is not valid JSON</strong>" in page
+
+
+# ---- security -----------------------------------------------------------------------------------
+
+
+def test_hostile_strings_are_escaped_everywhere(tmp_path):
+    page = _render(build_run(tmp_path, hostile=True))
+    assert XSS_SCRIPT not in page and XSS_ATTR not in page
+    assert "<img src=x" not in page
+    assert "onerror=alert(1)>" not in page
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_hostile_strings_are_escaped_inside_attributes(tmp_path):
+    page = _render(build_run(tmp_path, hostile=True))
+    for value in re.findall(r'(?:title|alt)="([^"]*)"', page):
+        assert "<" not in value and ">" not in value
+
+
+def test_page_loads_nothing_from_the_network(tmp_path):
+    page = _render(build_run(tmp_path))
+    assert "Content-Security-Policy" in page and "default-src &#x27;none&#x27;" in page
+    for url in re.findall(r'(?:src|href)="([^"]*)"', page):
+        assert url.startswith(("data:", "#")), url
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)
+
+
+# ---- determinism and previous run ------------------------------------------------------------------
+
+
+def test_rerender_is_byte_identical(tmp_path):
+    run_dir = build_run(tmp_path, hostile=True)
+    first = render_report(run_dir).read_bytes()
+    time.sleep(0.01)
+    assert render_report(run_dir).read_bytes() == first
+
+
+def test_change_since_previous_run_from_sibling_folder(tmp_path):
+    build_run(tmp_path, run_id="night-1", created_at="2026-11-24T02:00:00+00:00", passed=True, n_images=60)
+    build_run(tmp_path, run_id="night-0", created_at="2026-11-23T02:00:00+00:00", passed=True)
+    current = build_run(tmp_path, run_id="night-2", created_at="2026-11-25T02:00:00+00:00", passed=False)
+    page = _render(current)
+    assert "Previous run <strong>night-1</strong>" in page
+    assert "PASSED → now FAILED" in page
+    assert "Newly failing:</strong> cooccurrence/" in page
+    assert "<span>+20</span> since previous" in page  # audited 80 vs 60
+
+
+def test_previous_run_found_through_history_index(tmp_path):
+    older = build_run(tmp_path, run_id="b-older", created_at="2026-11-24T02:00:00+00:00", passed=True)
+    newer_sibling = build_run(tmp_path, run_id="a-not-recorded", created_at="2026-11-24T12:00:00+00:00")
+    current = build_run(tmp_path, run_id="c-now", created_at="2026-11-25T02:00:00+00:00")
+    import json
+
+    for run_dir in (older, current):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        history.record_run(run_dir.parent, summary, history.read_headline(run_dir))
+    assert newer_sibling.is_dir()
+    page = _render(current)
+    assert "Previous run <strong>b-older</strong>" in page
+
+
+def test_previous_run_dir_argument_wins(tmp_path):
+    build_run(tmp_path, run_id="night-1", created_at="2026-11-24T02:00:00+00:00")
+    chosen = build_run(tmp_path, run_id="night-0", created_at="2026-11-23T02:00:00+00:00", passed=True)
+    current = build_run(tmp_path, run_id="night-2", created_at="2026-11-25T02:00:00+00:00")
+    page = _render(current, previous_run_dir=chosen)
+    assert "Previous run <strong>night-0</strong>" in page
+
+
+def test_first_run_says_nothing_to_compare(tmp_path):
+    page = _render(build_run(tmp_path))
+    assert "No previous run found" in page
+
+
+# ---- overlays ----------------------------------------------------------------------------------------
+
+
+def test_jet_lut_runs_from_blue_to_red():
+    lut = jet_lut()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    assert lut[0, 2] > 100 and lut[0, 0] == 0
+    assert lut[-1, 0] > 100 and lut[-1, 2] == 0
+
+
+def test_colourise_upsamples_to_thumbnail_and_scales_to_max():
+    cam = np.zeros((7, 7), dtype=np.float32)
+    cam[3, 3] = 5.0
+    rgb, norm = colourise(cam, (70, 35))
+    assert rgb.shape == (35, 70, 3)
+    assert norm.max() == pytest.approx(1.0) and norm.min() == 0.0
+
+
+def test_overlay_draws_core_and_spurious_boxes(tmp_path):
+    regions = '[{"kind": "core", "name": "p", "box": [50, 50, 150, 150]}, {"kind": "spurious", "name": "w", "box": [0, 0, 40, 40]}]'
+    ov = render_overlay(np.zeros(49, dtype=np.float32), 7, 7, image_path=None, width=200, height=200,
+                        regions=regions, thumb_size=100)
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ov.data_uri.split(",", 1)[1]))).convert("RGB"), dtype=int)
+    assert (ov.width, ov.height) == (100, 100) and not ov.has_original
+    # Boxes scaled by 0.5 (thumbnail 100 px for 200 px): the core box's left edge at x=25 is greener than
+    # the box's inside at x=40; the spurious box's right edge at x=20 is redder than the map beside it.
+    assert img[50, 25, 1] - img[50, 25, 2] > img[50, 40, 1] - img[50, 40, 2] + 60
+    assert img[10, 20, 0] - img[10, 20, 2] > img[10, 30, 0] - img[10, 30, 2] + 60
+
+
+def test_overlay_blends_over_the_original(tmp_path):
+    path = tmp_path / "white.png"
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(path)
+    ov = render_overlay(np.zeros(4, dtype=np.float32), 2, 2, image_path=str(path), width=40, height=40,
+                        regions=None, thumb_size=40)
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ov.data_uri.split(",", 1)[1]))).convert("RGB"), dtype=int)
+    assert ov.has_original
+    # Half white, half jet's coldest blue (0, 0, 128): a light blue.
+    assert np.abs(img[20, 20] - np.array([128, 128, 192])).sum() < 30
+
+
+# ---- page weight -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_page_stays_under_5_mb_for_100k_images(tmp_path):
+    run_dir = build_large_run(tmp_path, n_rows=100_000)
+    path = render_report(run_dir)
+    page = path.read_text(encoding="utf-8")
+    assert path.stat().st_size < FIVE_MB
+    assert "100,000" in page
+    assert "4,000 more are in quarantine.parquet" in page
+
+
+# ---- browser -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_report_opens_in_headless_chromium(tmp_path):
+    chromium = chromium_or_skip()
+    page = render_report(build_run(tmp_path / "data", hostile=True, passed=False))
+    shot = tmp_path / "report.png"
+    taken = screenshot(chromium, page, shot, tmp_path)
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    with Image.open(shot) as img:
+        assert img.format == "PNG" and img.size == (1280, 2000)
+        assert len(img.convert("RGB").resize((64, 100)).getcolors(64 * 100)) > 20  # not a blank page
+    dom = dump_dom(chromium, page, tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert '<div class="word" id="verdict">FAILED</div>' in dom.stdout
+    # The XSS label is text in the live DOM: no element was injected.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom.stdout
+    assert "<script" not in dom.stdout.lower()
+    assert 'src="x"' not in dom.stdout and "onerror" not in dom.stdout.replace("onerror=alert(1)&gt;", "")
+    assert taken.console_messages() == [] and dom.console_messages() == []
+
+
+def test_many_classes_list_the_most_frequent_confusions(tmp_path):
+    run_dir = build_run(tmp_path)
+    classes = [f"c{k:03d}" for k in range(70)]
+    rows = [{"attribute": "__overall__", "group": "__all__", "label": a, "prediction": b, "n": 1 + (i % 7)}
+            for i, (a, b) in enumerate((a, b) for a in classes for b in classes[:3])]
+    write_table(pd.DataFrame(rows), run_dir / "confusion.parquet")
+    page = _render(run_dir)
+    assert "70 classes: too many to draw the matrix" in page
+    assert '<table class="cm">' not in page
+
+
+def test_max_gallery_zero_renders_without_thumbnails(tmp_path):
+    page = _render(build_run(tmp_path), max_gallery=0)
+    assert "data:image/jpeg" not in page
+    assert '<section id="confusion">' in page and 'href="#cm-' not in page

@@ -1,0 +1,421 @@
+"""Tests of audit_tasks.subgroups: differential against fairlearn's MetricFrame, the gate rule, the tables."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit_tasks import subgroups
+from audit_tasks.config import SubgroupCheck
+from audit_tasks.errors import ConfigError, ManifestError
+from audit_tasks.subgroups import (
+    BY_GROUP_COLUMNS,
+    CONFUSION_COLUMNS,
+    GROUPS_COLUMNS,
+    GroupMetricFrame,
+    check_subgroups,
+    newcombe_interval,
+    wilson_interval,
+)
+
+CLASSES = ("cat", "dog")
+ATTRIBUTES = ("gender", "skin_tone", "age")
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def generated(n: int = 3000, seed: int = 0, missing: bool = True) -> pd.DataFrame:
+    """Binary predictions whose accuracy depends on the attributes; some attribute values missing."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "gender": rng.choice(["female", "male", "nonbinary"], n, p=[0.45, 0.45, 0.1]).astype(object),
+        "skin_tone": rng.choice(["light", "dark"], n).astype(object),
+        "age": rng.choice(["young", "middle", "old"], n).astype(object),
+    })
+    if missing:
+        frame.loc[rng.random(n) < 0.05, "gender"] = None
+        frame.loc[rng.random(n) < 0.03, "age"] = np.nan
+    label = rng.choice(CLASSES, n)
+    accuracy = np.where(frame["skin_tone"] == "dark", 0.8, 0.93) - np.where(frame["age"] == "old", 0.05, 0.0)
+    right = rng.random(n) < accuracy
+    frame["label"] = label
+    frame["prediction"] = np.where(right, label, np.where(label == "cat", "dog", "cat"))
+    return frame
+
+
+def two_groups(n_a: int, acc_a: float, n_b: int, acc_b: float, seed: int = 0,
+               exact: bool = True) -> pd.DataFrame:
+    """Groups `a` and `b` of attribute `group`, with (exactly, by default) the given accuracies."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for name, n, acc in (("a", n_a, acc_a), ("b", n_b, acc_b)):
+        label = rng.choice(CLASSES, n)
+        right = np.arange(n) < round(acc * n) if exact else rng.random(n) < acc
+        rng.shuffle(right)
+        prediction = np.where(right, label, np.where(label == "cat", "dog", "cat"))
+        parts.append(pd.DataFrame({"group": name, "label": label, "prediction": prediction}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def fairlearn_by_group(frame: pd.DataFrame, features: list[str], metric) -> dict[str, tuple[float, int]]:
+    """fairlearn's per-group value and size, keyed by our group label (values joined by '&')."""
+    from fairlearn.metrics import MetricFrame, count
+
+    mf = MetricFrame(metrics={"value": metric, "n": count}, y_true=frame["label"], y_pred=frame["prediction"],
+                     sensitive_features=frame[features].fillna("unknown"))
+    table = mf.by_group.dropna(subset=["n"])
+    keys = table.index.to_flat_index() if isinstance(table.index, pd.MultiIndex) else table.index
+    return {("&".join(k) if isinstance(k, tuple) else str(k)): (float(v), int(n))
+            for k, v, n in zip(keys, table["value"], table["n"])}
+
+
+def sklearn_metric(name: str):
+    from fairlearn.metrics import false_positive_rate
+    from sklearn.metrics import accuracy_score, precision_score, recall_score
+
+    return {
+        "accuracy": accuracy_score,
+        "recall": functools.partial(recall_score, pos_label="dog", zero_division=np.nan),
+        "precision": functools.partial(precision_score, pos_label="dog", zero_division=np.nan),
+        "fpr": functools.partial(false_positive_rate, pos_label="dog"),
+    }[name]
+
+
+FEATURE_SETS = [["gender"], ["skin_tone"], ["age"], ["gender", "skin_tone"], ["skin_tone", "age"],
+                ["gender", "skin_tone", "age"]]
+
+
+# --------------------------------------------------------------------------------------------- differential
+
+
+@pytest.mark.parametrize("features", FEATURE_SETS, ids=lambda f: "&".join(f))
+@pytest.mark.parametrize("metric", ["accuracy", "recall", "precision", "fpr"])
+def test_values_and_group_sizes_agree_with_fairlearn(metric: str, features: list[str]) -> None:
+    frame = generated()
+    expected = fairlearn_by_group(frame, features, sklearn_metric(metric))
+    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[features],
+                           classes=CLASSES)
+    ours = gmf.by_group(metric, positive_class="dog").set_index("group")
+    assert sorted(ours.index) == sorted(expected)
+    for group, (value, n) in expected.items():
+        assert ours.loc[group, "n"] == n
+        assert ours.loc[group, "value"] == pytest.approx(value, abs=1e-12)
+
+
+@pytest.mark.parametrize("features", [["gender"], ["gender", "skin_tone"]], ids=lambda f: "&".join(f))
+def test_check_groups_table_agrees_with_fairlearn(features: list[str]) -> None:
+    from sklearn.metrics import accuracy_score
+
+    frame = generated()
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=tuple(features)), classes=CLASSES)
+    expected = fairlearn_by_group(frame, features, accuracy_score)
+    rows = result.groups[result.groups["attribute"] == "&".join(features)].set_index("group")
+    assert rows["n"].to_dict() == {g: n for g, (_, n) in expected.items()}
+    assert rows["value"].to_dict() == pytest.approx({g: v for g, (v, _) in expected.items()}, abs=1e-12)
+
+
+def test_macro_recall_agrees_with_sklearn_macro_on_three_classes() -> None:
+    from sklearn.metrics import recall_score
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    label = rng.choice(["a", "b", "c"], n)
+    prediction = np.where(rng.random(n) < 0.7, label, rng.choice(["a", "b", "c"], n))
+    frame = pd.DataFrame({"label": label, "prediction": prediction, "gender": rng.choice(["f", "m"], n)})
+    expected = fairlearn_by_group(frame, ["gender"], functools.partial(recall_score, average="macro"))
+    gmf = GroupMetricFrame(y_true=label, y_pred=prediction, sensitive_features=frame[["gender"]])
+    ours = gmf.by_group("macro_recall").set_index("group")["value"].to_dict()
+    assert ours == pytest.approx({g: v for g, (v, _) in expected.items()}, abs=1e-12)
+
+
+def test_overall_agrees_with_sklearn() -> None:
+    from sklearn.metrics import accuracy_score
+
+    frame = generated()
+    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["gender"]])
+    overall = gmf.overall("accuracy")
+    assert (overall.n, overall.value) == (len(frame), pytest.approx(accuracy_score(frame["label"], frame["prediction"])))
+
+
+# --------------------------------------------------------------------------------------------- gate rule
+
+
+def test_planted_gap_with_enough_data_fails() -> None:
+    frame = two_groups(1000, 0.95, 1000, 0.85)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    row = result.groups.set_index("group").loc["b"]
+    assert (row["status"], bool(row["flagged"]), row["gap"]) == ("gap", True, pytest.approx(0.10))
+    assert not next(g for g in result.gates if g.subject == "group=b").passed
+
+
+def test_same_gap_on_twelve_images_is_too_small_to_judge() -> None:
+    frame = two_groups(1000, 0.95, 12, 10 / 12)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    row = result.groups.set_index("group").loc["b"]
+    assert (row["status"], bool(row["flagged"])) == ("too small to judge", False)
+    assert row["gap"] == pytest.approx(0.95 - 10 / 12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tiny_random_fluctuation_on_big_groups_does_not_fail(seed: int) -> None:
+    frame = two_groups(20_000, 0.9, 20_000, 0.9, seed=seed, exact=False)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",), max_gap=0.01), classes=CLASSES)
+    assert result.groups["status"].tolist() == ["ok", "ok"]
+    assert all(g.passed for g in result.gates)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_many_small_groups_without_a_real_gap_do_not_fail(seed: int) -> None:
+    """Intersections: the best of 24 groups of 40 images is lucky; the Bonferroni adjustment absorbs it."""
+    rng = np.random.default_rng(seed)
+    n = 24 * 40
+    label = rng.choice(CLASSES, n)
+    prediction = np.where(rng.random(n) < 0.9, label, np.where(label == "cat", "dog", "cat"))
+    frame = pd.DataFrame({"label": label, "prediction": prediction, "cell": np.repeat(np.arange(24), 40).astype(str)})
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("cell",)), classes=CLASSES)
+    assert not result.groups["flagged"].any()
+
+
+def test_planted_macro_recall_gap_fails_on_bootstrap_evidence() -> None:
+    frame = two_groups(1000, 0.95, 1000, 0.80)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",), metric="macro_recall"), classes=CLASSES)
+    assert result.groups.set_index("group")["status"].to_dict() == {"a": "ok", "b": "gap"}
+
+
+def test_gap_above_max_gap_but_not_established_passes() -> None:
+    frame = two_groups(60, 0.95, 60, 0.85)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    row = result.groups.set_index("group").loc["b"]
+    gate = next(g for g in result.gates if g.subject == "group=b")
+    assert (row["gap"] > 0.05, row["status"], gate.passed) == (True, "ok", True)
+    assert "not established" in gate.detail
+
+
+def test_reference_group_must_be_large_enough_to_judge() -> None:
+    frame = two_groups(500, 0.9, 10, 1.0)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    gaps = result.groups.set_index("group")["gap"]
+    assert (gaps["a"], gaps["b"]) == (pytest.approx(0.0), pytest.approx(-0.1))
+
+
+def test_fpr_gap_is_positive_when_the_group_has_more_false_positives() -> None:
+    rng = np.random.default_rng(0)
+    parts = []
+    for name, fpr in (("a", 0.05), ("b", 0.25)):
+        label = np.array(["cat"] * 1000 + ["dog"] * 1000)
+        false_alarm = rng.random(2000) < fpr
+        prediction = np.where(label == "cat", np.where(false_alarm, "dog", "cat"), "dog")
+        parts.append(pd.DataFrame({"group": name, "label": label, "prediction": prediction}))
+    frame = pd.concat(parts, ignore_index=True)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",), metric="fpr"), classes=CLASSES)
+    row = result.groups.set_index("group").loc["b"]
+    assert (row["gap"] > 0.15, row["status"]) == (True, "gap")
+
+
+def test_recall_of_group_without_positives_is_too_small_to_judge() -> None:
+    frame = two_groups(500, 0.9, 500, 0.9)
+    frame.loc[frame["group"] == "b", "label"] = "cat"
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",), metric="recall"), classes=CLASSES)
+    row = result.groups.set_index("group").loc["b"]
+    assert (np.isnan(row["value"]), row["status"]) == (True, "too small to judge")
+
+
+# --------------------------------------------------------------------------------------------- groups
+
+
+def test_missing_nan_and_empty_values_are_counted_as_unknown() -> None:
+    frame = pd.DataFrame({
+        "gender": ["f", None, np.nan, "", "  ", "m", pd.NA],
+        "label": ["cat"] * 7, "prediction": ["cat"] * 7,
+    })
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("gender",), min_group_size=1), classes=CLASSES)
+    assert result.groups.set_index("group")["n"].to_dict() == {"f": 1, "m": 1, "unknown": 5}
+
+
+def test_intersections_cover_every_combination_in_config_order() -> None:
+    frame = generated(missing=False)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES)
+    assert list(dict.fromkeys(result.groups["attribute"])) == [
+        "gender", "skin_tone", "age", "gender&skin_tone", "gender&age", "skin_tone&age", "gender&skin_tone&age"]
+    assert "female&dark" in set(result.groups.loc[result.groups["attribute"] == "gender&skin_tone", "group"])
+
+
+def test_intersections_off_judges_single_attributes_only() -> None:
+    frame = generated()
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES, intersections=False), classes=CLASSES)
+    assert set(result.groups["attribute"]) == set(ATTRIBUTES)
+
+
+def test_marginal_frame_equals_frame_built_on_the_subset() -> None:
+    frame = generated()
+    full = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
+    direct = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["age", "gender"]])
+    marginal = full.marginal(["age", "gender"])
+    assert (marginal.groups, marginal.counts.tolist()) == (direct.groups, direct.counts.tolist())
+
+
+def test_refactorised_group_ids_give_the_same_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = generated()
+    dense = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
+    monkeypatch.setattr(subgroups, "_DENSE_LIMIT", 8)
+    compact = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
+    assert (compact.groups, compact.counts.tolist()) == (dense.groups, dense.counts.tolist())
+
+
+def test_categorical_arrow_and_object_columns_give_the_same_groups() -> None:
+    frame = generated()
+    variants = [frame, frame.astype({c: "category" for c in ATTRIBUTES}),
+                frame.astype({c: "str" for c in (*ATTRIBUTES, "label", "prediction")})]
+    tables = [check_subgroups(f, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES).groups for f in variants]
+    for table in tables[1:]:
+        pd.testing.assert_frame_equal(table, tables[0])
+
+
+# --------------------------------------------------------------------------------------------- intervals
+
+
+@pytest.mark.parametrize(("k", "n", "confidence"), [(0, 10, 0.95), (7, 20, 0.95), (20, 20, 0.9), (412, 500, 0.99),
+                                                    (1, 3, 0.8)])
+def test_wilson_interval_matches_scipy(k: int, n: int, confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    reference = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    low, high = wilson_interval(k, n, confidence)
+    assert (float(low), float(high)) == (pytest.approx(reference.low, abs=1e-12), pytest.approx(reference.high, abs=1e-12))
+
+
+def test_wilson_interval_is_nan_without_trials() -> None:
+    low, high = wilson_interval(np.array([0]), np.array([0]))
+    assert np.isnan(low[0]) and np.isnan(high[0])
+
+
+def test_newcombe_interval_matches_published_example() -> None:
+    """Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 - 48/80, method 10."""
+    low, high = newcombe_interval(56, 70, 48, 80, 0.95)
+    assert (float(low), float(high)) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+
+
+def test_macro_bootstrap_is_seeded_and_brackets_the_value() -> None:
+    frame = generated()
+    make = functools.partial(GroupMetricFrame, y_true=frame["label"], y_pred=frame["prediction"],
+                             sensitive_features=frame[["skin_tone"]], random_state=7)
+    first, second = make().by_group("macro_precision"), make().by_group("macro_precision")
+    pd.testing.assert_frame_equal(first, second)
+    assert ((first["ci_low"] < first["value"]) & (first["value"] < first["ci_high"])).all()
+
+
+# --------------------------------------------------------------------------------------------- tables and gates
+
+
+def test_confusion_table_sums_to_group_sizes() -> None:
+    frame = generated()
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES)
+    assert list(result.confusion.columns) == list(CONFUSION_COLUMNS)
+    sums = result.confusion.groupby(["attribute", "group"])["n"].sum()
+    sizes = result.groups.set_index(["attribute", "group"])["n"]
+    assert sums.drop(("__overall__", "__all__")).sort_index().to_dict() == sizes.sort_index().to_dict()
+    assert sums[("__overall__", "__all__")] == len(frame)
+
+
+def test_gates_are_consistent_with_flags() -> None:
+    frame = generated(n=6000)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES)
+    groups = result.groups
+    assert [(g.subject, g.passed, g.metric) for g in result.gates] == [
+        (f"{a}={g}", not f, m) for a, g, f, m in zip(groups["attribute"], groups["group"], groups["flagged"], groups["metric"])]
+    assert groups["flagged"].any()
+    assert (groups["flagged"] == (groups["status"] == "gap")).all()
+
+
+def test_groups_table_has_exactly_the_contract_columns() -> None:
+    result = check_subgroups(generated(), check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
+    assert list(result.groups.columns) == list(GROUPS_COLUMNS)
+
+
+def test_too_small_gate_passes_and_says_why() -> None:
+    frame = two_groups(1000, 0.95, 12, 0.5)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    gate = next(g for g in result.gates if g.subject == "group=b")
+    assert (gate.passed, gate.detail) == (True, "too small to judge (n=12 < 30)")
+
+
+def test_failing_gate_detail_names_both_groups_and_the_gap() -> None:
+    frame = two_groups(1000, 0.95, 1000, 0.85)
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    gate = next(g for g in result.gates if g.subject == "group=b")
+    assert gate.detail.startswith("accuracy 0.85 [")
+    assert "for group=b vs 0.95 for group=a (gap 0.1 > 0.05" in gate.detail
+    assert (gate.check, gate.metric, gate.threshold) == ("subgroups", "accuracy", 0.05)
+
+
+def test_overall_table_has_one_row_per_metric() -> None:
+    result = check_subgroups(generated(), check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
+    assert result.overall["metric"].tolist() == list(subgroups.METRICS)
+
+
+def test_default_positive_class_is_the_second_class() -> None:
+    frame = generated()
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("gender",), metric="recall"), classes=CLASSES)
+    recall = result.overall.set_index("metric").loc["recall"]
+    assert recall["support"] == (frame["label"] == "dog").sum()
+
+
+def test_per_class_metric_on_three_classes_judges_every_class() -> None:
+    rng = np.random.default_rng(0)
+    label = rng.choice(["a", "b", "c"], 600)
+    frame = pd.DataFrame({"label": label, "prediction": label, "g": rng.choice(["x", "y"], 600)})
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("g",), metric="recall"), classes=["a", "b", "c"])
+    assert sorted(set(result.groups["metric"])) == ["recall[a]", "recall[b]", "recall[c]"]
+
+
+def test_by_group_keeps_its_type_and_columns_for_any_number_of_features() -> None:
+    frame = generated()
+    tables = [GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"],
+                               sensitive_features=frame[f]).by_group("accuracy") for f in (["gender"], list(ATTRIBUTES), [])]
+    assert [list(t.columns) for t in tables] == [list(BY_GROUP_COLUMNS)] * 3
+    assert tables[2]["group"].tolist() == ["__all__"]
+
+
+def test_difference_and_ratio_are_floats_between_extreme_groups() -> None:
+    frame = two_groups(100, 0.9, 100, 0.6)
+    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["group"]])
+    assert (gmf.difference("accuracy"), gmf.ratio("accuracy")) == (pytest.approx(0.3), pytest.approx(0.6 / 0.9))
+
+
+def test_empty_input_gives_empty_tables_and_no_gates() -> None:
+    frame = pd.DataFrame({"label": pd.Series([], dtype=str), "prediction": pd.Series([], dtype=str),
+                          "gender": pd.Series([], dtype=str)})
+    result = check_subgroups(frame, check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
+    assert (len(result.groups), result.gates, list(result.groups.columns)) == (0, [], list(GROUPS_COLUMNS))
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_missing_attribute_column_raises_manifest_error_naming_it() -> None:
+    with pytest.raises(ManifestError, match="no column 'skin_tone'"):
+        check_subgroups(generated()[["label", "prediction"]], check=SubgroupCheck(attributes=("skin_tone",)))
+
+
+def test_label_outside_classes_raises_manifest_error_naming_value_and_row() -> None:
+    frame = generated()
+    frame.loc[17, "label"] = "horse"
+    with pytest.raises(ManifestError, match="label 'horse' at row 17 is not one of the classes: cat, dog"):
+        check_subgroups(frame, check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
+
+
+def test_missing_prediction_raises_manifest_error() -> None:
+    frame = generated()
+    frame.loc[5, "prediction"] = None
+    with pytest.raises(ManifestError, match="prediction is missing at row 5"):
+        check_subgroups(frame, check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
+
+
+def test_unknown_positive_class_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="positive_class 'bird' is not one of the classes"):
+        check_subgroups(generated(), check=SubgroupCheck(attributes=("gender",), metric="recall"), classes=CLASSES,
+                        positive_class="bird")
