@@ -80,7 +80,7 @@ def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: P
     if missing:
         raise ManifestError(f"{predictions}: configured attribute column(s) missing: {', '.join(missing)}")
     classes = config.model.classes if config is not None and config.model is not None else None
-    result = check_subgroups(frame, check=check, classes=classes)
+    result = check_subgroups(frame, check=check, classes=classes, positive_class=check.positive_class)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_subgroup_tables(result, out_dir)
     return _finish(out_dir, result.gates)

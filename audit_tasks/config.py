@@ -101,6 +101,8 @@ class SubgroupCheck:
     max_gap: float = 0.05
     min_group_size: int = 30
     confidence: float = 0.95
+    # The class whose recall/TPR/FPR/precision is judged; default: the second of model.classes.
+    positive_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -395,8 +397,9 @@ def _validate(config: AuditConfig, where: str) -> None:
     c = config.checks
     if c.cooccurrence is not None:
         fraction("checks.cooccurrence.max_conditional", c.cooccurrence.max_conditional, open_low=True)
-        fraction("checks.cooccurrence.confidence", c.cooccurrence.confidence, open_low=True)
-        fraction("checks.cooccurrence.target_share", c.cooccurrence.target_share, open_low=True)
+        for key, value in (("confidence", c.cooccurrence.confidence), ("target_share", c.cooccurrence.target_share)):
+            if not 0 < value < 1:
+                raise ConfigError(f"{where}: 'checks.cooccurrence.{key}' must be strictly between 0 and 1; got {value}")
         positive("checks.cooccurrence.min_support", c.cooccurrence.min_support)
         if c.cooccurrence.min_lift < 1:
             raise ConfigError(f"{where}: 'checks.cooccurrence.min_lift' must be >= 1; got {c.cooccurrence.min_lift}")
@@ -420,5 +423,10 @@ def _validate(config: AuditConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}: 'checks.subgroups.min_group_size' must be >= 1; got {c.subgroups.min_group_size}"
             )
+    if (c.subgroups is not None and c.subgroups.positive_class is not None and config.model is not None
+            and c.subgroups.positive_class not in config.model.classes):
+        raise ConfigError(
+            f"{where}: 'checks.subgroups.positive_class' {c.subgroups.positive_class!r} is not one of model.classes"
+        )
     if c.ingest is not None:
         fraction("checks.ingest.max_quarantine_fraction", c.ingest.max_quarantine_fraction)

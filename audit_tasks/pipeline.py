@@ -272,7 +272,8 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
     if not images_path.is_file():
         raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
     images = read_table(images_path)
-    result = check_subgroups(images, check=check, classes=config.require_model().classes)
+    result = check_subgroups(images, check=check, classes=config.require_model().classes,
+                             positive_class=check.positive_class)
     target = write_subgroup_tables(result, rd)
     _write_gates(config, run_id, "subgroups", result.gates)
     return target

@@ -42,9 +42,10 @@ Per attribute (or intersection) and metric:
    dozens of groups, and the best of many small groups is lucky). The difference intervals are
    therefore Bonferroni-adjusted over every pair of the m judgeable groups: each is a two-sided interval
    at level ``1 - (1 - confidence) / (m * (m - 1) / 2)``. With probability at least ``confidence`` all
-   pairwise intervals hold at once, so a flag is false (the group does not truly trail another judgeable
-   group by more than ``max_gap``) at most ``1 - confidence`` of the time per attribute and metric, night
-   after night, whatever the number of groups; with two groups this is the plain interval.
+   pairwise intervals hold at once, so some flag of an attribute is false (its group does not truly
+   trail the reference by more than ``max_gap``) at most ``1 - confidence`` of the time per attribute and
+   metric, night after night, whatever the number of groups (up to the approximate coverage of the
+   score intervals); with two groups this is the plain interval.
 
 So a real gap with enough images fails; the same gap on a dozen images is too small to judge; and an
 observed gap just above ``max_gap``, or a chance fluctuation between big groups, passes (its gate detail

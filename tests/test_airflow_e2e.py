@@ -6,6 +6,8 @@ ingest consumes the landing area. The first `dag.test()` in a process pays Airfl
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -83,10 +85,15 @@ def _summary(world, run_id: str) -> dict:
 def red_run(dags, tmp_path_factory):
     """One bad manifest row, and the trigger form tightens the ingest threshold to zero."""
     world = make_world(tmp_path_factory.mktemp("red"), n_images=8, bad_rows=1)
-    run = dags["dataset_audit"].test(
-        run_conf={"config": str(world.config), "run_id": "red-1", "ingest_max_quarantine_fraction": 0.0}
-    )
-    return world, run
+    task_logs = io.StringIO()  # in-process task logs are printed to stdout; keep a copy to search
+    try:
+        with contextlib.redirect_stdout(task_logs):
+            run = dags["dataset_audit"].test(
+                run_conf={"config": str(world.config), "run_id": "red-1", "ingest_max_quarantine_fraction": 0.0}
+            )
+    finally:
+        print(task_logs.getvalue())
+    return world, run, task_logs.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +104,7 @@ def green_run(dags, tmp_path_factory):
 
 
 def test_failed_gate_turns_the_run_red_with_a_report(red_run):
-    world, run = red_run
+    world, run, _ = red_run
     states = _task_states(run)
     assert str(run.state) == "failed"
     assert states[("gate", -1)] == "failed"
@@ -108,21 +115,17 @@ def test_failed_gate_turns_the_run_red_with_a_report(red_run):
     assert (world.root / "reports" / "red-1" / "report.html").is_file()
 
 
-def test_red_gate_message_names_the_failed_gates_and_report(red_run, tmp_path):
-    """The exception the gate task raised, re-derived from the same summary the task read."""
-    from audit_airflow.tasks import failure_message
-
-    world, _ = red_run
+def test_red_gate_task_log_names_the_failed_gates_and_report(red_run):
+    world, _, log_text = red_run
     summary = _summary(world, "red-1")
-    report = str(world.root / "reports" / "red-1" / "report.html")
-    message = failure_message(summary, report)
+    assert "AirflowFailException: Audit red-1 FAILED: 1 gate(s) failed" in log_text
     for gate in summary["failed_gates"]:
-        assert gate in message
-    assert f"Report: {report}" in message
+        assert f"  - {gate}" in log_text
+    assert f"Report: {world.root / 'reports' / 'red-1' / 'report.html'}" in log_text
 
 
 def test_red_run_emits_no_asset_event(red_run):
-    _, run = red_run
+    _, run, _ = red_run
     assert _asset_events(run) == []
 
 
