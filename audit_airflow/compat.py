@@ -9,6 +9,9 @@ config section ``[audit]`` (so ``AIRFLOW__AUDIT__<KEY>`` environment variables w
 | ``reports_dir`` | ``$AUDIT_REPORTS_DIR`` or ``./audit_reports`` | root the UI plugin serves runs from |
 | ``gpu_pool`` | ``default_pool`` | pool of the mapped saliency shards (create ``gpu`` and set this to it) |
 | ``shard_size`` | ``512`` | default of the ``shard_size`` param |
+| ``reports_conn_id`` | (none) | Airflow connection for an object-store ``reports_dir`` |
+| ``publish_uri`` | (none) | copy each finished run there (e.g. ``s3://bucket/audits``) |
+| ``publish_conn_id`` | (none) | Airflow connection for ``publish_uri`` |
 
 Reading the config at parse time is cheap (no DB); checking whether a pool exists would need the
 metadata DB, which DAG parsing in Airflow 3 must not touch, so the pool is a deployment setting.

@@ -77,6 +77,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
               {"type": ["null", "string"],
                "enum": [None, "accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"]},
               "Metric compared across subgroups."),
+    Threshold("subgroups_positive_class", "checks.subgroups.positive_class", {"type": ["null", "string"], "minLength": 1},
+              "Class whose recall/TPR/FPR/precision is judged (one of model.classes)."),
     Threshold("ingest_max_quarantine_fraction", "checks.ingest.max_quarantine_fraction", _FRACTION,
               "Largest allowed fraction of input rows sent to quarantine."),
 )

@@ -1,5 +1,6 @@
 """The "Dataset audits" UI page: a FastAPI app the Airflow api-server mounts from our plugin.
 
+Runs are read from `[audit] reports_dir`: a local folder or an object-store URI (audit_airflow.storage).
 Every route depends on Airflow's own authentication (the `_token` cookie the UI sets, or a bearer
 JWT), so anonymous requests get 401/403. Run ids in URLs are checked against a strict pattern and
 the resolved file must stay inside the reports root, so `../` cannot escape it.
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from audit_airflow import compat
+from audit_airflow.storage import storage_root
 
-__all__ = ["AuditRun", "create_reports_app", "list_runs", "require_airflow_user", "report_file"]
+__all__ = ["AuditRun", "configured_root", "create_reports_app", "list_runs", "report_file", "require_airflow_user"]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")  # audit_tasks.pipeline.check_run_id's rule
 
@@ -49,26 +51,30 @@ class AuditRun:
     has_report: bool
 
 
-def list_runs(root: Path) -> list[AuditRun]:
-    """Runs under `root` (folders with summary.json), newest first; unreadable summaries are skipped."""
+def list_runs(root: Any) -> list[AuditRun]:
+    """Runs under `root` (folders with summary.json), newest first; unreadable summaries are skipped.
+
+    `root` is a local `Path` or an `ObjectStoragePath` (see audit_airflow.storage).
+    """
     if not root.is_dir():
         return []
     runs = []
-    for summary_path in root.glob("*/summary.json"):
-        run_folder = summary_path.parent
+    for run_folder in root.iterdir():
         if not _RUN_ID.match(run_folder.name):
             continue
+        summary_path = run_folder / "summary.json"
         try:
+            if not summary_path.is_file():
+                continue
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        mtime = summary_path.stat().st_mtime
         runs.append(
             AuditRun(
                 run_id=run_folder.name,
                 passed=bool(summary.get("passed", False)),
                 failed_gates=tuple(_gate_label(g) for g in summary.get("failed_gates") or []),
-                finished=datetime.fromtimestamp(mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                finished=_finished(summary, summary_path),
                 has_report=(run_folder / "report.html").is_file(),
             )
         )
@@ -76,22 +82,30 @@ def list_runs(root: Path) -> list[AuditRun]:
     return runs
 
 
-def report_file(root: Path, run_id: str) -> Path:
+def report_file(root: Any, run_id: str) -> Any:
     """The report of `run_id`, refusing ids that are not plain names or resolve outside `root`."""
     if not _RUN_ID.match(run_id) or ".." in run_id:
         raise HTTPException(status_code=400, detail="invalid run id")
-    root = root.resolve()
-    candidate = (root / run_id / "report.html").resolve()
-    if not candidate.is_relative_to(root):
-        raise HTTPException(status_code=400, detail="invalid run id")
+    if isinstance(root, Path):
+        root = root.resolve()
+        candidate = (root / run_id / "report.html").resolve()  # follows symlinks: they must stay inside
+        if not candidate.is_relative_to(root):
+            raise HTTPException(status_code=400, detail="invalid run id")
+    else:  # object storage: no symlinks; the id is a single plain path segment
+        candidate = root / run_id / "report.html"
     if not candidate.is_file():
         raise HTTPException(status_code=404, detail="no report for this run")
     return candidate
 
 
-def create_reports_app(reports_root: Callable[[], Path] | None = None) -> FastAPI:
-    """App factory; `reports_root` is read per request (default: `[audit] reports_dir`)."""
-    root_of = reports_root or (lambda: Path(compat.reports_dir()))
+def configured_root() -> Any:
+    """`[audit] reports_dir` (a path, or an object-store URI read with `[audit] reports_conn_id`)."""
+    return storage_root(compat.reports_dir(), compat.audit_setting("reports_conn_id", "") or None)
+
+
+def create_reports_app(reports_root: Callable[[], Any] | None = None) -> FastAPI:
+    """App factory; the root is looked up per request (default: `configured_root`)."""
+    root_of = reports_root or configured_root
     app = FastAPI(
         title="Dataset audits",
         dependencies=[Depends(require_airflow_user())],
@@ -109,10 +123,24 @@ def create_reports_app(reports_root: Callable[[], Path] | None = None) -> FastAP
         return [asdict(r) for r in list_runs(root_of())]
 
     @app.get("/runs/{run_id}/report.html")
-    def report(run_id: str) -> FileResponse:
-        return FileResponse(report_file(root_of(), run_id), media_type="text/html")
+    def report(run_id: str) -> Response:
+        found = report_file(root_of(), run_id)
+        if isinstance(found, Path):
+            return FileResponse(found, media_type="text/html")
+        return Response(found.read_bytes(), media_type="text/html")
 
     return app
+
+
+def _finished(summary: dict[str, Any], summary_path: Any) -> str:
+    """The run's time: summary.json's `created_at` when present, else the file's modification time."""
+    if summary.get("created_at"):
+        return str(summary["created_at"])
+    try:
+        mtime = summary_path.stat().st_mtime
+    except (OSError, AttributeError, ValueError):  # ValueError: a scheme without an Airflow filesystem
+        return ""
+    return datetime.fromtimestamp(mtime, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _gate_label(entry: Any) -> str:

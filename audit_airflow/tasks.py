@@ -16,6 +16,7 @@ from airflow.sdk import get_current_context
 from audit_airflow import compat
 from audit_airflow.assets import AUDIT_CLEAN
 from audit_airflow.params import config_overrides
+from audit_airflow.storage import publish_run
 
 if TYPE_CHECKING:
     from audit_tasks.config import AuditConfig
@@ -121,20 +122,30 @@ def report() -> str:
     config, run_id = _config_and_run_id()
     path = pipeline.stage_report(config, run_id)
     log.info("report for audit run %s: %s", run_id, path)
+    target = compat.audit_setting("publish_uri", "")
+    if target:  # copy the finished run to object storage (or another folder) for the UI page and consumers
+        uri = publish_run(pipeline.run_dir(config, run_id), target, compat.audit_setting("publish_conn_id", "") or None)
+        log.info("published audit run %s: %s", run_id, uri)
+        return uri
     return str(path)
 
 
-def gate() -> str:
-    """Fail the DAG run naming every failed gate and the report, or emit the clean-audit asset event."""
+def gate(report_location: str | None = None) -> str:
+    """Fail the DAG run naming every failed gate and the report, or emit the clean-audit asset event.
+
+    `report_location` is what the report task returned: the local report, or its published URI.
+    """
     from audit_tasks import pipeline
 
     config, run_id = _config_and_run_id()
     summary = pipeline.read_summary(config, run_id)
-    report_path = _report_path(summary, pipeline.run_dir(config, run_id))
+    report_path = report_location or _report_path(summary, pipeline.run_dir(config, run_id))
     if not summary.get("passed", False):
         raise compat.AirflowFailException(failure_message(summary, report_path))
     extra = dict(summary)
     extra.setdefault("report", report_path)
+    if report_location and report_location != extra["report"]:
+        extra["published_report"] = report_location
     get_current_context()["outlet_events"][AUDIT_CLEAN].extra = extra
     log.info("audit run %s passed every gate; report: %s", run_id, report_path)
     return report_path
@@ -143,6 +154,9 @@ def gate() -> str:
 def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
     """The red run's message: which gates failed and where the report is."""
     failed = [_gate_name(g) for g in summary.get("failed_gates") or []]
+    details = summary.get("failed_details") or []
+    if len(details) == len(failed):
+        failed = [f"{name}: {detail}" if detail else name for name, detail in zip(failed, details)]
     lines = [f"Audit {summary.get('run_id', '?')} FAILED: {len(failed)} gate(s) failed:"]
     lines += [f"  - {name}" for name in failed] or ["  - (summary lists no gate names)"]
     lines.append(f"Report: {report_path}")

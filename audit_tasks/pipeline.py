@@ -84,6 +84,13 @@ def _clear_gates(config: AuditConfig, run_id: str, check: str) -> None:
     _gates_path(config, run_id, check).unlink(missing_ok=True)
 
 
+def _skip_check(config: AuditConfig, run_id: str, check: str, tables: tuple[str, ...]) -> None:
+    """A check not configured leaves nothing behind, not even a stale table from an earlier attempt."""
+    for name in tables:
+        (run_dir(config, run_id) / name).unlink(missing_ok=True)
+    _clear_gates(config, run_id, check)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +222,7 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Pat
                     schema=schemas.SALIENCY_BY_CLASS)
         _write_gates(config, run_id, "saliency", summary.gates)
     else:
-        (rd / "saliency_by_class.parquet").unlink(missing_ok=True)
-        _clear_gates(config, run_id, "saliency")
+        _skip_check(config, run_id, "saliency", ("saliency_by_class.parquet",))
     return target
 
 
@@ -238,9 +244,7 @@ def stage_cooccurrence(config: AuditConfig, run_id: str) -> Path | None:
     check = config.checks.cooccurrence
     rd = run_dir(config, run_id)
     if check is None:
-        for name in ("cooccurrence.parquet", "class_balance.parquet"):
-            (rd / name).unlink(missing_ok=True)
-        _clear_gates(config, run_id, "cooccurrence")
+        _skip_check(config, run_id, "cooccurrence", ("cooccurrence.parquet", "class_balance.parquet"))
         return None
     catalog = read_catalog(config.require_dataset().catalog)
     result = check_cooccurrence(catalog, check=check, attributes=config.checks.cooccurrence_attributes())
@@ -264,9 +268,7 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
     check = config.checks.subgroups
     rd = run_dir(config, run_id)
     if check is None:
-        for name in ("subgroups.parquet", "confusion.parquet"):
-            (rd / name).unlink(missing_ok=True)
-        _clear_gates(config, run_id, "subgroups")
+        _skip_check(config, run_id, "subgroups", ("subgroups.parquet", "confusion.parquet"))
         return None
     images_path = rd / "images.parquet"
     if not images_path.is_file():

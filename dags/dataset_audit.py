@@ -41,7 +41,7 @@ def dataset_audit() -> None:
     pairs = task(tasks.cooccurrence, task_id="cooccurrence")()
     verdict = task(tasks.gate_stage, task_id="gate_stage")()
     rendered = task(tasks.report, task_id="report")()
-    final = task(tasks.gate, task_id="gate", outlets=[AUDIT_CLEAN], retries=0)()
+    final = task(tasks.gate, task_id="gate", outlets=[AUDIT_CLEAN], retries=0)(rendered)
 
     ingested >> shards
     scored >> merged >> by_group

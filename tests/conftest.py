@@ -28,9 +28,7 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
         "AIRFLOW__API_AUTH__JWT_SECRET": "audit-tests-only-secret-" * 4,
-        "AIRFLOW__AUDIT__REPORTS_DIR": str(_AIRFLOW_HOME / "audit_reports"),
     }
 )
 

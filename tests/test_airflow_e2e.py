@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from fixtures_pipeline import make_world
 
 pytestmark = pytest.mark.slow
 
+PUBLISHED = "memory://published-audits"
 TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
           "gates")
 
@@ -47,6 +51,15 @@ def _task_states(run) -> dict[tuple[str, int], str]:
     with create_session() as session:
         rows = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id).all()
         return {(ti.task_id, ti.map_index): str(ti.state) for ti in rows}
+
+
+def _shard_names(run) -> list[str]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id="score_shard")
+        return [ti.rendered_map_index for ti in sorted(rows, key=lambda ti: ti.map_index)]
 
 
 def _asset_events(run) -> list[dict]:
@@ -99,7 +112,11 @@ def red_run(dags, tmp_path_factory):
 @pytest.fixture(scope="module")
 def green_run(dags, tmp_path_factory):
     world = make_world(tmp_path_factory.mktemp("green"), n_images=8)
-    run = dags["dataset_audit"].test(run_conf={"config": str(world.config), "run_id": "green-1"})
+    os.environ["AIRFLOW__AUDIT__PUBLISH_URI"] = PUBLISHED  # also copy the finished run to "object storage"
+    try:
+        run = dags["dataset_audit"].test(run_conf={"config": str(world.config), "run_id": "green-1"})
+    finally:
+        del os.environ["AIRFLOW__AUDIT__PUBLISH_URI"]
     return world, run
 
 
@@ -138,6 +155,17 @@ def test_green_run_emits_the_asset_event_with_the_summary(green_run):
     assert events[0]["passed"] is True and events[0]["run_id"] == "green-1"
     assert events[0]["report"] == summary["report"] == str(world.root / "reports" / "green-1" / "report.html")
     assert "retrain_on_clean_audit" in _queued_consumers()
+
+
+def test_green_run_is_published_to_object_storage(green_run):
+    from audit_airflow.storage import storage_root
+
+    _, run = green_run
+    published = storage_root(PUBLISHED) / "green-1"
+    assert _asset_events(run)[0]["published_report"] == f"{PUBLISHED}/green-1/report.html"
+    assert json.loads((published / "summary.json").read_text())["passed"] is True
+    assert (published / "report.html").is_file() and (published / "images.parquet").is_file()
+    assert not (published / "_stages").exists()
 
 
 def test_retrain_dag_reads_the_audit_summary_from_the_event(dags, green_run):
@@ -203,6 +231,7 @@ def test_mapped_run_uses_one_task_per_shard(sharded_and_single):
     assert str(run.state) == "success"
     assert sorted(i for (task, i) in states if task == "score_shard") == [0, 1, 2]
     assert all(states[("score_shard", i)] == "success" for i in range(3))
+    assert _shard_names(run) == ["shard 1 of 3", "shard 2 of 3", "shard 3 of 3"]
 
 
 def test_mapped_run_equals_the_single_process_audit(sharded_and_single):
@@ -211,18 +240,25 @@ def test_mapped_run_equals_the_single_process_audit(sharded_and_single):
 
 
 def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
-    """What a retried or cleared `score_shard` task does: rewrite its part, then the reduce re-runs."""
+    """Shard 2 of 3 re-run by Airflow (`airflow tasks test ... --map-index 1`), then the reduce re-runs."""
     from audit_tasks import pipeline
     from audit_tasks.config import load_config
 
-    mapped_root, _, _, _ = sharded_and_single
+    mapped_root, run, _, _ = sharded_and_single
     before = _tables(mapped_root)
+    part = mapped_root / "reports" / "same-run" / "_stages" / "images_shard-00001-of-00003.parquet"
+    written = part.stat().st_mtime_ns
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "tasks", "test", "dataset_audit", "score_shard", run.run_id,
+         "--map-index", "1"],
+        env=os.environ.copy(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert part.stat().st_mtime_ns > written  # the shard really ran again, into the same part
     config = load_config(mapped_root / "audit.yaml")
-    part = pipeline.stage_saliency(config, "same-run", shard=1, num_shards=3)
     pipeline.stage_merge_shards(config, "same-run", 3)
     pipeline.stage_subgroups(config, "same-run")
     pipeline.stage_gate(config, "same-run")
     after = _tables(mapped_root)
-    assert part is not None and part.is_file()
     assert after["images"]["image_id"].is_unique
     _assert_tables_equal(before, after)

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 PARSE_BUDGET_S = 0.2
-HEAVY_MODULES = ("torch", "torchvision", "pandas", "numpy", "pyarrow", "great_expectations", "audit_tasks")
+HEAVY_MODULES = ("torch", "torchvision", "pandas", "numpy", "pyarrow", "great_expectations", "audit_tasks", "fastapi")
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +212,33 @@ def test_failure_message_names_each_failed_gate_and_the_report():
     assert "2 gate(s) failed" in message
     assert "saliency/nurse/flagged_fraction" in message and "subgroups/gender/accuracy_gap" in message
     assert "Report: /reports/r1/report.html" in message
+
+
+def test_failure_message_adds_each_gate_detail():
+    from audit_airflow.tasks import failure_message
+
+    message = failure_message(
+        {"run_id": "r1", "failed_gates": ["ingest/all manifests/quarantine_fraction"],
+         "failed_details": ["1 of 13 rows quarantined"]},
+        "/reports/r1/report.html",
+    )
+    assert "  - ingest/all manifests/quarantine_fraction: 1 of 13 rows quarantined" in message
+
+
+class _Event:
+    def __init__(self, extra: dict) -> None:
+        self.extra = extra
+
+
+def test_latest_event_extra_prefers_the_triggering_event_over_inlet_history():
+    from audit_airflow.assets import AUDIT_CLEAN
+    from audit_airflow.compat import latest_event_extra
+
+    context = {
+        "triggering_asset_events": {AUDIT_CLEAN: [_Event({"run_id": "old"}), _Event({"run_id": "trigger"})]},
+        "inlet_events": {AUDIT_CLEAN: [_Event({"run_id": "latest-ever"})]},
+    }
+    assert latest_event_extra(context, AUDIT_CLEAN) == {"run_id": "trigger"}
+    assert latest_event_extra({"triggering_asset_events": {}, "inlet_events": context["inlet_events"]},
+                              AUDIT_CLEAN) == {"run_id": "latest-ever"}
+    assert latest_event_extra({"triggering_asset_events": {}, "inlet_events": {AUDIT_CLEAN: []}}, AUDIT_CLEAN) is None

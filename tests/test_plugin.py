@@ -133,3 +133,48 @@ def test_plugin_registers_nav_entry_and_app(api):
     assert plugin["external_views"][0]["name"] == "Dataset audits"
     assert plugin["external_views"][0]["href"] == PREFIX + "/"
     assert plugin["fastapi_apps"][0]["url_prefix"] == PREFIX
+
+
+# ---------------------------------------------------------------------------------------------
+# object storage (fsspec through Airflow's ObjectStoragePath; memory:// stands in for s3:// etc.)
+# ---------------------------------------------------------------------------------------------
+
+
+def _local_run(tmp_path: Path, run_id: str) -> Path:
+    _write_run(tmp_path, run_id, passed=False, failed=["subgroups/gender/accuracy_gap"])
+    stages = tmp_path / run_id / "_stages"
+    stages.mkdir()
+    (stages / "images_shard-00000-of-00001.parquet").write_bytes(b"intermediate")
+    (tmp_path / run_id / "gates.parquet").write_bytes(b"PAR1")
+    return tmp_path / run_id
+
+
+def test_publish_run_copies_the_run_but_not_its_stages(tmp_path):
+    from audit_airflow.storage import publish_run, storage_root
+
+    target = f"memory://audits-{tmp_path.name}"
+    uri = publish_run(_local_run(tmp_path, "r7"), target)
+    again = publish_run(tmp_path / "r7", target)
+    published = storage_root(target) / "r7"
+    assert uri == again and uri.endswith("r7/report.html")
+    assert sorted(p.name for p in published.iterdir()) == ["gates.parquet", "report.html", "summary.json"]
+    assert (published / "report.html").read_text() == "<html><body>report of r7</body></html>"
+
+
+def test_page_reads_runs_from_object_storage(api, tmp_path, monkeypatch):
+    from audit_airflow.storage import publish_run
+
+    client, auth_manager = api
+    target = f"memory://audits-{tmp_path.name}"
+    publish_run(_local_run(tmp_path, "r8"), target)
+    monkeypatch.setenv("AIRFLOW__AUDIT__REPORTS_DIR", target)
+    headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
+
+    listing = client.get(PREFIX + "/api/runs", headers=headers).json()
+    report = client.get(PREFIX + "/runs/r8/report.html", headers=headers)
+    escape = client.get(PREFIX + "/runs/..%2Fr8/report.html", headers=headers)
+
+    assert [(run["run_id"], run["passed"], run["has_report"]) for run in listing] == [("r8", False, True)]
+    assert report.status_code == 200 and report.text == "<html><body>report of r8</body></html>"
+    assert escape.status_code in (400, 404)
+    assert client.get(PREFIX + "/api/runs").status_code == 401
