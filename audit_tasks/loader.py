@@ -47,7 +47,8 @@ def iter_image_batches(rows: pd.DataFrame, *, input_size: int, mean: Sequence[fl
                        prefetch: int = 2) -> Iterator[ImageBatch]:
     """Yield ImageBatch objects for `rows` (an `image_path` column of local files), in row order.
 
-    `gpu_decode`: None = decode JPEGs on the device when it is CUDA; False = always PIL in the workers.
+    `gpu_decode`: None = decode JPEGs with torchvision on the device when it is CUDA; True = always
+    (also on the CPU); False = always PIL in the workers.
     A batch whose every image failed still comes out (empty `images`), so every row is accounted for.
     """
     if "image_path" not in rows.columns:
@@ -56,7 +57,7 @@ def iter_image_batches(rows: pd.DataFrame, *, input_size: int, mean: Sequence[fl
         raise ValueError("batch_size and input_size must be positive")
     device = torch.device(device)
     on_gpu = device.type == "cuda"
-    use_gpu_decode = on_gpu and (gpu_decode is None or gpu_decode)
+    use_gpu_decode = on_gpu if gpu_decode is None else gpu_decode
     dataset = _Decode([str(p) for p in rows["image_path"]], input_size, max_pixels, raw_jpeg=use_gpu_decode)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
@@ -147,11 +148,11 @@ class _Decode(Dataset):
 
 
 def _read_jpeg(path: str, max_pixels: int) -> Tensor | None:
-    """The file's bytes when it is a plain RGB/gray JPEG (checked from the header); None otherwise."""
+    """The file's bytes when it is a complete plain RGB/gray JPEG (header and end marker); None otherwise."""
     with open(path, "rb") as handle:
         data = handle.read()
-    if not data.startswith(_JPEG_MAGIC):
-        return None
+    if not data.startswith(_JPEG_MAGIC) or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return None  # not a JPEG, or no end-of-image marker (truncated): PIL decides and reports
     with Image.open(io.BytesIO(data)) as probe:  # header only: size and mode, no decode
         _check_pixels(probe.size, max_pixels)
         if probe.mode not in ("RGB", "L"):

@@ -179,6 +179,7 @@ def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
     result = score_images(
         model, rows, model_config=model_config, saliency_config=config.saliency,
         attributes=config.attribute_columns(), run_id=run_id, progress=progress,
+        check=config.checks.saliency,
     )
     rejected = _rejected_rows(rows, result.rejected)
     write_table(result.images, images_path, name="images_shard")

@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from audit_tasks import manifest
 from audit_tasks.config import SaliencyCheck
 from audit_tasks.errors import ImageError
 from audit_tasks.gates import GateResult
@@ -66,7 +67,6 @@ BY_CLASS_COLUMNS = (
 )
 POINTING_TOLERANCE_PX = 15.0
 TOO_FEW = "too few images to judge (n={n} < min_images={min_images})"
-_KINDS = ("core", "spurious")
 
 
 @dataclass(frozen=True)
@@ -83,40 +83,15 @@ class SaliencySummary:
 
 
 def parse_regions(value: Any, *, where: str = "regions") -> list[dict[str, Any]]:
-    """A row's regions (JSON string, list of dicts, or empty/None) as validated dicts.
+    """A row's regions (JSON text, list of dicts, or empty/None) as validated {kind, name, box} dicts.
 
-    Raises ImageError naming `where` when the value is not a list of {kind, name, box} with a
-    4-number box and kind core|spurious.
+    The manifest's own parser decides what is valid; a failure becomes an ImageError naming `where`,
+    so the scoring stage can reject that one row.
     """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        if not value.strip():
-            return []
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ImageError(f"{where}: regions are not valid JSON ({exc.msg})") from exc
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)):
-        raise ImageError(f"{where}: regions must be a JSON list, got {type(value).__name__}")
-    out = []
-    for i, region in enumerate(value):
-        if not isinstance(region, Mapping):
-            raise ImageError(f"{where}: region {i} must be an object with kind, name and box")
-        kind, box = region.get("kind"), region.get("box")
-        if kind not in _KINDS:
-            raise ImageError(f"{where}: region {i} has kind {kind!r}; expected 'core' or 'spurious'")
-        if isinstance(box, np.ndarray):
-            box = box.tolist()
-        if (not isinstance(box, (list, tuple)) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
-            raise ImageError(f"{where}: region {i} needs a box of 4 numbers [x0, y0, x1, y1], got {box!r}")
-        name = region.get("name")
-        out.append({"kind": kind, "name": str(name) if name is not None else f"{kind}{i}",
-                    "box": [float(v) for v in box]})
-    return out
+    try:
+        return manifest.parse_regions(value)
+    except ValueError as exc:
+        raise ImageError(f"{where}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +284,8 @@ def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySu
     frame = images.assign(_flag=flag_images(images, check), _judged=_judgeable(images),
                           _has_core=images["core_enrichment"].notna())
     rows, gates = [], []
-    for label, part in frame.groupby(frame["label"].astype(str), sort=True):
+    labels = frame["label"].astype(object).where(frame["label"].notna(), "(no label)").astype(str)
+    for label, part in frame.groupby(labels, sort=True):
         with_regions = part[part["has_regions"].astype(bool)]
         judged = part[part["_judged"]]
         cored = part[part["_has_core"]]

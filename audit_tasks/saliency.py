@@ -505,7 +505,8 @@ def _is_torchvision_resnet_part(module: nn.Module) -> bool:
 
 
 def _try_compile(model: nn.Module) -> Any:
+    """torch.compile with weight freezing (the copy is an eval-only snapshot): constant-folded, prepacked weights."""
     try:
-        return torch.compile(model)
+        return torch.compile(model, options={"freezing": True})
     except Exception:  # noqa: BLE001 - compile is an optimisation; any failure means eager
         return None

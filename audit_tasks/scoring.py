@@ -23,6 +23,7 @@ from audit_tasks import schemas
 from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
 from audit_tasks.loader import iter_image_batches
+from audit_tasks.manifest import parse_tags
 from audit_tasks.regions import flag_images, parse_regions, region_metrics
 from audit_tasks.saliency import GradCAM
 
@@ -173,7 +174,7 @@ def _score_batch(engine: GradCAM, images: torch.Tensor, positions: list[int], ro
     })
     for attribute in attributes:
         frame[attribute] = [_text(v) for v in _column(src, attribute, n)]
-    frame["tags"] = [_tags(v) for v in _column(src, "tags", n)]
+    frame["tags"] = [parse_tags(v) for v in _column(src, "tags", n)]
     frame["regions"] = [_regions_json(v) for v in _column(src, "regions", n)]
     for column in metrics.columns:
         frame[column] = metrics[column].to_numpy()
@@ -204,14 +205,6 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _tags(value: Any) -> list[str]:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        return [t.strip() for t in value.split("|") if t.strip()]
-    return [str(t) for t in list(value)]
 
 
 def _regions_json(value: Any) -> str | None:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = _methods(model, layer, x, targets, precision, args)
     _check_agreement(methods, x, targets, args.size)
     results = _time(methods, device, args.rounds, args.warmup, batch)
-    _report(results, batch)
+    _report(results, batch, device)
     if args.e2e_images or (gpu and args.e2e_images is None):
         _end_to_end(device, arch, precision, batch, args.e2e_images or 4096, args.size, args.workers)
     return 0
@@ -79,6 +79,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="model and input in channels_last for every method (default on)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the engine with torch.compile (compiles once, before timing)")
     p.add_argument("--skip", default="", help="comma-separated methods to skip")
     p.add_argument("--e2e-images", type=int, default=None, help="JPEGs for the end-to-end run (GPU default 4096)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -111,6 +113,9 @@ def _methods(model, layer, x, targets, precision, args) -> dict[str, Callable[[]
     cl = args.channels_last
     engine = GradCAM(model, layer, precision=precision, channels_last=cl, fuse_batchnorm=True)
     methods["engine (closed form, folded BN)"] = lambda: engine.attribute(x, targets).cams
+    if args.compile:
+        compiled = GradCAM(model, layer, precision=precision, channels_last=cl, fuse_batchnorm=True, compile=True)
+        methods["engine (closed form, folded BN, torch.compile)"] = lambda: compiled.attribute(x, targets).cams
     plain = GradCAM(model, layer, precision=precision, channels_last=False)
     methods["engine (closed form, model as given)"] = lambda: plain.attribute(x, targets).cams
     generic = GradCAM(model, layer, precision=precision, channels_last=cl, fuse_batchnorm=True, closed_form=False)
@@ -148,7 +153,8 @@ def _check_agreement(methods: dict[str, Callable[[], Any]], x, targets, size: in
     for name, fn in methods.items():
         if name.startswith("plain"):
             continue
-        maps = fn().float().cpu()
+        maps = fn() if "compile" not in name else (fn(), fn())[1]  # the second call runs compiled
+        maps = maps.float().cpu()
         if reference is None:
             reference = maps
         if maps.shape[-2:] != reference.shape[-2:]:  # pytorch-grad-cam: normalised and resized
@@ -164,23 +170,29 @@ def _time(methods, device, rounds: int, warmup: int, batch: int) -> dict[str, di
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     memory = {}
     for name, fn in methods.items():
-        for _ in range(warmup):
+        for _ in range(max(warmup, 2 if "compile" in name else 0)):  # compile + verification batches
             fn()
         memory[name] = _peak_memory(fn, device, sync)
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    wall: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(rounds):
         for name, fn in methods.items():
             sync()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"seconds": statistics.median(ts), "ips": batch / statistics.median(ts), "peak_mb": memory[name]}
-            for name, ts in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: {"ips": batch / statistics.median(wall[name]), "ips_cpu": batch / statistics.median(cpu[name]),
+                   "peak_mb": memory[name]} for name in methods}
 
 
 def _peak_memory(fn, device, sync) -> float:
-    """Peak memory of one call in MiB: CUDA allocator peak, or the RSS high-water mark above the start on CPU."""
+    """Peak memory of one call in MiB above what was in use before it.
+
+    CUDA: the caching allocator's peak. CPU: glibc's in-use heap (mallinfo2: arena + mmapped blocks in use),
+    sampled every 0.5 ms from a thread while the call runs (torch ops release the GIL).
+    """
     if device.type == "cuda":
         sync()
         torch.cuda.reset_peak_memory_stats(device)
@@ -188,14 +200,17 @@ def _peak_memory(fn, device, sync) -> float:
         fn()
         sync()
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = _rss()
+    probe = _heap_in_use()
+    if probe is None:
+        return float("nan")
+    base = probe()
     peak = [base]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
+            peak[0] = max(peak[0], probe())
+            time.sleep(0.0005)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -207,19 +222,40 @@ def _peak_memory(fn, device, sync) -> float:
     return max(0.0, (peak[0] - base) / 2**20)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _heap_in_use() -> Callable[[], int] | None:
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
 
 
-def _report(results: dict[str, dict[str, float]], batch: int) -> None:
-    floor = results["plain inference (floor)"]["ips"]
-    engine = results["engine (closed form, folded BN)"]["ips"]
-    print(f"\n{'method':<58}{'images/s':>10}{'x floor':>9}{'engine x':>10}{'peak MiB':>10}")
+def _report(results: dict[str, dict[str, float]], batch: int, device: torch.device) -> None:
+    """Throughput per method; on CPU also per CPU-second (robust to other processes sharing the cores)."""
+    keys = [("ips", "images/s")] + ([("ips_cpu", "img/CPU-s")] if device.type == "cpu" else [])
+    floor_name, engine_name = "plain inference (floor)", "engine (closed form, folded BN)"
+    head = f"{'method':<58}" + "".join(f"{label:>11}{'x floor':>9}{'engine x':>10}" for _, label in keys)
+    print("\n" + head + f"{'peak MiB':>10}")
     for name, r in results.items():
-        print(f"{name:<58}{r['ips']:>10.1f}{r['ips'] / floor:>9.2f}{engine / r['ips']:>10.2f}{r['peak_mb']:>10.0f}")
-    print("(engine x = the engine's throughput divided by the method's; peak MiB = CUDA allocator peak above the"
-          " resident set, or on CPU the process RSS high-water mark above the call's start)")
+        cells = "".join(f"{r[k]:>11.1f}{r[k] / results[floor_name][k]:>9.2f}{results[engine_name][k] / r[k]:>10.2f}"
+                        for k, _ in keys)
+        print(f"{name:<58}{cells}{r['peak_mb']:>10.0f}")
+    print("(x floor = throughput / plain inference's; engine x = the engine's throughput / the method's;\n"
+          " img/CPU-s = images per second of this process's CPU time; peak MiB = memory in use at the call's\n"
+          " peak above its start: CUDA allocator, or on CPU glibc's in-use heap)")
 
 
 def _end_to_end(device, arch, precision, batch, n_images, size, workers) -> None:

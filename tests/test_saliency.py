@@ -300,3 +300,35 @@ def test_upsample_returns_requested_size():
     out = upsample(cams, (224, 160))
     assert out.shape == (3, 224, 160)
     assert out.min() >= cams.min() - 1e-6 and out.max() <= cams.max() + 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_on_cuda_agrees_with_fp32(precision):
+    model = _model("resnet18")
+    x, t = _inputs(8)
+    reference = GradCAM(model, "layer4", device="cuda").attribute(x, t).cams
+    fast = GradCAM(model, "layer4", precision=precision, channels_last=True, fuse_batchnorm=True, device="cuda")
+    closed = fast.attribute(x, t)
+    generic = GradCAM(model, "layer4", precision=precision, channels_last=True, device="cuda",
+                      closed_form=False).attribute(x, t)
+    assert closed.cams.device.type == "cuda" and closed.cams.dtype == torch.float32
+    assert closed.closed_form and not generic.closed_form
+    scale = float(reference.max())
+    assert (closed.cams - reference).abs().max() <= 0.05 * scale
+    assert (generic.cams - closed.cams).abs().max() <= 0.05 * scale
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_maps():
+    model = _model("resnet18")
+    x, t = _inputs()
+    expected = GradCAM(model, "layer4").attribute(x, t).cams
+    engine = GradCAM(model, "layer4", compile=True, fuse_batchnorm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn
+        engine.attribute(x, t)  # eager verification batch
+        got = engine.attribute(x, t).cams  # compiled
+    assert engine._compiled is not None
+    assert (got - expected).abs().max() <= 1e-4 * float(expected.max())

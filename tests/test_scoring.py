@@ -45,7 +45,7 @@ def _rows(tmp_path: Path) -> pd.DataFrame:
     (tmp_path / "broken.png").write_bytes(b"not a png")
     records.append({**records[0], "image_id": "broken", "image_path": str(tmp_path / "broken.png")})
     records.append({**records[1], "image_id": "unknown-label", "label": "horse"})
-    records.append({**records[2], "image_id": "bad-regions", "regions": '[{"kind": "core", "box": [1, 2]}]'})
+    records.append({**records[2], "image_id": "bad-regions", "regions": '[{"kind": "core", "name": "cat", "box": [1, 2]}]'})
     records.append({**records[3], "image_id": "no-regions", "regions": None})
     return pd.DataFrame(records)
 
