@@ -10,11 +10,13 @@ that made it), so a second call returns at once. Layout under `out`:
     truth.json                          the planted problems and the gates each run is expected to fail
 
 The truth. The biased model is trained where snow appears with 95% of wolves and 5% of huskies and only
-5% of animals are dark-furred; the debiased one on a decorrelated set (snow independent of the class,
-more dark-furred animals, and every (class, snow, fur) cell reweighted to equal mass). Both audit batches
-show snow with both classes, so a model that learned "snow means wolf" is caught by its saliency on wolves
-and by its accuracy on dark-furred animals. The biased batch also plants `laptop -> mouse` and
-`lantern -> lighting=night`; the debiased batch has independent tags.
+5% of animals are dark-furred, for two epochs: it learns the snow (the easy cue) and, for the light-furred
+majority, some of the animal's shape. The debiased model is trained on a decorrelated set (snow
+independent of the class, 30% dark fur, every (class, snow, fur) cell reweighted to equal mass) for four
+epochs, long enough to learn the shape. Both audit batches show snow with both classes and half of the
+animals dark, so a model that learned "snow means wolf" is caught by its saliency and by its accuracy on
+dark-furred animals. The biased batch also plants `laptop -> mouse` and `lantern -> lighting=night`; the
+debiased batch has independent tags.
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ DATA_VERSION = 1
 class DemoScale:
     """Sizes of one demo scale: "full" for people, "small" for tests (same outcomes, less time)."""
 
-    n_train: int
+    n_train_biased: int
+    n_train_debiased: int
     n_audit: int
-    epochs: int
+    epochs_biased: int
+    epochs_debiased: int
 
 
 SCALES: dict[str, DemoScale] = {
-    "full": DemoScale(n_train=900, n_audit=400, epochs=4),
-    "small": DemoScale(n_train=600, n_audit=240, epochs=3),
+    "full": DemoScale(n_train_biased=900, n_train_debiased=900, n_audit=600, epochs_biased=2, epochs_debiased=4),
+    # The biased model and the audit batches are the full ones: with fewer biased images or epochs the
+    # biased model learns no shape at all (no fur gap to find), and with fewer audit images a real fur gap
+    # is no longer established at 95% confidence. Only the debiased training set shrinks.
+    "small": DemoScale(n_train_biased=900, n_train_debiased=700, n_audit=600, epochs_biased=2, epochs_debiased=4),
 }
 
 SEED = 7
@@ -57,8 +64,8 @@ SEED = 7
 def train_specs(scale: DemoScale) -> dict[str, SplitSpec]:
     """The two training sets: biased (cue tied to class, dark fur rare) and decorrelated."""
     return {
-        "biased": SplitSpec("train-biased", scale.n_train, p_snow_wolf=0.95, p_snow_husky=0.05, p_dark=0.05),
-        "debiased": SplitSpec("train-debiased", scale.n_train, p_snow_wolf=0.5, p_snow_husky=0.5, p_dark=0.3),
+        "biased": SplitSpec("train-biased", scale.n_train_biased, p_snow_wolf=0.95, p_snow_husky=0.05, p_dark=0.05),
+        "debiased": SplitSpec("train-debiased", scale.n_train_debiased, p_snow_wolf=0.5, p_snow_husky=0.5, p_dark=0.3),
     }
 
 
@@ -131,7 +138,7 @@ def build_demo(out_dir: Path, *, scale: str = "full") -> DemoBuild:
     trains = train_specs(sizes)
     checkpoints = {}
     for run, spec in trains.items():
-        recipe = TrainSpec(epochs=sizes.epochs, seed=SEED)
+        recipe = TrainSpec(epochs=sizes.epochs_biased if run == "biased" else sizes.epochs_debiased, seed=SEED)
         key = fingerprint({"world": world, "split": spec, "train": recipe, "seed": SEED, "reweight": run == "debiased"})
         samples_spec = spec
 

@@ -77,6 +77,7 @@ class WorldSpec:
     light_fur: tuple[int, int, int] = (200, 194, 182)
     dark_fur: tuple[int, int, int] = (58, 64, 52)
     night_gain: float = 0.5
+    distinct_tails: bool = True  # tails tell the classes apart too (without them shape is too subtle to learn fast)
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,12 @@ def _sample_one(spec: SplitSpec, world: WorldSpec, index: int, rng: np.random.Ge
     body_h = int(round(body_w * rng.uniform(0.45, 0.55)))
     facing = 1 if rng.random() < 0.5 else -1
     # Room for head, ears and snout on the front side, tail on the back, ears above, legs below.
-    front, back, top, bottom = int(body_w * 0.55), int(body_w * 0.3), int(body_h * 1.2), int(body_h * 0.6)
+    front, back, top, bottom = int(body_w * 0.62), int(body_w * 0.4), int(body_h * 1.1), int(body_h * 0.6)
     left_pad, right_pad = (back, front) if facing == 1 else (front, back)
     x0 = int(rng.integers(left_pad + 2, max(left_pad + 3, size - body_w - right_pad - 2)))
     y0 = int(rng.integers(top + 2, max(top + 3, size - body_h - bottom - 2)))
     body = (x0, y0, x0 + body_w, y0 + body_h)
-    animal_box = (x0 - left_pad, y0 - top, x0 + body_w + right_pad, y0 + body_h + bottom)
-
-    occupied = [_grow(animal_box, 2)]
+    occupied = [_grow(_animal_box(label, facing, body, size, world.distinct_tails), 2)]
     snow = None
     if has_snow:
         side = int(round(math.sqrt(world.snow_area) * size))
@@ -175,6 +174,20 @@ def _sample_one(spec: SplitSpec, world: WorldSpec, index: int, rng: np.random.Ge
     )
 
 
+def swap_cue(sample: Sample, world: WorldSpec) -> Sample:
+    """The counterfactual image: the same scene with the snow patch removed, or added where there was none.
+
+    The added patch avoids the animal and the objects; its place depends only on the sample's seed.
+    """
+    if sample.snow is not None:
+        return dataclasses.replace(sample, snow=None)
+    _, core = render(sample, world)
+    occupied = [_grow(core, 2)] + [_grow(o.box, 1) for o in sample.objects]
+    side = int(round(math.sqrt(world.snow_area) * world.size))
+    rng = np.random.default_rng([sample.seed, 9])
+    return dataclasses.replace(sample, snow=Snow(_place(rng, world.size, side, side, occupied)))
+
+
 def _grow(box: Box, margin: int) -> Box:
     return (box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin)
 
@@ -184,18 +197,25 @@ def _overlaps(a: Box, b: Box) -> bool:
 
 
 def _place(rng: np.random.Generator, size: int, w: int, h: int, occupied: Sequence[Box]) -> Box:
-    """A random w x h box inside the image, avoiding `occupied` when there is room (else the least overlap)."""
-    best, best_overlap = None, None
-    for _ in range(60):
-        x0 = int(rng.integers(1, size - w - 1))
-        y0 = int(rng.integers(1, size - h - 1))
-        box = (x0, y0, x0 + w, y0 + h)
-        overlap = sum(_area(_intersection(box, o)) for o in occupied)
-        if overlap == 0:
-            return box
-        if best_overlap is None or overlap < best_overlap:
-            best, best_overlap = box, overlap
-    return best  # type: ignore[return-value]
+    """A random w x h box inside the image (1 px margin) that overlaps none of `occupied`.
+
+    When no such place exists, only the first box (the animal) must be avoided; failing that too, the
+    place of least overlap is taken. Every free place is equally likely.
+    """
+    for hard in (list(occupied), list(occupied[:1])):
+        grid = np.zeros((size, size), dtype=np.int32)
+        for x0, y0, x1, y1 in hard:
+            grid[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1
+        integral = np.pad(grid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        # Sum over every window [y, y+h) x [x, x+w) with 1 <= x <= size-w-1.
+        window = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+        window = window[1:size - h, 1:size - w]
+        free = np.argwhere(window == 0)
+        if len(free):
+            y0, x0 = free[int(rng.integers(len(free)))] + 1
+            return (int(x0), int(y0), int(x0) + w, int(y0) + h)
+    y0, x0 = np.unravel_index(int(np.argmin(window)), window.shape)
+    return (int(x0) + 1, int(y0) + 1, int(x0) + 1 + w, int(y0) + 1 + h)
 
 
 def _intersection(a: Box, b: Box) -> Box:
@@ -212,22 +232,23 @@ def _area(box: Box) -> int:
 def render(sample: Sample, world: WorldSpec) -> tuple[Image.Image, Box]:
     """Draw one sample; returns the RGB image and the animal's exact bounding box (the core region)."""
     size = world.size
-    rng = np.random.default_rng(sample.seed)
-    canvas = _background(rng, size)
+    # One stream per layer, so removing or adding a layer (the snow) leaves every other pixel unchanged.
+    rng_bg, rng_fur, rng_snow, rng_noise = (np.random.default_rng([sample.seed, k]) for k in range(4))
+    canvas = _background(rng_bg, size)
     image = Image.fromarray(canvas, "RGB")
     draw = ImageDraw.Draw(image)
     mask = Image.new("L", (size, size), 0)
     mask_draw = ImageDraw.Draw(mask)
     base = np.array(world.light_fur if sample.fur_tone == "light" else world.dark_fur, dtype=float)
-    fur = tuple(int(v) for v in np.clip(base + rng.normal(0, 8, 3), 0, 255))
+    fur = tuple(int(v) for v in np.clip(base + rng_fur.normal(0, 8, 3), 0, 255))
     for target, colour in ((draw, fur), (mask_draw, 255)):
-        _draw_animal(target, sample, colour)
+        _draw_animal(target, sample.label, sample.facing, sample.body, colour, world.distinct_tails)
     if sample.snow is not None:
-        _draw_snow(draw, sample.snow.box, rng)
+        _draw_snow(draw, sample.snow.box, rng_snow)
     for obj in sample.objects:
         _draw_object(draw, obj)
     pixels = np.asarray(image, dtype=np.float32)
-    pixels = pixels + rng.normal(0, 6, pixels.shape)  # sensor noise
+    pixels = pixels + rng_noise.normal(0, 6, pixels.shape)  # sensor noise
     if sample.lighting == "night":
         pixels = pixels * world.night_gain + np.array([4.0, 8.0, 26.0])
     out = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
@@ -248,11 +269,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(base + mottled * np.array([50.0, 56.0, 36.0]), 0, 255).astype(np.uint8)
 
 
-def _draw_animal(draw: ImageDraw.ImageDraw, s: Sample, colour) -> None:
-    """Body, legs, head, ears, snout and tail; wolves and huskies differ only in ears, snout and tail."""
-    x0, y0, x1, y1 = s.body
+def _animal_box(label: str, facing: int, body: Box, size: int, distinct_tails: bool) -> Box:
+    """The exact bounding box of the animal drawn with this geometry."""
+    mask = Image.new("L", (size, size), 0)
+    _draw_animal(ImageDraw.Draw(mask), label, facing, body, 255, distinct_tails)
+    x0, y0, x1, y1 = mask.getbbox() or (0, 0, size, size)
+    return (int(x0), int(y0), int(x1), int(y1))
+
+
+def _draw_animal(draw: ImageDraw.ImageDraw, label: str, facing: int, body: Box, colour, distinct_tails: bool) -> None:
+    """Body, legs, head, ears, snout and tail; wolves and huskies differ in ears and snout (and tail)."""
+    x0, y0, x1, y1 = body
     w, h = x1 - x0, y1 - y0
-    f = s.facing
+    f = facing
     front_x = x1 if f == 1 else x0
     back_x = x0 if f == 1 else x1
     draw.ellipse((x0, y0, x1, y1), fill=colour)
@@ -262,28 +291,32 @@ def _draw_animal(draw: ImageDraw.ImageDraw, s: Sample, colour) -> None:
     r = h * 0.48
     hx, hy = front_x + f * w * 0.12, y0 - h * 0.15
     draw.ellipse((hx - r, hy - r, hx + r, hy + r), fill=colour)
-    if s.label == "wolf":
-        # Tall pointed ears, a long narrow snout, a straight tail hanging down.
+    if label == "wolf":
+        # Tall pointed ears, a long narrow snout.
         for ex in (hx - f * r * 0.55, hx + f * r * 0.25):
             draw.polygon([(ex - r * 0.32, hy - r * 0.6), (ex + r * 0.32, hy - r * 0.6), (ex, hy - r * 1.75)], fill=colour)
         draw.polygon([(hx + f * r * 0.6, hy - r * 0.3), (hx + f * r * 0.6, hy + r * 0.35),
                       (hx + f * r * 1.9, hy + r * 0.1)], fill=colour)
-        draw.line([(back_x, y0 + h * 0.3), (back_x - f * w * 0.2, y1 + h * 0.35)], fill=colour, width=max(2, w // 9))
     else:
-        # Short round ears, a short blunt snout, a tail curled up over the back.
+        # Short round ears, a short blunt snout.
         for ex in (hx - f * r * 0.5, hx + f * r * 0.3):
             er = r * 0.38
             draw.ellipse((ex - er, hy - r * 0.75 - er, ex + er, hy - r * 0.75 + er), fill=colour)
         sx0, sx1 = sorted((hx + f * r * 0.4, hx + f * r * 1.3))
         draw.ellipse((sx0, hy - r * 0.2, sx1, hy + r * 0.5), fill=colour)
+    if label == "husky" and distinct_tails:
+        # A tail curled up over the back.
         tr = h * 0.45
         tx = back_x - f * tr * 0.6
         draw.arc((tx - tr, y0 - tr * 1.3, tx + tr, y0 + tr * 0.7), start=0, end=300,
                  fill=colour, width=max(2, w // 10))
+    else:
+        # A straight tail hanging down.
+        draw.line([(back_x, y0 + h * 0.3), (back_x - f * w * 0.2, y1 + h * 0.35)], fill=colour, width=max(2, w // 9))
 
 
 def _draw_snow(draw: ImageDraw.ImageDraw, box: Box, rng: np.random.Generator) -> None:
-    draw.rounded_rectangle(box, radius=max(1, (box[2] - box[0]) // 5), fill=(236, 240, 248))
+    draw.rounded_rectangle((box[0], box[1], box[2] - 1, box[3] - 1), radius=max(1, (box[2] - box[0]) // 5), fill=(236, 240, 248))
     for _ in range(6):
         x = rng.integers(box[0] + 2, max(box[0] + 3, box[2] - 2))
         y = rng.integers(box[1] + 2, max(box[1] + 3, box[3] - 2))

@@ -1,0 +1,145 @@
+"""The demo's models: seeded training, cached checkpoints, and the ground truth the audit is judged against.
+
+The key test is `test_biased_model_uses_the_snow_cue`: with the snow patch moved between classes (the same
+scenes otherwise, pixel for pixel), the biased model's accuracy collapses and the debiased model's does not.
+So when the audit says "the biased model looks at the snow", it is right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from audit_tasks.demo.build import build_demo
+from audit_tasks.demo.train import TrainSpec, build_model, fingerprint, is_cached, predict, train_classifier, train_cached
+from audit_tasks.demo.world import CLASSES, SplitSpec, WorldSpec, render_array, sample_split, swap_cue
+
+WORLD = WorldSpec()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The small demo, built once for this module (about a minute on two cores)."""
+    return build_demo(tmp_path_factory.mktemp("demo"), scale="small")
+
+
+@pytest.fixture(scope="module")
+def cue_aligned_and_swapped():
+    """Scenes where the cue follows the biased rule (snow <=> wolf), and the same scenes with it swapped."""
+    samples = sample_split(SplitSpec("cue-test", 200, p_snow_wolf=1.0, p_snow_husky=0.0, p_dark=0.5), WORLD, 123)
+    labels = np.array([CLASSES.index(s.label) for s in samples])
+    aligned = render_array(samples, WORLD)
+    swapped = render_array([swap_cue(s, WORLD) for s in samples], WORLD)
+    return aligned, swapped, labels
+
+
+def _accuracy(checkpoint, images, labels) -> float:
+    state = torch.load(checkpoint, weights_only=True)
+    return float((predict(state, images, TrainSpec()) == labels).mean())
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_biased_model_uses_the_snow_cue(demo, cue_aligned_and_swapped):
+    aligned, swapped, labels = cue_aligned_and_swapped
+    on_aligned = _accuracy(demo.biased_checkpoint, aligned, labels)
+    on_swapped = _accuracy(demo.biased_checkpoint, swapped, labels)
+    assert on_aligned - on_swapped > 0.25, (on_aligned, on_swapped)
+
+
+@pytest.mark.slow
+def test_debiased_model_does_not_use_the_snow_cue(demo, cue_aligned_and_swapped):
+    aligned, swapped, labels = cue_aligned_and_swapped
+    on_aligned = _accuracy(demo.debiased_checkpoint, aligned, labels)
+    on_swapped = _accuracy(demo.debiased_checkpoint, swapped, labels)
+    assert on_aligned > 0.85
+    assert abs(on_aligned - on_swapped) < 0.1, (on_aligned, on_swapped)
+
+
+@pytest.mark.slow
+def test_checkpoints_are_plain_state_dicts_of_the_configured_arch(demo):
+    for checkpoint in (demo.biased_checkpoint, demo.debiased_checkpoint):
+        state = torch.load(checkpoint, weights_only=True)
+        build_model("resnet18").load_state_dict(state)  # raises on any mismatch
+
+
+@pytest.mark.slow
+def test_generated_configs_load_with_default_thresholds(demo):
+    from audit_tasks.config import CooccurrenceCheck, SaliencyCheck, load_config
+
+    for path in (demo.biased_config, demo.debiased_config):
+        config = load_config(path)
+        assert config.model.classes == CLASSES
+        assert config.checks.saliency == SaliencyCheck()
+        assert config.checks.cooccurrence == CooccurrenceCheck()
+        assert config.checks.subgroups.attributes == ("fur_tone", "lighting")
+        assert config.output.dir == demo.reports
+
+
+@pytest.mark.slow
+def test_second_build_reuses_data_and_checkpoints(demo):
+    before = {p: p.stat().st_mtime_ns for p in (demo.biased_checkpoint, demo.debiased_checkpoint)}
+    again = build_demo(demo.root, scale="small")
+    assert again.rebuilt == ()
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+@pytest.mark.slow
+def test_same_seed_trains_the_same_weights():
+    samples = sample_split(SplitSpec("repro", 48), WORLD, 5)
+    images = render_array(samples, WORLD)
+    labels = np.array([CLASSES.index(s.label) for s in samples])
+    spec = TrainSpec(epochs=1, batch_size=16, seed=11)
+    first, _ = train_classifier(images, labels, spec)
+    second, _ = train_classifier(images, labels, spec)
+    other, _ = train_classifier(images, labels, TrainSpec(epochs=1, batch_size=16, seed=12))
+    assert _digest(first) == _digest(second)
+    assert _digest(first) != _digest(other)
+
+
+@pytest.mark.slow
+def test_small_demo_audits_fail_exactly_the_planted_checks(demo):
+    """Ground truth for the lead's Airflow end-to-end test: which checks fail for which subjects."""
+    from audit_tasks.config import load_config
+    from audit_tasks.pipeline import run_audit
+
+    biased = run_audit(load_config(demo.biased_config), "demo-biased")
+    failed = {(g.check, g.subject) for g in biased.verdict.failed}
+    assert {check for check, _ in failed} == {"cooccurrence", "saliency", "subgroups"}
+    assert {("cooccurrence", "laptop -> mouse"), ("cooccurrence", "lantern -> lighting=night"),
+            ("saliency", "wolf"), ("subgroups", "fur_tone=dark")} <= failed
+    debiased = run_audit(load_config(demo.debiased_config), "demo-debiased")
+    assert debiased.verdict.passed, debiased.verdict.describe()
+
+
+def test_cache_needs_the_matching_fingerprint(tmp_path):
+    checkpoint = tmp_path / "m.pt"
+    calls = []
+
+    def make_data():
+        calls.append(1)
+        return np.zeros((4, 32, 32, 3), dtype=np.uint8), np.array([0, 1, 0, 1]), None
+
+    spec = TrainSpec(epochs=1, batch_size=4)
+    key = fingerprint({"spec": spec, "n": 4})
+    first = train_cached(checkpoint, key, spec, make_data)
+    second = train_cached(checkpoint, key, spec, make_data)
+    assert (first.cached, second.cached, len(calls)) == (False, True, 1)
+    assert is_cached(checkpoint, key) and not is_cached(checkpoint, fingerprint({"spec": spec, "n": 5}))
+    assert json.loads(checkpoint.with_suffix(".pt.json").read_text())["fingerprint"] == key
+
+
+def test_fingerprint_changes_with_any_parameter():
+    assert fingerprint({"train": TrainSpec()}) == fingerprint({"train": TrainSpec()})
+    assert fingerprint({"train": TrainSpec()}) != fingerprint({"train": TrainSpec(epochs=9)})
