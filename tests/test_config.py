@@ -137,3 +137,17 @@ def test_empty_config_is_all_defaults(tmp_path):
     path.write_text("", encoding="utf-8")
     config = load_config(path)
     assert isinstance(config, AuditConfig) and config.dataset is None and config.checks.saliency is None
+
+
+def test_the_documented_example_config_parses_with_every_key(tmp_path):
+    import shutil
+    from pathlib import Path as _Path
+
+    example = _Path(__file__).resolve().parents[1] / "docs" / "example-config.yaml"
+    shutil.copy(example, tmp_path / "audit.yaml")
+    for name in ("data/landing", "data/images", "models"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "models" / "model.pt").write_bytes(b"")
+    config = load_config(tmp_path / "audit.yaml")
+    assert config.checks.subgroups.attributes == ("skin_tone", "gender")
+    assert config.checks.cooccurrence_attributes() == ("skin_tone", "gender")

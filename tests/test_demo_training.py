@@ -116,11 +116,23 @@ def test_small_demo_audits_fail_exactly_the_planted_checks(demo):
 
     biased = run_audit(load_config(demo.biased_config), "demo-biased")
     failed = {(g.check, g.subject) for g in biased.verdict.failed}
-    assert {check for check, _ in failed} == {"cooccurrence", "saliency", "subgroups"}
-    assert {("cooccurrence", "laptop -> mouse"), ("cooccurrence", "lantern -> lighting=night"),
-            ("saliency", "wolf"), ("subgroups", "fur_tone=dark")} <= failed
+    assert failed == {("cooccurrence", "laptop -> mouse"), ("cooccurrence", "lantern -> lighting=night"),
+                      ("cooccurrence", "all pairs"), ("saliency", "wolf"), ("subgroups", "fur_tone=dark")}
     debiased = run_audit(load_config(demo.debiased_config), "demo-debiased")
     assert debiased.verdict.passed, debiased.verdict.describe()
+
+
+@pytest.mark.slow
+def test_demo_command_audits_both_models_through_airflow(demo, capsys):
+    """`python -m audit_tasks demo` on the cached small build: real `airflow dags test` runs, red then green."""
+    from audit_tasks.demo.run import run_demo
+
+    biased, debiased = run_demo(demo.root, use_airflow=True, scale="small")
+    out = capsys.readouterr().out
+    assert (biased.passed, debiased.passed) == (False, True)
+    assert "saliency/wolf/flagged_fraction" in biased.failed_gates
+    assert biased.report.is_file() and debiased.report.is_file()
+    assert "biased model: audit FAILED" in out and "debiased model: audit PASSED" in out
 
 
 def test_cache_needs_the_matching_fingerprint(tmp_path):
