@@ -208,16 +208,12 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _int(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else int(f)
+    f = _float(value)
+    return None if f is None else int(f)
 
 
 def _float(value: Any) -> float | None:
+    """A finite-or-inf float, or None for missing, NaN and non-numbers."""
     if value is None:
         return None
     try:

@@ -105,3 +105,21 @@ def test_twenty_nightly_audits_in_one_process_do_not_leak(tmp_path):
     last_rss, last_fds = samples[-1]
     assert last_fds <= warm_fds + 2
     assert last_rss - warm_rss < 64 * 2**20
+
+
+def test_twenty_engine_calls_on_one_model_leave_no_hooks_behind():
+    import torch
+    import torchvision
+
+    from audit_tasks.saliency import GradCAM
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=2).train()
+    engine = GradCAM(model, "layer3")  # not the closed form: the backward path with its hooks
+    images = torch.rand(2, 3, 64, 64)
+    for _ in range(20):
+        engine.attribute(images, torch.tensor([0, 1]))
+    hooked = [name for name, module in model.named_modules()
+              if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks]
+    assert hooked == []
+    assert model.training
