@@ -7,6 +7,7 @@ Intermediate files live in `<run>/_stages/`; the contract's tables sit at the to
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from audit_tasks import schemas
 from audit_tasks.config import AuditConfig
@@ -318,14 +320,10 @@ def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any
     counts: dict[str, int] = {}
     ingest_counts = stages / "ingest.json"
     if ingest_counts.is_file():
-        import json
-
         counts.update(json.loads(ingest_counts.read_text(encoding="utf-8")))
     for name, table in (("audited", "images.parquet"), ("quarantined", "quarantine.parquet")):
         path = rd / table
         if path.is_file():
-            import pyarrow.parquet as pq
-
             counts[name] = int(pq.read_metadata(path).num_rows)
     if (rd / "images.parquet").is_file():
         flags = read_table(rd / "images.parquet")
@@ -361,8 +359,6 @@ def _run_created_at(rd: Path) -> str:
 
 def read_summary(config: AuditConfig, run_id: str) -> dict[str, Any]:
     """The summary.json of a finished gate stage."""
-    import json
-
     path = run_dir(config, run_id) / "summary.json"
     if not path.is_file():
         raise AuditError(f"{path} is missing: run the gate stage for run {run_id} first")
