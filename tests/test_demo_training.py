@@ -71,7 +71,9 @@ def test_debiased_model_does_not_use_the_snow_cue(demo, cue_aligned_and_swapped)
 def test_checkpoints_are_plain_state_dicts_of_the_configured_arch(demo):
     for checkpoint in (demo.biased_checkpoint, demo.debiased_checkpoint):
         state = torch.load(checkpoint, weights_only=True)
-        build_model("resnet18").load_state_dict(state)  # raises on any mismatch
+        loaded = build_model("resnet18").load_state_dict(state)  # strict: raises on any shape mismatch
+        assert not loaded.missing_keys and not loaded.unexpected_keys
+        assert all(isinstance(value, torch.Tensor) for value in state.values())
 
 
 @pytest.mark.slow
