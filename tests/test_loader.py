@@ -122,17 +122,22 @@ def test_image_over_the_pixel_limit_is_refused(tmp_path):
     assert batch.images.shape == (0, 3, S, S)
 
 
+def _good_cmyk_and_truncated_jpegs(folder):
+    """Three JPEGs the device decoder must treat like PIL: a plain one, a CMYK one, a truncated one."""
+    good = _solid(folder / "a.jpg", size=(64, 48))
+    cmyk = folder / "cmyk.jpg"
+    Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(cmyk)
+    data = _solid(folder / "big.jpg", size=(300, 300)).read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    return [good, cmyk, folder / "cut.jpg"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_jpeg_decode_matches_pil_and_quarantines_bad_files(tmp_path):
     import torch
 
-    good = _solid(tmp_path / "a.jpg", size=(64, 48))
-    cmyk = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(cmyk)
-    data = _solid(tmp_path / "big.jpg", size=(300, 300)).read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    paths = [good, cmyk, tmp_path / "cut.jpg"]
+    paths = _good_cmyk_and_truncated_jpegs(tmp_path)
     (gpu,) = _batches(paths, device="cuda", gpu_decode=True)
     (cpu,) = _batches(paths, device="cpu", gpu_decode=False)
     assert gpu.positions == cpu.positions == [0, 1]
@@ -144,12 +149,7 @@ def test_torchvision_jpeg_path_matches_pil_and_reports_bad_files(tmp_path):
     """The device-decode path (nvjpeg on CUDA) run with torchvision's CPU decoder: same pixels, same failures."""
     import torch
 
-    good = _solid(tmp_path / "a.jpg", size=(64, 48))
-    cmyk = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(cmyk)
-    data = _solid(tmp_path / "big.jpg", size=(300, 300)).read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    paths = [good, cmyk, tmp_path / "cut.jpg"]
+    paths = _good_cmyk_and_truncated_jpegs(tmp_path)
     (device,) = _batches(paths, gpu_decode=True)
     (pil,) = _batches(paths, gpu_decode=False)
     assert device.positions == pil.positions == [0, 1]
