@@ -276,7 +276,10 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
     images_path = rd / "images.parquet"
     if not images_path.is_file():
         raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
-    images = read_table(images_path)
+    # Only what the check reads: the CAM column alone is most of a large images table.
+    present = set(pq.read_schema(images_path).names)
+    wanted = ["label", "prediction", *check.attributes]
+    images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
     result = check_subgroups(images, check=check, classes=config.require_model().classes,
                              positive_class=check.positive_class)
     target = write_subgroup_tables(result, rd)
@@ -325,10 +328,10 @@ def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any
         path = rd / table
         if path.is_file():
             counts[name] = int(pq.read_metadata(path).num_rows)
-    if (rd / "images.parquet").is_file():
-        flags = read_table(rd / "images.parquet")
-        if "spurious_flag" in flags:
-            counts["spurious_flagged"] = int(flags["spurious_flag"].fillna(False).astype(bool).sum())
+    images_path = rd / "images.parquet"
+    if images_path.is_file() and "spurious_flag" in pq.read_schema(images_path).names:
+        flags = read_table(images_path, columns=["spurious_flag"])["spurious_flag"]
+        counts["spurious_flagged"] = int(flags.fillna(False).astype(bool).sum())
     checks = {
         "ingest": config.checks.ingest is not None,
         "cooccurrence": config.checks.cooccurrence is not None,

@@ -11,7 +11,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -60,9 +60,9 @@ def write_table(table: pa.Table | pd.DataFrame, target: Path, *, name: str | Non
     return Path(target)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one of our Parquet files back into pandas."""
-    return pq.read_table(path).to_pandas()
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read one of our Parquet files back into pandas, only `columns` when given (e.g. skip the CAMs)."""
+    return pq.read_table(path, columns=list(columns) if columns is not None else None).to_pandas()
 
 
 def table_metadata(path: Path) -> dict[str, Any]:
