@@ -1,4 +1,4 @@
-"""Where finished audits are published and read back: local disk (default) or any object store.
+"""Object storage the Airflow way: the config's locations, published runs and the reports page.
 
 A root is a plain path (`/data/audit_reports`, `file:///...`) or a URI that fsspec understands
 (`s3://bucket/audits`, `gs://...`, `memory://...`) opened through Airflow's `ObjectStoragePath`, so the
@@ -8,12 +8,16 @@ credentials come from the usual Airflow connection (`conn_id`), with no code cha
 from __future__ import annotations
 
 import logging
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from audit_tasks.config import AuditConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["is_remote", "publish_run", "storage_root"]
+__all__ = ["bind_storage", "is_remote", "publish_run", "storage_root"]
 
 #: Published in this order: tables first, then the report, and summary.json last, because the
 #: "Dataset audits" page lists a run as soon as its summary.json exists.
@@ -26,12 +30,51 @@ def is_remote(uri: str) -> bool:
 
 
 def storage_root(uri: str, conn_id: str | None = None) -> Any:
-    """A `pathlib.Path` for local roots, else an `ObjectStoragePath` bound to `conn_id`."""
+    """A `pathlib.Path` for local roots, else an `ObjectStoragePath` bound to `conn_id`.
+
+    A scheme no installed Airflow provider serves (say `memory://`, or `s3://` without the Amazon provider)
+    falls back to a plain fsspec `UPath`, whose credentials come from fsspec's own configuration.
+    """
     if not is_remote(uri):
         return Path(uri.removeprefix("file://"))
     from airflow.sdk import ObjectStoragePath
 
-    return ObjectStoragePath(uri, conn_id=conn_id or None)
+    located = ObjectStoragePath(uri, conn_id=conn_id or None)
+    if not _airflow_serves(located.protocol, located.conn_id):
+        from upath import UPath
+
+        log.info("no Airflow filesystem for %s:// (install its provider to use connections); using fsspec directly",
+                 located.protocol)
+        return UPath(uri)
+    return located
+
+
+def _airflow_serves(protocol: str, conn_id: str | None) -> bool:
+    """Whether an installed Airflow provider registers a filesystem for `protocol`."""
+    from airflow.sdk.io import attach
+
+    try:
+        attach(protocol, conn_id).fs
+    except ValueError:  # "No filesystem registered for scheme ..."
+        return False
+    return True
+
+
+def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig:
+    """The config with its object-store locations (landing, catalog, output dir) as `ObjectStoragePath`s.
+
+    Credentials then come from the Airflow connection: `conn_id` (the `[audit] storage_conn_id` setting) or
+    one written into the URI itself (`s3://my_conn@bucket/catalog`). Local paths are left as they are.
+    """
+
+    def bind(location: Any) -> Any:
+        return location if isinstance(location, Path) else storage_root(str(location), conn_id)
+
+    dataset = config.dataset
+    if dataset is not None:
+        dataset = dataclasses.replace(dataset, landing=bind(dataset.landing), catalog=bind(dataset.catalog))
+    output = dataclasses.replace(config.output, dir=bind(config.output.dir))
+    return dataclasses.replace(config, dataset=dataset, output=output)
 
 
 def publish_run(run_folder: Path, target_uri: str, conn_id: str | None = None) -> str:

@@ -16,7 +16,7 @@ from airflow.sdk import get_current_context
 from audit_airflow import compat
 from audit_airflow.assets import AUDIT_CLEAN
 from audit_airflow.params import config_overrides
-from audit_airflow.storage import publish_run
+from audit_airflow.storage import bind_storage, publish_run
 
 if TYPE_CHECKING:
     from audit_tasks.config import AuditConfig
@@ -212,7 +212,8 @@ def _config_and_run_id() -> tuple[AuditConfig, str]:
     if overrides:
         log.info("threshold overrides from params: %s", overrides)
     try:
-        config = load_config(params["config"], overrides)
+        config = bind_storage(load_config(params["config"], overrides),
+                              compat.audit_setting("storage_conn_id", "") or None)
         run_id = check_run_id(params.get("run_id") or compat.audit_run_id(context["run_id"]))
     except ConfigError as exc:  # a bad config will not fix itself: fail now, no retries
         raise compat.AirflowFailException(f"unusable audit config: {exc}") from exc

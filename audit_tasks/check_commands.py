@@ -17,6 +17,7 @@ from audit_tasks import schemas
 from audit_tasks.config import AuditConfig, CooccurrenceCheck, SubgroupCheck, default_checks
 from audit_tasks.errors import ManifestError
 from audit_tasks.gates import GateResult, Verdict, gates_frame, verdict
+from audit_tasks.storage import StoragePath
 from audit_tasks.tables import write_table
 
 #: Columns that are never subgroup attributes when attributes are inferred from a table.
@@ -31,7 +32,7 @@ RESERVED_COLUMNS = frozenset({
 class CheckOutcome:
     """What a standalone check wrote and its verdict."""
 
-    out_dir: Path
+    out_dir: StoragePath
     verdict: Verdict
     gates: tuple[GateResult, ...]
 
@@ -41,7 +42,7 @@ def infer_attributes(columns: Sequence[str]) -> tuple[str, ...]:
     return tuple(c for c in columns if c not in RESERVED_COLUMNS and not c.startswith("_"))
 
 
-def run_cooccurrence_check(manifest: Path, config: AuditConfig | None, out_dir: Path) -> CheckOutcome:
+def run_cooccurrence_check(manifest: StoragePath, config: AuditConfig | None, out_dir: StoragePath) -> CheckOutcome:
     """Co-occurrence balance on a manifest's tags and attributes, touching no image."""
     from audit_tasks.cooccurrence import check_cooccurrence
     from audit_tasks.manifest import read_manifest_table
@@ -49,7 +50,7 @@ def run_cooccurrence_check(manifest: Path, config: AuditConfig | None, out_dir: 
 
     checks = config.checks if config is not None else default_checks()
     check = checks.cooccurrence or CooccurrenceCheck()
-    table = read_manifest_table(Path(manifest))
+    table = read_manifest_table(manifest)
     if config is not None and config.checks.cooccurrence_attributes():
         attributes = config.checks.cooccurrence_attributes()
     else:
@@ -64,7 +65,7 @@ def run_cooccurrence_check(manifest: Path, config: AuditConfig | None, out_dir: 
     return _finish(out_dir, result.gates)
 
 
-def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: Path) -> CheckOutcome:
+def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: StoragePath) -> CheckOutcome:
     """Subgroup metrics on a table with `label`, `prediction` and attribute columns."""
     from audit_tasks.pipeline import write_subgroup_tables
     from audit_tasks.subgroups import check_subgroups
@@ -111,6 +112,6 @@ def read_prediction_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _finish(out_dir: Path, gates: list[GateResult]) -> CheckOutcome:
+def _finish(out_dir: StoragePath, gates: list[GateResult]) -> CheckOutcome:
     write_table(gates_frame(gates), out_dir / "gates.parquet", name="gates", schema=schemas.GATES)
     return CheckOutcome(out_dir, verdict(gates), tuple(gates))

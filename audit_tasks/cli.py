@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from audit_tasks.errors import AuditError
+from audit_tasks.storage import StoragePath, storage_path
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 log = logging.getLogger("audit_tasks")
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="the whole pipeline in one process: ingest, checks, reports, gate")
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--run-id")
-    p.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    p.add_argument("--out", type=storage_path, help="output folder or object-store URI (overrides output.dir)")
 
     p = sub.add_parser("demo", help="build the demo world and models if missing, then audit both models")
     p.add_argument("--out", type=Path, default=Path("demo_data"))
@@ -39,17 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["full", "small"], default="full", help=argparse.SUPPRESS)
 
     p = sub.add_parser("report", help="(re)render report.html from a finished run's tables")
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", required=True, type=storage_path, help="run folder or object-store URI")
 
     p = sub.add_parser("check-cooccurrence", help="the co-occurrence check alone, on a manifest")
-    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--manifest", required=True, type=storage_path)
     p.add_argument("--config", type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=storage_path)
 
     p = sub.add_parser("check-subgroups", help="the subgroup check alone, on a predictions table")
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--config", type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=storage_path)
     return parser
 
 
@@ -79,12 +80,14 @@ def _configure_logging(quiet: bool) -> None:
     root.propagate = False
 
 
-def _load(path: Path | None, out: Path | None = None, *, checks_only: bool = False):
+def _load(path: Path | None, out: StoragePath | None = None, *, checks_only: bool = False):
     from audit_tasks.config import load_config
 
     if path is None:
         return None
-    overrides = {"output.dir": str(out.resolve())} if out is not None else None
+    overrides = None
+    if out is not None:
+        overrides = {"output.dir": str(out.resolve() if isinstance(out, Path) else out)}
     return load_config(path, overrides, checks_only=checks_only)
 
 
@@ -108,7 +111,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
 
 
-def _print_verdict(run_id: str, verdict, report: Path) -> None:
+def _print_verdict(run_id: str, verdict, report: StoragePath) -> None:
     print(f"run {run_id}: {verdict.describe()}")
     print(f"report: {report}")
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from audit_tasks.errors import ConfigError
+from audit_tasks.storage import StoragePath, is_remote, storage_path
 
 # ---------------------------------------------------------------------------------------------
 # Sections
@@ -28,9 +29,10 @@ from audit_tasks.errors import ConfigError
 class DatasetConfig:
     """Where manifests land, where images live, where the cumulative catalog is kept."""
 
-    landing: Path
+    # landing and catalog may be object-store URIs (s3://, gs://, ...); see audit_tasks.storage.
+    landing: StoragePath
     image_root: Path
-    catalog: Path
+    catalog: StoragePath
     # Which rows the model checks audit: the rows this run ingested, or the whole catalog.
     audit_scope: Literal["run", "catalog"] = "run"
     # URI schemes an `image_uri` may use besides plain relative paths ("file" means local paths).
@@ -130,7 +132,7 @@ class ChecksConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: Path = Path("audit_reports")
+    dir: StoragePath = Path("audit_reports")  # a folder, or an object-store URI
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,7 @@ def _build(cls: type, raw: Any, prefix: str, where: str, base_dir: Path) -> Any:
                 raise ConfigError(f"{where}: missing required key '{key}'")
             continue
         value = _coerce(raw[f.name], hints[f.name], key, where)
-        if f.name in _PATH_FIELDS and isinstance(value, Path) and not value.is_absolute():
+        if f.name in _PATH_FIELDS and isinstance(value, Path) and not value.is_absolute():  # URIs stay as given
             value = (base_dir / value).resolve()
         values[f.name] = value
     return cls(**values)
@@ -301,6 +303,10 @@ def _build(cls: type, raw: Any, prefix: str, where: str, base_dir: Path) -> Any:
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (lists to tuples, str to Path)."""
+    if tp == StoragePath:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: '{key}' must be a path or URI string, got {value!r}")
+        return storage_path(value)
     if _is_union(tp):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -368,7 +374,7 @@ def _validate(config: AuditConfig, where: str) -> None:
 
     if config.dataset is not None:
         d = config.dataset
-        if not d.landing.is_dir():
+        if not is_remote(d.landing) and not d.landing.is_dir():  # a remote landing is listed at ingest
             raise ConfigError(f"{where}: 'dataset.landing' folder does not exist: {d.landing}")
         if not d.image_root.is_dir():
             raise ConfigError(f"{where}: 'dataset.image_root' folder does not exist: {d.image_root}")

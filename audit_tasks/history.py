@@ -12,14 +12,13 @@ import math
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from audit_tasks.errors import AuditError
+from audit_tasks.storage import StoragePath, is_remote, read_parquet, storage_path
 from audit_tasks.tables import write_table
 
 RUNS_FILE = "runs.parquet"
@@ -99,31 +98,32 @@ def headline_metrics(
     return out
 
 
-def read_headline(run_dir: Path) -> dict[str, float | int | None]:
+def read_headline(run_dir: StoragePath) -> dict[str, float | int | None]:
     """Headline metrics of a run folder, read from whichever of its check tables exist."""
 
     def load(name: str) -> pd.DataFrame | None:
-        path = Path(run_dir) / name
-        return pq.read_table(path).to_pandas() if path.is_file() else None
+        path = storage_path(run_dir) / name
+        return read_parquet(path).to_pandas() if path.is_file() else None
 
     return headline_metrics(
         load("saliency_by_class.parquet"), load("subgroups.parquet"), load("cooccurrence.parquet")
     )
 
 
-def read_runs(output_dir: Path) -> pd.DataFrame:
+def read_runs(output_dir: StoragePath) -> pd.DataFrame:
     """Every recorded run, oldest first (an empty frame with the columns when nothing is recorded yet)."""
-    path = Path(output_dir) / RUNS_FILE
+    path = storage_path(output_dir) / RUNS_FILE
     if not path.is_file():
         return RUNS_SCHEMA.empty_table().to_pandas()
     try:
-        frame = pq.read_table(path).to_pandas()
+        frame = read_parquet(path).to_pandas()
     except (OSError, pa.ArrowInvalid) as exc:
         raise AuditError(f"{path}: cannot read the run history ({exc}); delete it to start a new history") from exc
     return _sorted(frame)
 
 
-def record_run(output_dir: Path, summary: Mapping[str, Any], headline: Mapping[str, Any] | None = None) -> Path:
+def record_run(output_dir: StoragePath, summary: Mapping[str, Any],
+               headline: Mapping[str, Any] | None = None) -> StoragePath:
     """Upsert the run's row (keyed by summary['run_id']) into `<output_dir>/runs.parquet`; returns its path.
 
     `summary` is the run's summary.json payload; `headline` holds any of HEADLINE_FIELDS (or their
@@ -140,9 +140,9 @@ def record_run(output_dir: Path, summary: Mapping[str, Any], headline: Mapping[s
             f"record_run: unknown headline metric(s) {', '.join(unknown)} (known: {', '.join(HEADLINE_FIELDS)})"
         )
     row = _row(run_id, summary, headline)
-    output_dir = Path(output_dir)
+    output_dir = storage_path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(output_dir / _LOCK_FILE):
+    with _locked(output_dir):
         existing = read_runs(output_dir)
         kept = existing[existing["run_id"] != run_id]
         new = pa.Table.from_pylist([row], schema=RUNS_SCHEMA).to_pandas()
@@ -151,7 +151,7 @@ def record_run(output_dir: Path, summary: Mapping[str, Any], headline: Mapping[s
         return write_table(table, output_dir / RUNS_FILE, name="runs")
 
 
-def previous_run(output_dir: Path, run_id: str, *, created_at: Any = None) -> str | None:
+def previous_run(output_dir: StoragePath, run_id: str, *, created_at: Any = None) -> str | None:
     """The run recorded just before `run_id` (by created_at, then run id), or None when there is none.
 
     When `run_id` is not recorded yet, `created_at` (its summary's time) places it; without either,
@@ -224,14 +224,21 @@ def _float(value: Any) -> float | None:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX flock); a no-op where fcntl is unavailable."""
+def _locked(output_dir: StoragePath) -> Iterator[None]:
+    """An exclusive advisory lock on the output folder (POSIX flock).
+
+    A no-op where fcntl is unavailable and on object storage, which has no locks: there, concurrent runs
+    of one output dir must be serialised by the scheduler (`dataset_audit` has max_active_runs=1).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    if is_remote(output_dir):
+        yield
+        return
+    fd = os.open(output_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from audit_tasks.errors import ImageError
+from audit_tasks.storage import StoragePath, storage_path
 
 _EXIF_ORIENTATION = 0x0112
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -90,10 +91,10 @@ def probe_image(path: Path, *, max_pixels: int, min_side: int) -> ImageInfo:
     return ImageInfo(width=width, height=height, format=fmt, mode=mode, orientation=orientation)
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: StoragePath | str) -> str:
     """SHA-256 of the file's bytes (hex), read in 1 MiB chunks so memory stays flat for large files."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage_path(path).open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -12,6 +12,7 @@ same run id reprocesses exactly the manifests the ledger lists for it and rewrit
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -20,7 +21,6 @@ from typing import Any, Sequence
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ImageError, ManifestError, PathEscapeError
@@ -28,6 +28,7 @@ from audit_tasks.gates import GateResult
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_regions, read_manifest, regions_json
 from audit_tasks.paths import resolve_under, safe_child
+from audit_tasks.storage import StoragePath, is_remote, parquet_schema, read_parquet, storage_path
 from audit_tasks.tables import write_table
 from audit_tasks.validation import is_missing, validate_rows
 
@@ -42,6 +43,10 @@ RESERVED_COLUMNS = (
 _REQUIRED = ("image_uri", "label")
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "~")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:+=-]*$")
+#: The catalog's row order (and the columns `read_catalog` always reads).
+_ORDER = ("ingest_date", "run_id", "manifest", "row_number")
+
+log = logging.getLogger(__name__)
 
 CATALOG_FIELDS = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -87,7 +92,7 @@ class IngestResult:
     accepted: pd.DataFrame
     quarantined: pd.DataFrame
     manifests: pd.DataFrame
-    catalog_part: Path | None = None
+    catalog_part: StoragePath | None = None
 
     @property
     def rows_in(self) -> int:
@@ -106,12 +111,12 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     """
     dataset = config.require_dataset()
     _check_run_id(run_id)
-    catalog = Path(dataset.catalog)
+    catalog = storage_path(dataset.catalog)
     ledger = read_ledger(catalog)
     mine = ledger[ledger["run_id"] == run_id]
     ingest_date = str(mine["ingest_date"].iloc[0]) if len(mine) else (today or date.today()).isoformat()
 
-    files = _landing_files(Path(dataset.landing))
+    files = _landing_files(storage_path(dataset.landing))
     hashes = {f: _manifest_hash(f) for f in files}
     if len(mine):
         wanted = set(mine["sha256"].dropna())
@@ -149,26 +154,40 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     return IngestResult(run_id, ingest_date, result.accepted, result.quarantined, result.manifests, part)
 
 
-def read_catalog(catalog: Path, *, run_id: str | None = None) -> pd.DataFrame:
-    """The catalog's rows (every committed run, or one run's), ordered by ingest date, run, manifest, row."""
-    catalog = Path(catalog)
+def read_catalog(catalog: StoragePath, *, run_id: str | None = None,
+                 columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The catalog's rows (every committed run, or one run's), ordered by ingest date, run, manifest, row.
+
+    `columns` reads only those columns (plus the ordering keys), e.g. tags and attributes for co-occurrence;
+    a named column no part has is simply absent, as in a catalog that never had it.
+    """
+    catalog = storage_path(catalog)
     ledger = read_ledger(catalog)
     parts = _committed_parts(catalog, ledger, exclude=None)
     if run_id is not None:
         parts = [p for p in parts if _part_run(p) == run_id]
-    frame = _read_parts(parts)
+    wanted = None if columns is None else list(dict.fromkeys([*_ORDER, *columns]))
+    frame = _read_parts(parts, wanted)
     if frame.empty:
-        return _to_pandas(pa.schema(CATALOG_FIELDS).empty_table())
-    return frame.sort_values(["ingest_date", "run_id", "manifest", "row_number"], kind="stable").reset_index(drop=True)
+        empty = pa.schema(CATALOG_FIELDS).empty_table()
+        return _to_pandas(empty if wanted is None else empty.select([n for n in wanted if n in empty.column_names]))
+    return frame.sort_values(list(_ORDER), kind="stable").reset_index(drop=True)
 
 
-def read_ledger(catalog: Path) -> pd.DataFrame:
+def read_catalog_table(catalog: StoragePath, *, columns: Sequence[str] | None = None) -> pa.Table:
+    """The committed catalog as one Arrow table, in part order, for whole-catalog checks over millions of rows
+    (no pandas conversion, no Python list per row); `columns` only, when given."""
+    catalog = storage_path(catalog)
+    return _parts_table(_committed_parts(catalog, read_ledger(catalog), exclude=None), columns)
+
+
+def read_ledger(catalog: StoragePath) -> pd.DataFrame:
     """The ledger: one row per manifest content ever ingested or refused, with its run and counts."""
-    path = Path(catalog) / LEDGER_NAME
+    path = storage_path(catalog) / LEDGER_NAME
     if not path.exists():
         return LEDGER_SCHEMA.empty_table().to_pandas()
     try:
-        return pq.read_table(path).to_pandas()
+        return read_parquet(path).to_pandas()
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"the ingest ledger {path} cannot be read ({exc}); restore it from backup") from exc
 
@@ -226,7 +245,7 @@ class _Run:
 
     # -- per manifest ---------------------------------------------------------------------------
 
-    def read(self, path: Path, sha256: str | None) -> None:
+    def read(self, path: StoragePath, sha256: str | None) -> None:
         entry = {"manifest": path.name, "sha256": sha256, "rows": 0, "status": STATUS_INGESTED, "reason": None}
         self.manifests.append(entry)
         frame = None
@@ -404,13 +423,17 @@ def _check_run_id(run_id: str) -> None:
         )
 
 
-def _landing_files(landing: Path) -> list[Path]:
+def _landing_files(landing: StoragePath) -> list[StoragePath]:
     """Manifest candidates: regular files in the landing folder, sorted by name.
 
     Skipped: hidden files (`.x`), editor/lock files (`~x`, `x~`), marker files (`_SUCCESS`), and files still
     being written (`.tmp`, `.part`, ...), so an upload in progress is picked up by the next run instead.
+    An object-store prefix with no objects is an empty landing area (object stores have no empty folders).
     """
     if not landing.is_dir():
+        if is_remote(landing) and not landing.exists():
+            log.info("landing prefix %s holds no objects: nothing to ingest", landing)
+            return []
         raise ConfigError(f"'dataset.landing' folder does not exist: {landing}")
     files = []
     for path in sorted(landing.iterdir(), key=lambda p: p.name):
@@ -421,7 +444,7 @@ def _landing_files(landing: Path) -> list[Path]:
     return files
 
 
-def _manifest_hash(path: Path) -> str | None:
+def _manifest_hash(path: StoragePath) -> str | None:
     """The manifest's content hash, or None when it cannot be read (it is then refused, and retried next run:
     with no content to key the ledger on, a fixed permission must not leave it skipped forever)."""
     try:
@@ -430,41 +453,48 @@ def _manifest_hash(path: Path) -> str | None:
         return None
 
 
-def _part_path(catalog: Path, run_id: str, ingest_date: str) -> Path:
-    return safe_child(catalog, f"ingest_date={ingest_date}/run-{run_id}.parquet")
+def _part_path(catalog: StoragePath, run_id: str, ingest_date: str) -> StoragePath:
+    name = f"ingest_date={ingest_date}/run-{run_id}.parquet"
+    return safe_child(catalog, name)
 
 
-def _part_run(path: Path) -> str:
+def _part_run(path: StoragePath) -> str:
     return path.stem[len("run-"):]
 
 
-def _all_parts(catalog: Path) -> list[Path]:
+def _all_parts(catalog: StoragePath) -> list[StoragePath]:
     if not catalog.is_dir():
         return []
     return sorted(p for p in catalog.glob("ingest_date=*/run-*.parquet") if p.is_file())
 
 
-def _committed_parts(catalog: Path, ledger: pd.DataFrame, *, exclude: str | None) -> list[Path]:
+def _committed_parts(catalog: StoragePath, ledger: pd.DataFrame, *, exclude: str | None) -> list[StoragePath]:
     """Catalog parts of runs the ledger lists (an orphan part from a crashed run is never read)."""
     committed = {(str(r), str(d)) for r, d in zip(ledger["run_id"], ledger["ingest_date"]) if r != exclude}
     return [p for p in _all_parts(catalog) if (_part_run(p), p.parent.name.split("=", 1)[1]) in committed]
 
 
-def _read_parts(parts: Sequence[Path], columns: Sequence[str] | None = None) -> pd.DataFrame:
+def _read_parts(parts: Sequence[StoragePath], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    return _to_pandas(_parts_table(parts, columns))
+
+
+def _parts_table(parts: Sequence[StoragePath], columns: Sequence[str] | None = None) -> pa.Table:
+    """The parts concatenated in order (a column some parts lack is null there); `columns` only, when given."""
     if not parts:
         names = list(columns) if columns else [f.name for f in CATALOG_FIELDS]
-        return pa.schema([f for f in CATALOG_FIELDS if f.name in names]).empty_table().to_pandas()
+        return pa.schema([f for f in CATALOG_FIELDS if f.name in names]).empty_table()
     tables = []
     for part in parts:
-        table = pq.read_table(part, columns=list(columns) if columns else None, partitioning=None)
+        present = set(parquet_schema(part).names) if columns else set()
+        table = read_parquet(part, [c for c in columns if c in present] if columns else None, partitioning=None)
         if "ingest_date" in table.column_names:
             position = table.schema.get_field_index("ingest_date")
             table = table.set_column(position, "ingest_date", table.column(position).cast(pa.string()))
         tables.append(table)
-    return _to_pandas(pa.concat_tables(tables, promote_options="default"))
+    return pa.concat_tables(tables, promote_options="default")
 
 
-def _write_part(catalog: Path, run_id: str, ingest_date: str, accepted: pd.DataFrame) -> Path | None:
+def _write_part(catalog: StoragePath, run_id: str, ingest_date: str, accepted: pd.DataFrame) -> StoragePath | None:
     """Write this run's catalog part (replacing any earlier attempt of the same run), or remove it if empty."""
     target = _part_path(catalog, run_id, ingest_date)
     written = None
@@ -482,11 +512,11 @@ def _write_part(catalog: Path, run_id: str, ingest_date: str, accepted: pd.DataF
     return written
 
 
-def _write_ledger(catalog: Path, ledger: pd.DataFrame, run_id: str, ingest_date: str, manifests: pd.DataFrame) -> None:
+def _write_ledger(catalog: StoragePath, ledger: pd.DataFrame, run_id: str, ingest_date: str, manifests: pd.DataFrame) -> None:
     mine = manifests.assign(run_id=run_id, ingest_date=ingest_date)[LEDGER_SCHEMA.names]
     kept = ledger[ledger["run_id"] != run_id]
     merged = pd.concat([kept, mine], ignore_index=True) if len(kept) else mine.reset_index(drop=True)
-    write_table(merged, Path(catalog) / LEDGER_NAME, name="ingest_ledger", schema=LEDGER_SCHEMA)
+    write_table(merged, storage_path(catalog) / LEDGER_NAME, name="ingest_ledger", schema=LEDGER_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------

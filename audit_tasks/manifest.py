@@ -24,6 +24,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from audit_tasks.errors import ManifestError
+from audit_tasks.storage import StoragePath, open_input, read_parquet, storage_path
 
 #: Private column carrying a row-level parse problem (None when the row parsed cleanly).
 ROW_ERROR = "_row_error"
@@ -37,7 +38,7 @@ _REGION_KEYS = {"kind", "name", "box"}
 # ---------------------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path, *, required: Sequence[str] = ("image_uri",)) -> pd.DataFrame:
+def read_manifest(path: StoragePath | str, *, required: Sequence[str] = ("image_uri",)) -> pd.DataFrame:
     """Read one manifest into a DataFrame of strings, `tags` as list[str], `regions` as raw JSON text.
 
     Column names are stripped of surrounding whitespace (case is kept). Every column is kept; the private
@@ -47,7 +48,7 @@ def read_manifest(path: Path, *, required: Sequence[str] = ("image_uri",)) -> pd
         ManifestError: unknown suffix, unreadable or zero-byte file, duplicate/empty column names, or a
             column in `required` missing. The message names the file.
     """
-    path = Path(path)
+    path = storage_path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(
@@ -69,7 +70,7 @@ def read_manifest(path: Path, *, required: Sequence[str] = ("image_uri",)) -> pd
     return _finish(columns, rows, path.name, required)
 
 
-def read_manifest_table(path: Path, *, required: Sequence[str] = ("image_uri",)) -> pa.Table:
+def read_manifest_table(path: StoragePath | str, *, required: Sequence[str] = ("image_uri",)) -> pa.Table:
     """Read a manifest straight into Arrow, vectorised, for million-row manifests that never touch images.
 
     Every column but `tags` becomes a string column; `tags` becomes list<string> normalised as in
@@ -79,7 +80,7 @@ def read_manifest_table(path: Path, *, required: Sequence[str] = ("image_uri",))
     Raises:
         ManifestError: as `read_manifest`.
     """
-    path = Path(path)
+    path = storage_path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(f"{path.name}: unsupported manifest format {path.suffix or '(no suffix)'!r}")
@@ -89,18 +90,18 @@ def read_manifest_table(path: Path, *, required: Sequence[str] = ("image_uri",))
         raise ManifestError(f"{path.name}: empty file (0 bytes): a manifest needs at least a header")
     try:
         if kind == "csv":
-            names = pacsv.open_csv(path).schema.names
+            names = pacsv.open_csv(open_input(path)).schema.names
             table = pacsv.read_csv(
-                path,
+                open_input(path),
                 convert_options=pacsv.ConvertOptions(
                     column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                     null_values=[""],
                 ),
             )
         elif kind == "jsonl":
-            table = pajson.read_json(path)
+            table = pajson.read_json(open_input(path))
         else:
-            table = pq.read_table(path)
+            table = read_parquet(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         if kind in ("csv", "jsonl"):  # bad bytes, ragged rows, odd JSON: the row-wise reader names each bad row
             return _frame_to_table(read_manifest(path, required=required))

@@ -7,11 +7,13 @@ climb out), then its real path is resolved (so a symlink inside the root cannot 
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import unquote, urlsplit
 
 from audit_tasks.errors import ImageError, PathEscapeError
+from audit_tasks.storage import StoragePath, is_remote
 
 #: Schemes that name a file on this machine; "file" in `allowed_schemes` also admits absolute paths.
 _LOCAL_SCHEMES = frozenset({"", "file"})
@@ -55,10 +57,18 @@ def resolve_under(root: Path, uri: str, *, allowed_schemes: Sequence[str] = ("fi
     return _confine(Path(root), candidate, uri)
 
 
-def safe_child(root: Path, name: str) -> Path:
-    """`root / name` for writing, refusing absolute names and names that climb or link out of `root`."""
-    if not name or Path(name).is_absolute():
+def safe_child(root: StoragePath, name: str) -> StoragePath:
+    """`root / name` for writing, refusing absolute names and names that climb or link out of `root`.
+
+    An object-store root has no symlinks: there the name is checked lexically (no `..` may climb out).
+    """
+    if not name or Path(name).is_absolute() or "\x00" in name:
         raise PathEscapeError(f"{name!r} must be a non-empty relative path under {root}")
+    if is_remote(root):
+        normal = posixpath.normpath(name)
+        if normal == ".." or normal.startswith("../"):
+            raise PathEscapeError(f"{name!r} would leave {root}")
+        return root / normal
     return _confine(Path(root), Path(name), name)
 
 

@@ -14,17 +14,16 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from audit_tasks import schemas
 from audit_tasks.config import AuditConfig
 from audit_tasks.errors import AuditError, ConfigError
 from audit_tasks.gates import GateResult, Verdict, gates_frame, gates_from_frame, verdict
+from audit_tasks.storage import StoragePath, parquet_rows, parquet_schema, storage_path
 from audit_tasks.tables import read_table, write_json, write_table
 
 log = logging.getLogger("audit_tasks")
@@ -39,9 +38,9 @@ class AuditOutcome:
     """What `run_audit` produced: the verdict and where to find everything."""
 
     run_id: str
-    run_dir: Path
+    run_dir: StoragePath
     verdict: Verdict
-    report_path: Path
+    report_path: StoragePath
     summary: dict[str, Any]
 
 
@@ -66,15 +65,16 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def run_dir(config: AuditConfig, run_id: str) -> Path:
-    return Path(config.output.dir) / check_run_id(run_id)
+def run_dir(config: AuditConfig, run_id: str) -> StoragePath:
+    """`<output.dir>/<run_id>`: a local folder or an object-store prefix."""
+    return storage_path(config.output.dir) / check_run_id(run_id)
 
 
-def _stages(config: AuditConfig, run_id: str) -> Path:
+def _stages(config: AuditConfig, run_id: str) -> StoragePath:
     return run_dir(config, run_id) / "_stages"
 
 
-def _gates_path(config: AuditConfig, run_id: str, check: str) -> Path:
+def _gates_path(config: AuditConfig, run_id: str, check: str) -> StoragePath:
     return _stages(config, run_id) / f"gates_{check}.parquet"
 
 
@@ -152,14 +152,14 @@ def _shard_slice(n_rows: int, shard: int, num_shards: int) -> slice:
     return slice(int(bounds[shard]), int(bounds[shard + 1]))
 
 
-def _shard_paths(config: AuditConfig, run_id: str, shard: int, num_shards: int) -> tuple[Path, Path]:
+def _shard_paths(config: AuditConfig, run_id: str, shard: int, num_shards: int) -> tuple[StoragePath, StoragePath]:
     stem = f"shard-{shard:05d}-of-{num_shards:05d}"
     stages = _stages(config, run_id)
     return stages / f"images_{stem}.parquet", stages / f"rejected_{stem}.parquet"
 
 
 def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
-                   num_shards: int | None = None) -> Path | None:
+                   num_shards: int | None = None) -> StoragePath | None:
     """Run the model and Grad-CAM over (one shard of) the audit rows.
 
     Without a shard this is the whole single-process stage: it scores every row and merges at once.
@@ -201,7 +201,7 @@ def _rejected_rows(rows: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
     return picked
 
 
-def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Path | None:
+def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> StoragePath | None:
     """Merge the shard parts into images.parquet and the run's quarantine; summarise saliency."""
     from audit_tasks.regions import summarize_saliency
 
@@ -229,7 +229,7 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Pat
     return target
 
 
-def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.DataFrame | None) -> Path:
+def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.DataFrame | None) -> StoragePath:
     ingest_part = read_table(_stages(config, run_id) / "quarantine_ingest.parquet")
     frames = [ingest_part]
     if scoring_rejected is not None and not scoring_rejected.empty:
@@ -239,24 +239,26 @@ def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.Dat
                        name="quarantine")
 
 
-def stage_cooccurrence(config: AuditConfig, run_id: str) -> Path | None:
+def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Co-occurrence balance over the whole catalog's tags and attributes (no image is touched)."""
     from audit_tasks.cooccurrence import check_cooccurrence
-    from audit_tasks.ingest import read_catalog
+    from audit_tasks.ingest import read_catalog_table
 
     check = config.checks.cooccurrence
     rd = run_dir(config, run_id)
     if check is None:
         _skip_check(config, run_id, "cooccurrence", ("cooccurrence.parquet", "class_balance.parquet"))
         return None
-    catalog = read_catalog(config.require_dataset().catalog)
-    result = check_cooccurrence(catalog, check=check, attributes=config.checks.cooccurrence_attributes())
+    attributes = config.checks.cooccurrence_attributes()
+    # Only what the check reads; a configured attribute no row has stays absent and the check names it.
+    catalog = read_catalog_table(config.require_dataset().catalog, columns=["tags", "label", *attributes])
+    result = check_cooccurrence(catalog, check=check, attributes=attributes)
     target = write_cooccurrence_tables(result, rd)
     _write_gates(config, run_id, "cooccurrence", result.gates)
     return target
 
 
-def write_cooccurrence_tables(result, out_dir: Path) -> Path:
+def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
     """Write a CooccurrenceResult's tables into `out_dir` (shared by `audit` and `check-cooccurrence`)."""
     write_table(result.class_balance, out_dir / "class_balance.parquet", name="class_balance",
                 schema=schemas.CLASS_BALANCE)
@@ -264,7 +266,7 @@ def write_cooccurrence_tables(result, out_dir: Path) -> Path:
                        schema=schemas.COOCCURRENCE)
 
 
-def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
+def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Subgroup metrics with confidence intervals over the audited images' predictions."""
     from audit_tasks.subgroups import check_subgroups
 
@@ -277,7 +279,7 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
     if not images_path.is_file():
         raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
     # Only what the check reads: the CAM column alone is most of a large images table.
-    present = set(pq.read_schema(images_path).names)
+    present = set(parquet_schema(images_path).names)
     wanted = ["label", "prediction", *check.attributes]
     images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
     result = check_subgroups(images, check=check, classes=config.require_model().classes,
@@ -287,7 +289,7 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> Path | None:
     return target
 
 
-def write_subgroup_tables(result, out_dir: Path) -> Path:
+def write_subgroup_tables(result, out_dir: StoragePath) -> StoragePath:
     """Write a SubgroupResult's tables into `out_dir` (shared by `audit` and `check-subgroups`)."""
     write_table(result.confusion, out_dir / "confusion.parquet", name="confusion", schema=schemas.CONFUSION)
     return write_table(result.groups, out_dir / "subgroups.parquet", name="subgroups", schema=schemas.SUBGROUPS)
@@ -313,7 +315,7 @@ def stage_gate(config: AuditConfig, run_id: str) -> Verdict:
     result = verdict(gates)
     summary = _summary(config, run_id, result)
     write_json(summary, rd / "summary.json")
-    record_run(Path(config.output.dir), summary, read_headline(rd))
+    record_run(storage_path(config.output.dir), summary, read_headline(rd))
     return result
 
 
@@ -327,9 +329,9 @@ def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any
     for name, table in (("audited", "images.parquet"), ("quarantined", "quarantine.parquet")):
         path = rd / table
         if path.is_file():
-            counts[name] = int(pq.read_metadata(path).num_rows)
+            counts[name] = parquet_rows(path)
     images_path = rd / "images.parquet"
-    if images_path.is_file() and "spurious_flag" in pq.read_schema(images_path).names:
+    if images_path.is_file() and "spurious_flag" in parquet_schema(images_path).names:
         flags = read_table(images_path, columns=["spurious_flag"])["spurious_flag"]
         counts["spurious_flagged"] = int(flags.fillna(False).astype(bool).sum())
     checks = {
@@ -351,7 +353,7 @@ def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any
     }
 
 
-def _run_created_at(rd: Path) -> str:
+def _run_created_at(rd: StoragePath) -> str:
     """When the run folder was first made, so re-running a run id keeps its time."""
     marker = rd / "_stages" / "created_at"
     if not marker.is_file():
@@ -368,7 +370,7 @@ def read_summary(config: AuditConfig, run_id: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def stage_report(config: AuditConfig, run_id: str) -> Path:
+def stage_report(config: AuditConfig, run_id: str) -> StoragePath:
     """Render report.html from the run folder's tables."""
     from audit_tasks.report import render_report
 

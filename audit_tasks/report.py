@@ -9,7 +9,7 @@ deterministic: the same tables give a byte-identical page (no render-time clock)
 from __future__ import annotations
 
 import math
-from pathlib import Path
+
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,6 +21,7 @@ from audit_tasks.report_charts import GroupPoint, class_bars, heatmap, subgroup_
 from audit_tasks.report_data import QUARANTINE_ROWS, RunDigest, RunTables, find_previous, load_run, read_cams
 from audit_tasks.report_html import badge, count, esc, is_missing, num, page, pct, section, skipped, table
 from audit_tasks.report_images import CORE_COLOUR, SPURIOUS_COLOUR, Overlay, render_overlay
+from audit_tasks.storage import StoragePath, storage_path
 from audit_tasks.tables import write_text
 
 __all__ = ["QUARANTINE_ROWS", "REPORT_FILE", "RunDigest", "RunTables", "build_html", "find_previous", "load_run",
@@ -717,19 +718,19 @@ def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, 
 
 
 def render_report(
-    run_dir: Path,
+    run_dir: StoragePath | str,
     *,
-    previous_run_dir: Path | None = None,
+    previous_run_dir: StoragePath | None = None,
     max_gallery: int = 24,
     thumb_size: int = 96,
-) -> Path:
+) -> StoragePath:
     """Render `<run_dir>/report.html` from the run's tables (atomically); returns its path.
 
     `previous_run_dir` overrides the previous run (else: runs.parquet, then sibling folders by created_at).
     `max_gallery` bounds the thumbnails per confusion cell and per class; `thumb_size` is their longest side.
     Raises AuditError when the run folder does not exist or a table cannot be read.
     """
-    run_dir = Path(run_dir)
+    run_dir = storage_path(run_dir)
     if not run_dir.is_dir():
         raise AuditError(f"run folder not found: {run_dir}")
     if max_gallery < 0:

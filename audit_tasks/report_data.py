@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from audit_tasks import history
 from audit_tasks.errors import AuditError
 from audit_tasks.report_html import is_missing
+from audit_tasks.storage import StoragePath, parquet_file, parquet_schema, read_parquet, storage_path
 
 #: Quarantine rows shown on the page; the rest stay in quarantine.parquet.
 QUARANTINE_ROWS = 1000
@@ -39,7 +38,7 @@ _IMAGE_COLUMNS = (
 class RunTables:
     """What the report reads from a run folder; a table is None when its file is absent."""
 
-    run_dir: Path
+    run_dir: StoragePath
     summary: dict[str, Any] | None
     gates: pd.DataFrame | None
     cooccurrence: pd.DataFrame | None
@@ -64,16 +63,16 @@ class RunTables:
         return str(value) if value is not None else None
 
 
-def _read(path: Path) -> pd.DataFrame | None:
+def _read(path: StoragePath) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pq.read_table(path).to_pandas()
+        return read_parquet(path).to_pandas()
     except (OSError, ValueError) as exc:
         raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
 
 
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+def _read_summary(run_dir: StoragePath) -> dict[str, Any] | None:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
@@ -86,11 +85,11 @@ def _read_summary(run_dir: Path) -> dict[str, Any] | None:
     return payload
 
 
-def _read_quarantine(path: Path, limit: int) -> tuple[pd.DataFrame | None, int]:
+def _read_quarantine(path: StoragePath, limit: int) -> tuple[pd.DataFrame | None, int]:
     if not path.is_file():
         return None, 0
     try:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
         total = pf.metadata.num_rows
         batches = []
         taken = 0
@@ -108,21 +107,21 @@ def _read_quarantine(path: Path, limit: int) -> tuple[pd.DataFrame | None, int]:
     return head, int(total)
 
 
-def _read_images(path: Path) -> pd.DataFrame | None:
+def _read_images(path: StoragePath) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        names = set(pq.read_schema(path).names)
-        frame = pq.read_table(path, columns=[c for c in _IMAGE_COLUMNS if c in names]).to_pandas()
+        names = set(parquet_schema(path).names)
+        frame = read_parquet(path, [c for c in _IMAGE_COLUMNS if c in names]).to_pandas()
     except (OSError, ValueError) as exc:
         raise AuditError(f"{path}: cannot read this table for the report ({exc})") from exc
     frame["_row"] = np.arange(len(frame), dtype=np.int64)
     return frame
 
 
-def load_run(run_dir: Path) -> RunTables:
+def load_run(run_dir: StoragePath) -> RunTables:
     """Read every table the report uses from a run folder (images without their CAMs)."""
-    run_dir = Path(run_dir)
+    run_dir = storage_path(run_dir)
     head, total = _read_quarantine(run_dir / "quarantine.parquet", QUARANTINE_ROWS)
     return RunTables(
         run_dir=run_dir,
@@ -139,13 +138,13 @@ def load_run(run_dir: Path) -> RunTables:
     )
 
 
-def read_cams(path: Path, rows: list[int]) -> dict[int, np.ndarray]:
+def read_cams(path: StoragePath, rows: list[int]) -> dict[int, np.ndarray]:
     """The CAMs of the given images.parquet rows, read one row group at a time (memory stays bounded)."""
     wanted = np.array(sorted(set(rows)), dtype=np.int64)
     out: dict[int, np.ndarray] = {}
     if not len(wanted) or not path.is_file():
         return out
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(path)
     if "cam" not in pf.schema_arrow.names:
         return out
     offset = 0
@@ -177,7 +176,7 @@ class RunDigest:
     headline: dict[str, Any] = field(default_factory=dict)
 
 
-def _digest_from_folder(run_dir: Path) -> RunDigest | None:
+def _digest_from_folder(run_dir: StoragePath) -> RunDigest | None:
     summary = _read_summary(run_dir) if run_dir.is_dir() else None
     if summary is None:
         return None
@@ -191,7 +190,7 @@ def _digest_from_folder(run_dir: Path) -> RunDigest | None:
     )
 
 
-def _digest_from_history(output_dir: Path, run_id: str) -> RunDigest | None:
+def _digest_from_history(output_dir: StoragePath, run_id: str) -> RunDigest | None:
     runs = history.read_runs(output_dir)
     rows = runs[runs["run_id"] == run_id]
     if not len(rows):
@@ -208,10 +207,10 @@ def _digest_from_history(output_dir: Path, run_id: str) -> RunDigest | None:
     )
 
 
-def find_previous(run: RunTables, previous_run_dir: Path | None) -> RunDigest | None:
+def find_previous(run: RunTables, previous_run_dir: StoragePath | None) -> RunDigest | None:
     """The previous run: the one given, else the run history's, else the latest older sibling folder."""
     if previous_run_dir is not None:
-        return _digest_from_folder(Path(previous_run_dir))
+        return _digest_from_folder(storage_path(previous_run_dir))
     output_dir = run.run_dir.parent
     created_at = (run.summary or {}).get("created_at")
     if (output_dir / history.RUNS_FILE).is_file():
@@ -221,7 +220,7 @@ def find_previous(run: RunTables, previous_run_dir: Path | None) -> RunDigest | 
     mine = history.parse_time(created_at)
     if mine is None:
         return None
-    best: tuple[Any, str, Path] | None = None
+    best: tuple[Any, str, StoragePath] | None = None
     for sibling in sorted(p for p in output_dir.iterdir() if p.is_dir() and p != run.run_dir):
         summary_path = sibling / "summary.json"
         if not summary_path.is_file():

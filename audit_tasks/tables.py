@@ -1,4 +1,4 @@
-"""Atomic writers for the run's files: written aside in the same folder, fsynced, then renamed.
+"""Atomic writers for the run's files, on local disk or object storage (see `audit_tasks.storage`).
 
 A reader (or a re-run after a crash) therefore sees either the whole previous file or the whole new one,
 never half of one. Every Parquet file carries the schema version and the table's name in its metadata.
@@ -7,41 +7,23 @@ never half of one. Every Parquet file carries the schema version and the table's
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from audit_tasks.storage import StoragePath, atomic_path, parquet_schema, read_parquet, storage_path
+
+__all__ = ["SCHEMA_VERSION", "atomic_path", "read_table", "table_metadata", "write_json", "write_table", "write_text"]
 
 #: Bumped whenever a table's columns change meaning or type.
 SCHEMA_VERSION = "1"
 _METADATA_KEY = b"audit_tasks"
 
 
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it over `target`, on failure delete it."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_table(table: pa.Table | pd.DataFrame, target: Path, *, name: str | None = None,
-                schema: pa.Schema | None = None) -> Path:
+def write_table(table: pa.Table | pd.DataFrame, target: StoragePath, *, name: str | None = None,
+                schema: pa.Schema | None = None) -> StoragePath:
     """Write a table to Parquet atomically, with the schema version and table name in its metadata."""
     if isinstance(table, pd.DataFrame):
         if schema is not None:
@@ -53,34 +35,34 @@ def write_table(table: pa.Table | pd.DataFrame, target: Path, *, name: str | Non
     elif schema is not None:
         table = table.cast(schema)
     meta = dict(table.schema.metadata or {})
-    meta[_METADATA_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, "table": name or Path(target).stem}).encode()
+    target = storage_path(target)
+    meta[_METADATA_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, "table": name or target.stem}).encode()
     table = table.replace_schema_metadata(meta)
-    with atomic_path(Path(target)) as tmp:
+    with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
-    return Path(target)
+    return target
 
 
-def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read_table(path: StoragePath, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read one of our Parquet files back into pandas, only `columns` when given (e.g. skip the CAMs)."""
-    return pq.read_table(path, columns=list(columns) if columns is not None else None).to_pandas()
+    return read_parquet(storage_path(path), columns).to_pandas()
 
 
-def table_metadata(path: Path) -> dict[str, Any]:
+def table_metadata(path: StoragePath) -> dict[str, Any]:
     """The audit_tasks metadata (schema version, table name) of a Parquet file."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = parquet_schema(storage_path(path)).metadata or {}
     raw = meta.get(_METADATA_KEY)
     return json.loads(raw) if raw else {}
 
 
-def write_json(payload: Any, target: Path) -> Path:
+def write_json(payload: Any, target: StoragePath) -> StoragePath:
     """Write JSON atomically (sorted keys, so re-runs give byte-identical files)."""
-    with atomic_path(Path(target)) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    return Path(target)
+    return write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", target)
 
 
-def write_text(text: str, target: Path) -> Path:
+def write_text(text: str, target: StoragePath) -> StoragePath:
     """Write a text file (e.g. report.html) atomically."""
-    with atomic_path(Path(target)) as tmp:
+    target = storage_path(target)
+    with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return Path(target)
+    return target

@@ -89,3 +89,31 @@ def lenient_checks() -> dict[str, Any]:
 def strict_ingest_checks() -> dict[str, Any]:
     """Lenient model checks, but no quarantined row tolerated: one bad row turns the audit red."""
     return lenient_checks() | {"ingest": {"max_quarantine_fraction": 0.0}}
+
+
+def move_to_object_store(world: World, prefix: str) -> Path:
+    """Put the world's landing area, catalog and reports on `memory://<prefix>/` (fsspec's in-process store,
+    standing in for s3:// or gs://): the manifest is uploaded, a second config points there; returns it."""
+    from upath import UPath
+
+    root = f"memory://{prefix}"
+    landing = UPath(f"{root}/landing")
+    for manifest in (world.root / "landing").iterdir():
+        (landing / manifest.name).write_bytes(manifest.read_bytes())
+    body = yaml.safe_load(world.config.read_text(encoding="utf-8"))
+    body["dataset"].update(landing=f"{root}/landing", catalog=f"{root}/catalog",
+                           image_root=str(world.root / "images"))
+    body["model"]["checkpoint"] = str(world.root / "model.pt")
+    body["output"] = {"dir": f"{root}/reports"}
+    config = world.root / "audit-object-store.yaml"
+    config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    return config
+
+
+def forget_object_store(prefix: str) -> None:
+    """Delete everything a test put under `memory://<prefix>/`."""
+    from upath import UPath
+
+    store = UPath(f"memory://{prefix}")
+    if store.exists():
+        store.fs.rm(store.path, recursive=True)

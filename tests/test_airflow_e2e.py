@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures_pipeline import make_world
+from fixtures_pipeline import forget_object_store, make_world, move_to_object_store
 
 pytestmark = pytest.mark.slow
 
@@ -199,10 +199,10 @@ def sharded_and_single(dags, tmp_path_factory):
     return mapped_world.root, run, single_root, outcome
 
 
-def _tables(root: Path, run_id: str = "same-run") -> dict[str, pd.DataFrame]:
+def _tables(root: Path, run_id: str = "same-run", folder=None) -> dict[str, pd.DataFrame]:
     from audit_tasks.tables import read_table
 
-    folder = root / "reports" / run_id
+    folder = folder if folder is not None else root / "reports" / run_id
     tables = {}
     for name in TABLES:
         frame = read_table(folder / f"{name}.parquet")
@@ -262,3 +262,45 @@ def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
     after = _tables(mapped_root)
     assert after["images"]["image_id"].is_unique
     _assert_tables_equal(before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# object storage (memory:// stands in for s3:// through Airflow's ObjectStoragePath)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def object_store_and_local(dags, tmp_path_factory):
+    """One world audited by Airflow over 2 shards with landing, catalog and reports on object storage,
+    and by run_audit on local disk."""
+    from audit_tasks.config import load_config
+    from audit_tasks.pipeline import run_audit
+
+    prefix = "airflow-lake"
+    world = make_world(tmp_path_factory.mktemp("lake"), n_images=8, bad_rows=1)
+    local_root = tmp_path_factory.mktemp("lake-local") / "world"
+    shutil.copytree(world.root, local_root)
+    remote_config = move_to_object_store(world, prefix)
+    run = dags["dataset_audit"].test(run_conf={"config": str(remote_config), "run_id": "lake-1", "shard_size": 4})
+    run_audit(load_config(local_root / "audit.yaml"), "lake-1")
+    yield world, run, local_root, prefix
+    forget_object_store(prefix)
+
+
+def test_mapped_run_on_object_storage_equals_the_local_audit(object_store_and_local):
+    from upath import UPath
+
+    world, run, local_root, prefix = object_store_and_local
+    assert str(run.state) == "success"
+    remote = _tables(world.root, folder=UPath(f"memory://{prefix}/reports/lake-1"))
+    _assert_tables_equal(remote, _tables(local_root, "lake-1"))
+
+
+def test_mapped_run_on_object_storage_reports_its_object_store_location(object_store_and_local):
+    from upath import UPath
+
+    _, run, _, prefix = object_store_and_local
+    report = f"memory://{prefix}/reports/lake-1/report.html"
+    assert _asset_events(run)[0]["report"] == report
+    assert UPath(report).read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert UPath(f"memory://{prefix}/catalog/_ledger.parquet").is_file()

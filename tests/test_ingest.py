@@ -11,7 +11,7 @@ import pytest
 
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ManifestError
-from audit_tasks.ingest import LEDGER_NAME, ingest, ingest_gate, read_catalog, read_ledger
+from audit_tasks.ingest import LEDGER_NAME, ingest, ingest_gate, read_catalog, read_catalog_table, read_ledger
 from audit_tasks.tables import table_metadata
 from fixtures_ingest import make_config, regions, write_csv, write_jpeg, write_jsonl, write_parquet
 
@@ -118,6 +118,26 @@ def test_read_catalog_returns_every_committed_run(config: AuditConfig) -> None:
     catalog = read_catalog(config.dataset.catalog)
     assert catalog["run_id"].tolist() == ["r1", "r1", "r2"]
     assert read_catalog(config.dataset.catalog, run_id="r2")["image_uri"].tolist() == ["img3.jpg"]
+
+
+def test_read_catalog_with_columns_reads_only_those_and_the_order_keys(config: AuditConfig) -> None:
+    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2)))
+    ingest(config, "r1", today=DAY)
+    catalog = read_catalog(config.dataset.catalog, columns=["tags", "no_such_column"])
+    assert list(catalog.columns) == ["ingest_date", "run_id", "manifest", "row_number", "tags"]
+    assert catalog["row_number"].tolist() == [1, 2]
+
+
+def test_read_catalog_table_holds_the_same_rows_as_read_catalog(config: AuditConfig) -> None:
+    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2)))
+    ingest(config, "r1", today=DAY)
+    write_csv(landing(config) / "m2.csv", rows(images(config, 3)))
+    ingest(config, "r2", today=date(2025, 3, 2))
+    table = read_catalog_table(config.dataset.catalog, columns=["image_id", "tags"])
+    frame = read_catalog(config.dataset.catalog)
+    assert table.column_names == ["image_id", "tags"]
+    assert sorted(table.column("image_id").to_pylist()) == sorted(frame["image_id"])
+    assert sorted(map(tuple, table.column("tags").to_pylist())) == sorted(map(tuple, frame["tags"]))
 
 
 def test_catalog_folder_reads_as_one_hive_partitioned_dataset(config: AuditConfig) -> None:

@@ -1,0 +1,169 @@
+"""Where the landing area, the catalog and the run folders live: a local folder or any fsspec store.
+
+A location is a `pathlib.Path` (local disk, the default) or a `upath.UPath` for a URI fsspec understands
+(`s3://bucket/audits`, `gs://...`, `memory://...`). Both speak the pathlib API (`/`, `exists`, `iterdir`,
+`read_text`, ...), so the stages are written once; this module holds the few operations where the two
+differ: Parquet I/O through pyarrow, atomic writes, and removing a tree. The Airflow layer hands in
+Airflow's `ObjectStoragePath` (a `UPath` proxy bound to a connection) and everything here works on it too.
+
+Atomic writes: a local file is written aside in its folder, fsynced and renamed over the target; an object
+is written to a local temporary file first and then uploaded in one `put` (an object store shows an object
+only once its upload completes, and a failed multipart upload is aborted), so a reader never sees half.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from upath import UPath
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+#: A local `Path` or an fsspec-backed `UPath` (Airflow's `ObjectStoragePath`, a proxy of one, included).
+StoragePath = Union[Path, UPath]
+
+#: Schemes that mean this machine's disk.
+_LOCAL_SCHEMES = frozenset({"", "file", "local"})
+
+__all__ = [
+    "StoragePath",
+    "atomic_path",
+    "describe",
+    "is_remote",
+    "open_input",
+    "parquet_file",
+    "parquet_rows",
+    "parquet_schema",
+    "read_parquet",
+    "remove_tree",
+    "scheme_of",
+    "storage_path",
+]
+
+
+def scheme_of(text: str) -> str:
+    """The URI scheme of `text` ('' for a plain path; Windows drive letters are not schemes)."""
+    head, sep, _ = text.partition("://")
+    return head.lower() if sep and head.isalnum() and len(head) > 1 else ""
+
+
+def storage_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
+    """A location from a config value: plain paths and file:// URIs give a `Path`, other URIs a `UPath`."""
+    if isinstance(value, Path):
+        return value
+    if _is_upath(value):
+        if getattr(value, "protocol", "") in _LOCAL_SCHEMES:
+            return Path(value.path)
+        return value
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    scheme = scheme_of(text)
+    if scheme in _LOCAL_SCHEMES:
+        return Path(text[len("file://"):] if scheme == "file" else text)
+    return UPath(text)
+
+
+def is_remote(path: StoragePath) -> bool:
+    """True for object-store locations (anything that is not a local `Path`)."""
+    return not isinstance(path, Path)
+
+
+def describe(path: StoragePath) -> str:
+    """The location as a user wrote it: a path, or a URI with its scheme."""
+    return str(path)
+
+
+def filesystem(path: StoragePath) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and the path within it (for an Airflow proxy: its connection-bound filesystem)."""
+    target = getattr(path, "__wrapped__", path)  # ObjectStoragePath wraps a UPath that holds the authenticated fs
+    return target.fs, target.path
+
+
+def _arrow_source(path: StoragePath) -> dict[str, Any]:
+    if isinstance(path, Path):
+        return {"source": str(path)}
+    fs, inner = filesystem(path)
+    return {"source": inner, "filesystem": fs}
+
+
+def read_parquet(path: StoragePath, columns: Sequence[str] | None = None, **options: Any) -> pa.Table:
+    """`pq.read_table` on a local or remote file (only `columns`, when given)."""
+    source = _arrow_source(path)
+    return pq.read_table(source.pop("source"), columns=list(columns) if columns is not None else None,
+                         **source, **options)
+
+
+def parquet_schema(path: StoragePath) -> pa.Schema:
+    """The Arrow schema of a Parquet file, read from its footer only."""
+    source = _arrow_source(path)
+    return pq.read_schema(source.pop("source"), **source)
+
+
+def parquet_rows(path: StoragePath) -> int:
+    """The row count of a Parquet file, read from its footer only."""
+    source = _arrow_source(path)
+    return int(pq.read_metadata(source.pop("source"), **source).num_rows)
+
+
+def parquet_file(path: StoragePath) -> pq.ParquetFile:
+    """A `ParquetFile` for reading row groups or batches one at a time (memory stays bounded)."""
+    source = _arrow_source(path)
+    return pq.ParquetFile(source.pop("source"), **source)
+
+
+def open_input(path: StoragePath) -> Any:
+    """A source Arrow's readers take (CSV, JSON, Parquet): the local path, or a seekable remote file."""
+    if isinstance(path, Path):
+        return str(path)
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, inner = filesystem(path)
+    return PyFileSystem(FSSpecHandler(fs)).open_input_file(inner)
+
+
+@contextmanager
+def atomic_path(target: StoragePath) -> Iterator[Path]:
+    """Yield a local temporary path to write; on success it becomes `target` whole, on failure nothing does."""
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    else:
+        fd, tmp_name = tempfile.mkstemp(prefix=f"audit-upload-{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if isinstance(target, Path):
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        else:
+            fs, inner = filesystem(target)
+            fs.put_file(str(tmp), inner)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_tree(path: StoragePath) -> None:
+    """Delete a folder (or prefix) and everything under it; a missing one is fine."""
+    if isinstance(path, Path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, inner = filesystem(path)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+
+
+def _is_upath(value: Any) -> bool:
+    """A UPath or a proxy of one (checked on the class: Airflow's `fs` property may connect when read)."""
+    kind = type(value)
+    return hasattr(kind, "protocol") and hasattr(kind, "fs") and hasattr(kind, "iterdir")
