@@ -50,6 +50,36 @@ def test_out_overrides_the_configured_output_folder(tmp_path):
     assert (tmp_path / "elsewhere" / "r1" / "summary.json").is_file()
 
 
+def test_out_may_be_an_object_store_uri_and_report_rerenders_there(tmp_path):
+    from upath import UPath
+
+    world = make_world(tmp_path, n_images=2)
+    out = f"memory://cli-{tmp_path.name}/reports"
+    try:
+        assert main(["audit", "--config", str(world.config), "--run-id", "r1", "--out", out]) == 0
+        report = UPath(f"{out}/r1/report.html")
+        report.unlink()
+        assert main(["report", "--run", f"{out}/r1"]) == 0
+        assert report.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    finally:
+        UPath(out).fs.rm(UPath(out).path, recursive=True)
+
+
+def test_check_cooccurrence_reads_a_manifest_from_object_storage(tmp_path):
+    from upath import UPath
+
+    rows = [{"image_uri": f"{i}.png", "label": "a", "tags": "laptop|mouse" if i < 95 else "laptop"} for i in range(100)]
+    rows += [{"image_uri": f"x{i}.png", "label": "b", "tags": "cat"} for i in range(100)]
+    manifest = UPath(f"memory://cli-{tmp_path.name}/landing/m.csv")
+    manifest.write_text(pd.DataFrame(rows).to_csv(index=False), encoding="utf-8")
+    try:
+        assert main(["check-cooccurrence", "--manifest", str(manifest), "--out", str(tmp_path / "out")]) == 1
+        pairs = pd.read_parquet(tmp_path / "out" / "cooccurrence.parquet")
+        assert pairs.loc[(pairs.tag_a == "laptop") & (pairs.tag_b == "mouse"), "n_ab"].item() == 95
+    finally:
+        manifest.fs.rm(f"/cli-{tmp_path.name}", recursive=True)
+
+
 def test_report_rerenders_from_the_tables(tmp_path):
     world = make_world(tmp_path, n_images=2)
     main(["audit", "--config", str(world.config), "--run-id", "r1"])
