@@ -61,7 +61,7 @@ def _airflow_serves(protocol: str, conn_id: str | None) -> bool:
 
 
 def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig:
-    """The config with its object-store locations (landing, catalog, output dir) as `ObjectStoragePath`s.
+    """The config with its object-store locations (landing, images, catalog, output) as `ObjectStoragePath`s.
 
     Credentials then come from the Airflow connection: `conn_id` (the `[audit] storage_conn_id` setting) or
     one written into the URI itself (`s3://my_conn@bucket/catalog`). Local paths are left as they are.
@@ -72,7 +72,8 @@ def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig
 
     dataset = config.dataset
     if dataset is not None:
-        dataset = dataclasses.replace(dataset, landing=bind(dataset.landing), catalog=bind(dataset.catalog))
+        dataset = dataclasses.replace(dataset, landing=bind(dataset.landing), catalog=bind(dataset.catalog),
+                                      image_root=bind(dataset.image_root))
     output = dataclasses.replace(config.output, dir=bind(config.output.dir))
     return dataclasses.replace(config, dataset=dataset, output=output)
 

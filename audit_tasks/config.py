@@ -29,9 +29,9 @@ from audit_tasks.storage import StoragePath, is_remote, storage_path
 class DatasetConfig:
     """Where manifests land, where images live, where the cumulative catalog is kept."""
 
-    # landing and catalog may be object-store URIs (s3://, gs://, ...); see audit_tasks.storage.
+    # Each may be an object-store URI (s3://, gs://, ...); see audit_tasks.storage.
     landing: StoragePath
-    image_root: Path
+    image_root: StoragePath
     catalog: StoragePath
     # Which rows the model checks audit: the rows this run ingested, or the whole catalog.
     audit_scope: Literal["run", "catalog"] = "run"
@@ -376,7 +376,7 @@ def _validate(config: AuditConfig, where: str) -> None:
         d = config.dataset
         if not is_remote(d.landing) and not d.landing.is_dir():  # a remote landing is listed at ingest
             raise ConfigError(f"{where}: 'dataset.landing' folder does not exist: {d.landing}")
-        if not d.image_root.is_dir():
+        if not is_remote(d.image_root) and not d.image_root.is_dir():
             raise ConfigError(f"{where}: 'dataset.image_root' folder does not exist: {d.image_root}")
         for scheme in d.allowed_schemes:
             if scheme not in {"file", "s3", "gs", "gcs", "az", "abfs", "memory", "http", "https"}:

@@ -17,7 +17,6 @@ import hashlib
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -41,14 +40,14 @@ class ImageInfo:
     orientation: int = 1  # EXIF orientation tag (1 = as stored)
 
 
-def probe_image(path: Path, *, max_pixels: int, min_side: int) -> ImageInfo:
+def probe_image(path: StoragePath | str, *, max_pixels: int, min_side: int) -> ImageInfo:
     """Read an image's header and check it is usable, without decoding the pixels when it can.
 
     Raises:
         ImageError: missing file, not a regular file, zero bytes, not an image, declared size over
             `max_pixels` (decompression bomb), a side under `min_side`, or a truncated/corrupt file.
     """
-    path = Path(path)
+    path = storage_path(path)
     if not path.exists():
         raise ImageError(f"image file not found: {path}")
     if not path.is_file():
@@ -60,7 +59,7 @@ def probe_image(path: Path, *, max_pixels: int, min_side: int) -> ImageInfo:
         # PIL warns above its own limit and raises above twice it; our limit is checked explicitly below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as image:
+            with path.open("rb") as handle, Image.open(handle) as image:
                 width, height = image.size
                 fmt = image.format or "unknown"
                 mode = image.mode
@@ -108,9 +107,9 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _check_complete(path: Path, image: Image.Image, fmt: str, size: int) -> None:
+def _check_complete(path: StoragePath, image: Image.Image, fmt: str, size: int) -> None:
     """Raise ImageError when the file is truncated (see the module docstring for the method per format)."""
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         handle.seek(max(0, size - _TAIL_BYTES))
         tail = handle.read()
     if fmt == "JPEG":
@@ -126,7 +125,7 @@ def _check_complete(path: Path, image: Image.Image, fmt: str, size: int) -> None
         _decode(image, path, f"{fmt} cannot be decoded")
 
 
-def _decode(image: Image.Image, path: Path, why: str) -> None:
+def _decode(image: Image.Image, path: StoragePath, why: str) -> None:
     try:
         image.load()
     except Exception as exc:  # noqa: BLE001 - as in probe_image: any decoder error means this file is unusable

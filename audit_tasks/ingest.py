@@ -16,7 +16,6 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -137,7 +136,7 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     known = _read_parts(others, columns=["run_id", "manifest", "row_number", "image_id", "content_sha256"])
     classes = list(config.model.classes) if config.model is not None else None
     work = _Run(
-        run_id=run_id, ingest_date=ingest_date, image_root=Path(dataset.image_root),
+        run_id=run_id, ingest_date=ingest_date, image_root=storage_path(dataset.image_root),
         allowed_schemes=dataset.allowed_schemes, max_pixels=dataset.max_image_pixels,
         min_side=dataset.min_image_side, attributes=config.attribute_columns(), classes=classes,
     )
@@ -228,7 +227,7 @@ class _Outcome:
 class _Run:
     """Collects rows across the run's manifests; rows carry (manifest order, row number) keys."""
 
-    def __init__(self, *, run_id: str, ingest_date: str, image_root: Path, allowed_schemes: Sequence[str],
+    def __init__(self, *, run_id: str, ingest_date: str, image_root: StoragePath, allowed_schemes: Sequence[str],
                  max_pixels: int, min_side: int, attributes: Sequence[str], classes: list[str] | None) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date

@@ -14,10 +14,10 @@ then only read the bytes and probe the header, and the device decodes and resize
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
-import io
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from audit_tasks.storage import FileOpener
 
 #: Refuse images with more pixels than this before decoding them (DatasetConfig.max_image_pixels' default).
 MAX_IMAGE_PIXELS = 50_000_000
@@ -44,8 +46,11 @@ class ImageBatch:
 def iter_image_batches(rows: pd.DataFrame, *, input_size: int, mean: Sequence[float], std: Sequence[float],
                        batch_size: int, num_workers: int = 0, device: str | torch.device = "cpu",
                        max_pixels: int = MAX_IMAGE_PIXELS, gpu_decode: bool | None = None,
-                       prefetch: int = 2) -> Iterator[ImageBatch]:
-    """Yield ImageBatch objects for `rows` (an `image_path` column of local files), in row order.
+                       prefetch: int = 2, opener: Callable[[str], IO[bytes]] | None = None) -> Iterator[ImageBatch]:
+    """Yield ImageBatch objects for `rows` (an `image_path` column of files or URIs), in row order.
+
+    `opener` opens an `image_path` for reading (default: local files, and URIs with fsspec's credentials);
+    `storage.FileOpener(image_root)` opens object-store images with the image root's filesystem.
 
     `gpu_decode`: None = decode JPEGs with torchvision on the device when it is CUDA; True = always
     (also on the CPU); False = always PIL in the workers.
@@ -58,7 +63,8 @@ def iter_image_batches(rows: pd.DataFrame, *, input_size: int, mean: Sequence[fl
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     use_gpu_decode = on_gpu if gpu_decode is None else gpu_decode
-    dataset = _Decode([str(p) for p in rows["image_path"]], input_size, max_pixels, raw_jpeg=use_gpu_decode)
+    dataset = _Decode([str(p) for p in rows["image_path"]], input_size, max_pixels, raw_jpeg=use_gpu_decode,
+                      opener=opener or FileOpener())
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
         pin_memory=on_gpu, prefetch_factor=prefetch if num_workers > 0 else None,
@@ -124,11 +130,13 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 class _Decode(Dataset):
     """Map-style dataset over file paths; only the path list is held, never decoded images."""
 
-    def __init__(self, paths: list[str], input_size: int, max_pixels: int, *, raw_jpeg: bool) -> None:
+    def __init__(self, paths: list[str], input_size: int, max_pixels: int, *, raw_jpeg: bool,
+                 opener: Callable[[str], IO[bytes]]) -> None:
         self.paths = paths
         self.input_size = input_size
         self.max_pixels = max_pixels
         self.raw_jpeg = raw_jpeg
+        self.opener = opener
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -138,19 +146,20 @@ class _Decode(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                if self.raw_jpeg:
-                    raw = _read_jpeg(path, self.max_pixels)
-                    if raw is not None:
-                        return "raw", position, raw
-                return "ok", position, decode_image(path, self.input_size, self.max_pixels)
+                with self.opener(path) as handle:
+                    if self.raw_jpeg:
+                        raw = _read_jpeg(handle, self.max_pixels)
+                        if raw is not None:
+                            return "raw", position, raw
+                        handle.seek(0)
+                    return "ok", position, decode_image(handle, self.input_size, self.max_pixels)
         except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines this one image
             return "fail", position, _reason(path, exc)
 
 
-def _read_jpeg(path: str, max_pixels: int) -> Tensor | None:
+def _read_jpeg(handle: IO[bytes], max_pixels: int) -> Tensor | None:
     """The file's bytes when it is a complete plain RGB/gray JPEG (header and end marker); None otherwise."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = handle.read()
     if not data.startswith(_JPEG_MAGIC) or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
         return None  # not a JPEG, or no end-of-image marker (truncated): PIL decides and reports
     with Image.open(io.BytesIO(data)) as probe:  # header only: size and mode, no decode

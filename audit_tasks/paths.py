@@ -12,23 +12,24 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import unquote, urlsplit
 
-from audit_tasks.errors import ImageError, PathEscapeError
+from audit_tasks.errors import PathEscapeError
 from audit_tasks.storage import StoragePath, is_remote
 
 #: Schemes that name a file on this machine; "file" in `allowed_schemes` also admits absolute paths.
 _LOCAL_SCHEMES = frozenset({"", "file"})
 
 
-def resolve_under(root: Path, uri: str, *, allowed_schemes: Sequence[str] = ("file",)) -> Path:
-    """Resolve `uri` (relative path, absolute path or `file://` URI) to a real path inside `root`.
+def resolve_under(root: StoragePath, uri: str, *, allowed_schemes: Sequence[str] = ("file",)) -> StoragePath:
+    """Resolve `uri` (relative path, absolute path, `file://` or object-store URI) to a location inside `root`.
 
     Relative paths are always allowed; absolute paths and `file://` URIs only when "file" is in
-    `allowed_schemes`, and all of them only when they stay under `root` after resolving symlinks.
-    The file need not exist (probing it is the caller's next step).
+    `allowed_schemes`; an object-store URI (`s3://bucket/images/a.jpg`) only when its scheme is in
+    `allowed_schemes` and it lies under an object-store `root`, and is then returned as `root / rest`, so it
+    is opened with the root's filesystem (in Airflow: the connection's credentials). Local paths must stay
+    under `root` after resolving symlinks. The file need not exist (probing it is the caller's next step).
 
     Raises:
         PathEscapeError: empty URI, a scheme not allowed, or a path that leaves `root`.
-        ImageError: a remote scheme (s3://, gs://, ...) that is allowed but not supported yet.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise PathEscapeError("image URI is empty")
@@ -43,7 +44,10 @@ def resolve_under(root: Path, uri: str, *, allowed_schemes: Sequence[str] = ("fi
                 f"URI scheme '{scheme}://' is not allowed in {uri!r} (allowed: {', '.join(sorted(allowed)) or 'none'};"
                 " plain relative paths are always allowed)"
             )
-        raise ImageError(f"remote URIs are not supported yet: {uri!r} (copy the images under the image root)")
+        prefix = str(root).rstrip("/") + "/"
+        if not is_remote(root) or not text.startswith(prefix):
+            raise PathEscapeError(f"URI {uri!r} is not under the image root {root}")
+        return safe_child(root, text[len(prefix):])
     if scheme == "file":
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
@@ -54,6 +58,10 @@ def resolve_under(root: Path, uri: str, *, allowed_schemes: Sequence[str] = ("fi
     candidate = Path(text)
     if candidate.is_absolute() and "file" not in allowed:
         raise PathEscapeError(f"absolute path {uri!r} is not allowed ('file' is not in allowed_schemes)")
+    if is_remote(root):
+        if candidate.is_absolute():
+            raise PathEscapeError(f"local path {uri!r} is not under the object-store image root {root}")
+        return safe_child(root, text)
     return _confine(Path(root), candidate, uri)
 
 

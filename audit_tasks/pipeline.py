@@ -23,7 +23,7 @@ from audit_tasks import schemas
 from audit_tasks.config import AuditConfig
 from audit_tasks.errors import AuditError, ConfigError
 from audit_tasks.gates import GateResult, Verdict, gates_frame, gates_from_frame, verdict
-from audit_tasks.storage import StoragePath, parquet_rows, parquet_schema, storage_path
+from audit_tasks.storage import FileOpener, StoragePath, parquet_rows, parquet_schema, storage_path
 from audit_tasks.tables import read_table, write_json, write_table
 
 log = logging.getLogger("audit_tasks")
@@ -181,7 +181,7 @@ def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
     result = score_images(
         model, rows, model_config=model_config, saliency_config=config.saliency,
         attributes=config.attribute_columns(), run_id=run_id, progress=progress,
-        check=config.checks.saliency,
+        check=config.checks.saliency, opener=FileOpener(storage_path(config.require_dataset().image_root)),
     )
     rejected = _rejected_rows(rows, result.rejected)
     write_table(result.images, images_path, name="images_shard")

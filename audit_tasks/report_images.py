@@ -12,11 +12,12 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from audit_tasks.storage import storage_path
 
 CORE_COLOUR = (0, 190, 60)
 SPURIOUS_COLOUR = (235, 20, 20)
@@ -98,18 +99,18 @@ def _load_original(path: Any, size: tuple[int, int]) -> Image.Image | None:
     """The original image as an RGB thumbnail of `size`, or None when it cannot be read (missing, not an image)."""
     if not isinstance(path, str) or not path:
         return None
-    file = Path(path)
+    file = storage_path(path)  # a local path, or an object-store URI opened with fsspec's credentials
     try:
         if not file.is_file():
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(file) as img:
+            with file.open("rb") as handle, Image.open(handle) as img:
                 if img.width * img.height > _MAX_SOURCE_PIXELS:
                     return None
                 img.draft("RGB", (size[0] * 2, size[1] * 2))
                 return img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+    except Exception:  # noqa: BLE001 - a thumbnail is optional: any unreadable source (or store error) shows none
         return None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,8 +68,12 @@ def images_schema(attributes: Sequence[str], cam_cells: int) -> pa.Schema:
 def score_images(model: nn.Module, rows: pd.DataFrame, *, model_config: ModelConfig,
                  saliency_config: SaliencyConfig, attributes: Sequence[str], run_id: str,
                  progress: Callable[[int, int], None] | None = None,
-                 check: SaliencyCheck | None = None) -> ScoringResult:
-    """Predict, explain and measure every row; `check` sets the per-image flag's thresholds (defaults if None)."""
+                 check: SaliencyCheck | None = None,
+                 opener: Callable[[str], IO[bytes]] | None = None) -> ScoringResult:
+    """Predict, explain and measure every row; `check` sets the per-image flag's thresholds (defaults if None).
+
+    `opener` opens each row's `image_path` (see `loader.iter_image_batches`).
+    """
     check = check or SaliencyCheck()
     device = resolve_device(saliency_config.device)
     classes = list(model_config.classes)
@@ -88,6 +92,7 @@ def score_images(model: nn.Module, rows: pd.DataFrame, *, model_config: ModelCon
     batches = iter_image_batches(
         rows.iloc[usable], input_size=model_config.input_size, mean=model_config.mean, std=model_config.std,
         batch_size=saliency_config.batch_size, num_workers=saliency_config.num_workers, device=device,
+        opener=opener,
     )
     for batch in batches:
         for local, reason in batch.failures:

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +35,7 @@ StoragePath = Union[Path, UPath]
 _LOCAL_SCHEMES = frozenset({"", "file", "local"})
 
 __all__ = [
+    "FileOpener",
     "StoragePath",
     "atomic_path",
     "describe",
@@ -161,6 +162,24 @@ def remove_tree(path: StoragePath) -> None:
     fs, inner = filesystem(path)
     if fs.exists(inner):
         fs.rm(inner, recursive=True)
+
+
+class FileOpener:
+    """Opens files named by `image_path` strings: local paths directly, URIs through the root's filesystem.
+
+    It holds the filesystem object (for Airflow, the connection-bound one), so data-loader worker processes
+    forked from the task open remote images with the same credentials as the task itself.
+    """
+
+    def __init__(self, root: StoragePath | None = None) -> None:
+        self._fs = filesystem(root)[0] if root is not None and is_remote(root) else None
+
+    def __call__(self, name: str) -> IO[bytes]:
+        if scheme_of(name) in _LOCAL_SCHEMES:
+            return open(name[len("file://"):] if name.startswith("file://") else name, "rb")
+        if self._fs is None:
+            return storage_path(name).open("rb")  # no root filesystem: fsspec's own credentials
+        return self._fs.open(self._fs._strip_protocol(name), "rb")
 
 
 def _is_upath(value: Any) -> bool:

@@ -92,17 +92,17 @@ def strict_ingest_checks() -> dict[str, Any]:
 
 
 def move_to_object_store(world: World, prefix: str) -> Path:
-    """Put the world's landing area, catalog and reports on `memory://<prefix>/` (fsspec's in-process store,
-    standing in for s3:// or gs://): the manifest is uploaded, a second config points there; returns it."""
+    """Put the world's landing area, images, catalog and reports on `memory://<prefix>/` (fsspec's in-process
+    store, standing in for s3:// or gs://): manifests and images are uploaded, a second config points there
+    (the model stays on disk); returns that config."""
     from upath import UPath
 
     root = f"memory://{prefix}"
-    landing = UPath(f"{root}/landing")
-    for manifest in (world.root / "landing").iterdir():
-        (landing / manifest.name).write_bytes(manifest.read_bytes())
+    for folder in ("landing", "images"):
+        for local in (world.root / folder).iterdir():
+            (UPath(f"{root}/{folder}") / local.name).write_bytes(local.read_bytes())
     body = yaml.safe_load(world.config.read_text(encoding="utf-8"))
-    body["dataset"].update(landing=f"{root}/landing", catalog=f"{root}/catalog",
-                           image_root=str(world.root / "images"))
+    body["dataset"].update(landing=f"{root}/landing", catalog=f"{root}/catalog", image_root=f"{root}/images")
     body["model"]["checkpoint"] = str(world.root / "model.pt")
     body["output"] = {"dir": f"{root}/reports"}
     config = world.root / "audit-object-store.yaml"

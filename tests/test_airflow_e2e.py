@@ -199,7 +199,7 @@ def sharded_and_single(dags, tmp_path_factory):
     return mapped_world.root, run, single_root, outcome
 
 
-def _tables(root: Path, run_id: str = "same-run", folder=None) -> dict[str, pd.DataFrame]:
+def _tables(root: Path | str, run_id: str = "same-run", folder=None) -> dict[str, pd.DataFrame]:
     from audit_tasks.tables import read_table
 
     folder = folder if folder is not None else root / "reports" / run_id
@@ -271,7 +271,7 @@ def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
 
 @pytest.fixture(scope="module")
 def object_store_and_local(dags, tmp_path_factory):
-    """One world audited by Airflow over 2 shards with landing, catalog and reports on object storage,
+    """One world audited by Airflow over 2 shards with landing, images, catalog and reports on object storage,
     and by run_audit on local disk."""
     from audit_tasks.config import load_config
     from audit_tasks.pipeline import run_audit
@@ -292,7 +292,7 @@ def test_mapped_run_on_object_storage_equals_the_local_audit(object_store_and_lo
 
     world, run, local_root, prefix = object_store_and_local
     assert str(run.state) == "success"
-    remote = _tables(world.root, folder=UPath(f"memory://{prefix}/reports/lake-1"))
+    remote = _tables(f"memory://{prefix}", folder=UPath(f"memory://{prefix}/reports/lake-1"))
     _assert_tables_equal(remote, _tables(local_root, "lake-1"))
 
 

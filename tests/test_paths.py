@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from upath import UPath
 
-from audit_tasks.errors import ImageError, PathEscapeError
+from audit_tasks.errors import PathEscapeError
 from audit_tasks.paths import is_under, resolve_under, safe_child
 
 
@@ -92,9 +93,26 @@ def test_scheme_not_allowed_is_refused(root: Path) -> None:
         resolve_under(root, "s3://bucket/a.jpg")
 
 
-def test_allowed_remote_scheme_is_not_supported_yet(root: Path) -> None:
-    with pytest.raises(ImageError, match="remote URIs are not supported yet"):
+def test_an_allowed_object_store_uri_outside_a_local_root_is_refused(root: Path) -> None:
+    with pytest.raises(PathEscapeError, match="is not under the image root"):
         resolve_under(root, "s3://bucket/a.jpg", allowed_schemes=("file", "s3"))
+
+
+def test_an_object_store_uri_under_an_object_store_root_resolves_below_it() -> None:
+    bucket = UPath("memory://bucket/images")
+    assert str(resolve_under(bucket, "memory://bucket/images/sub/a.jpg", allowed_schemes=("memory",))) == \
+        "memory://bucket/images/sub/a.jpg"
+
+
+def test_a_relative_path_under_an_object_store_root_resolves_below_it() -> None:
+    assert str(resolve_under(UPath("memory://bucket/images"), "sub/a.jpg")) == "memory://bucket/images/sub/a.jpg"
+
+
+@pytest.mark.parametrize("uri", ["memory://bucket/other/a.jpg", "memory://bucket/images/../other/a.jpg",
+                                 "memory://bucket/images-2/a.jpg", "../other/a.jpg", "/etc/passwd"])
+def test_names_that_leave_an_object_store_root_are_refused(uri: str) -> None:
+    with pytest.raises(PathEscapeError):
+        resolve_under(UPath("memory://bucket/images"), uri, allowed_schemes=("memory", "file"))
 
 
 def test_empty_uri_is_refused(root: Path) -> None:

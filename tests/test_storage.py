@@ -78,7 +78,7 @@ def test_a_catalog_part_name_cannot_climb_out_of_an_object_store_root(bucket):
 
 @pytest.fixture(scope="module")
 def local_and_remote(tmp_path_factory):
-    """One world audited twice: on local disk, and with landing, catalog and reports on object storage."""
+    """One world audited twice: on local disk, and with landing, images, catalog and reports on object storage."""
     prefix = f"lake-{uuid.uuid4().hex[:8]}"
     world = make_world(tmp_path_factory.mktemp("storage"), n_images=10, bad_rows=1)
     remote_config = load_config(move_to_object_store(world, prefix))
@@ -88,17 +88,32 @@ def local_and_remote(tmp_path_factory):
     forget_object_store(prefix)
 
 
+def _without(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Text cells with `prefix` (where the images were read: the world's folder, or the bucket) cut out."""
+    for column in frame.columns:
+        if pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(lambda v: v.replace(prefix, "<images>") if isinstance(v, str) else v)
+    return frame
+
+
 def test_an_audit_on_object_storage_writes_the_same_tables_as_on_local_disk(local_and_remote):
-    _, local, remote, _ = local_and_remote
+    world, local, remote, config = local_and_remote
     assert is_remote(remote.run_dir)
     for name in TABLES:
-        a = read_table(local.run_dir / f"{name}.parquet")
-        b = read_table(remote.run_dir / f"{name}.parquet")
+        a = _without(read_table(local.run_dir / f"{name}.parquet"), str(world.root / "images"))
+        b = _without(read_table(remote.run_dir / f"{name}.parquet"), str(config.dataset.image_root))
         if "cam" in a.columns:
             np.testing.assert_allclose(np.stack(a.pop("cam").to_numpy()), np.stack(b.pop("cam").to_numpy()),
                                        rtol=1e-5, atol=1e-7)
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
     assert remote.verdict.passed == local.verdict.passed
+
+
+def test_images_under_an_object_store_image_root_are_read_from_it(local_and_remote):
+    _, _, remote, config = local_and_remote
+    images = read_table(remote.run_dir / "images.parquet", columns=["image_path"])
+    assert images["image_path"].str.startswith(f"{config.dataset.image_root}/").all()
+    assert '<img src="data:image/jpeg;base64,' in (remote.run_dir / "report.html").read_text(encoding="utf-8")
 
 
 def test_an_audit_on_object_storage_writes_its_report_summary_and_history(local_and_remote):
@@ -125,3 +140,23 @@ def test_an_object_store_landing_prefix_with_no_objects_is_an_empty_landing_area
 
     result = ingest(config, "night-1")
     assert result.rows_in == 0 and result.catalog_part is None
+
+
+def test_object_store_image_uris_in_a_manifest_are_ingested_only_under_the_image_root(tmp_path, bucket):
+    from audit_tasks.ingest import ingest
+
+    world = make_world(tmp_path, n_images=2)
+    remote_config = move_to_object_store(world, bucket)
+    images = f"memory://{bucket}/images"
+    manifest = UPath(f"memory://{bucket}/landing/batch_001.csv")
+    manifest.write_text(
+        "image_uri,label,gender\n"
+        f"{images}/img_000.png,doctor,female\n"
+        f"memory://{bucket}/elsewhere/img_001.png,nurse,male\n"
+        f"{images}/../landing/batch_001.csv,nurse,male\n",
+        encoding="utf-8",
+    )
+    config = load_config(remote_config, {"dataset.allowed_schemes": ["memory"]})
+    result = ingest(config, "night-1")
+    assert result.accepted["image_path"].tolist() == [f"{images}/img_000.png"]
+    assert result.quarantined["reason"].str.contains("not under the image root|would leave").tolist() == [True, True]
