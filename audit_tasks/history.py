@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
 
 from audit_tasks.errors import AuditError
-from audit_tasks.storage import StoragePath, is_remote, read_parquet, storage_path
+from audit_tasks.storage import StoragePath, exclusive_lock, read_parquet, storage_path
 from audit_tasks.tables import write_table
 
 RUNS_FILE = "runs.parquet"
@@ -142,7 +140,7 @@ def record_run(output_dir: StoragePath, summary: Mapping[str, Any],
     row = _row(run_id, summary, headline)
     output_dir = storage_path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(output_dir):
+    with exclusive_lock(output_dir, _LOCK_FILE):
         existing = read_runs(output_dir)
         kept = existing[existing["run_id"] != run_id]
         new = pa.Table.from_pylist([row], schema=RUNS_SCHEMA).to_pandas()
@@ -221,27 +219,3 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(f) else f
-
-
-@contextmanager
-def _locked(output_dir: StoragePath) -> Iterator[None]:
-    """An exclusive advisory lock on the output folder (POSIX flock).
-
-    A no-op where fcntl is unavailable and on object storage, which has no locks: there, concurrent runs
-    of one output dir must be serialised by the scheduler (`dataset_audit` has max_active_runs=1).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    if is_remote(output_dir):
-        yield
-        return
-    fd = os.open(output_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

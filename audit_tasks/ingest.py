@@ -27,11 +27,12 @@ from audit_tasks.gates import GateResult
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_regions, read_manifest, regions_json
 from audit_tasks.paths import resolve_under, safe_child
-from audit_tasks.storage import StoragePath, is_remote, parquet_schema, read_parquet, storage_path
+from audit_tasks.storage import StoragePath, exclusive_lock, is_remote, parquet_schema, read_parquet, storage_path
 from audit_tasks.tables import write_table
 from audit_tasks.validation import is_missing, validate_rows
 
 LEDGER_NAME = "_ledger.parquet"
+_LOCK_NAME = ".ingest.lock"
 STATUS_INGESTED = "ingested"
 STATUS_FAILED = "failed"
 #: Columns the ingest fills itself; a manifest may not carry them (it would be silently overwritten).
@@ -111,6 +112,13 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     dataset = config.require_dataset()
     _check_run_id(run_id)
     catalog = storage_path(dataset.catalog)
+    # Two ingests at once would both read the ledger before either commits, and land the same manifests twice.
+    with exclusive_lock(catalog, _LOCK_NAME):
+        return _ingest(config, run_id, catalog, today)
+
+
+def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date | None) -> IngestResult:
+    dataset = config.require_dataset()
     ledger = read_ledger(catalog)
     mine = ledger[ledger["run_id"] == run_id]
     ingest_date = str(mine["ingest_date"].iloc[0]) if len(mine) else (today or date.today()).isoformat()

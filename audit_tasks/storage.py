@@ -36,6 +36,7 @@ _LOCAL_SCHEMES = frozenset({"", "file", "local"})
 
 __all__ = [
     "FileOpener",
+    "exclusive_lock",
     "StoragePath",
     "atomic_path",
     "describe",
@@ -152,6 +153,31 @@ def atomic_path(target: StoragePath) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def exclusive_lock(folder: StoragePath, name: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock (POSIX flock on `<folder>/<name>`) for the block.
+
+    A no-op where fcntl is unavailable and on object storage, which has no locks: there, writers to one
+    folder must be serialised by the scheduler (`dataset_audit` runs one at a time: max_active_runs=1).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    if not isinstance(folder, Path):
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def remove_tree(path: StoragePath) -> None:

@@ -160,6 +160,19 @@ def test_read_catalog_of_an_empty_catalog_has_the_columns(config: AuditConfig) -
 # ---------------------------------------------------------------------------------------------
 
 
+def test_two_concurrent_ingests_land_each_manifest_once(config: AuditConfig) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2, 3)))
+    write_csv(landing(config) / "m2.csv", rows(images(config, 4, 5)))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda run_id: ingest(config, run_id, today=DAY), ["r1", "r2"]))
+    assert sorted(len(r.accepted) for r in results) == [0, 5]  # one took both manifests, the other found none
+    catalog = read_catalog(config.dataset.catalog)
+    assert catalog["image_id"].is_unique and len(catalog) == 5
+    assert sorted(read_ledger(config.dataset.catalog)["manifest"]) == ["m1.csv", "m2.csv"]
+
+
 def test_second_run_finds_nothing_new(config: AuditConfig) -> None:
     write_csv(landing(config) / "m.csv", rows(images(config, 1, 2)))
     ingest(config, "r1", today=DAY)
