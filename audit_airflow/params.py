@@ -79,6 +79,12 @@ THRESHOLDS: tuple[Threshold, ...] = (
               "Metric compared across subgroups."),
     Threshold("subgroups_positive_class", "checks.subgroups.positive_class", {"type": ["null", "string"], "minLength": 1},
               "Class whose recall/TPR/FPR/precision is judged (one of model.classes)."),
+    Threshold("subgroups_multiple_comparisons", "checks.subgroups.multiple_comparisons",
+              {"type": ["null", "string"], "enum": [None, "bonferroni", "none"]},
+              "bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not."),
+    Threshold("subgroups_n_bootstrap", "checks.subgroups.n_bootstrap",
+              {"type": ["null", "integer"], "minimum": 100, "maximum": 100000},
+              "Bootstrap resamples per group for the macro metrics' intervals."),
     Threshold("ingest_max_quarantine_fraction", "checks.ingest.max_quarantine_fraction", _FRACTION,
               "Largest allowed fraction of input rows sent to quarantine."),
 )

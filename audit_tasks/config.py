@@ -105,6 +105,11 @@ class SubgroupCheck:
     confidence: float = 0.95
     # The class whose recall/TPR/FPR/precision is judged; default: the second of model.classes.
     positive_class: str | None = None
+    # How the gap test's confidence is shared among comparisons: bonferroni over every pair of judgeable
+    # groups (no false alarm from testing many groups), or none (each comparison at `confidence`; more alarms).
+    multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"
+    # Bootstrap resamples per group for the macro metrics' intervals (more: steadier intervals, slower).
+    n_bootstrap: int = 2000
 
 
 @dataclass(frozen=True)
@@ -428,6 +433,10 @@ def _validate(config: AuditConfig, where: str) -> None:
         if c.subgroups.min_group_size < 1:
             raise ConfigError(
                 f"{where}: 'checks.subgroups.min_group_size' must be >= 1; got {c.subgroups.min_group_size}"
+            )
+        if not 100 <= c.subgroups.n_bootstrap <= 100_000:
+            raise ConfigError(
+                f"{where}: 'checks.subgroups.n_bootstrap' must be between 100 and 100000; got {c.subgroups.n_bootstrap}"
             )
     if (c.subgroups is not None and c.subgroups.positive_class is not None and config.model is not None
             and c.subgroups.positive_class not in config.model.classes):

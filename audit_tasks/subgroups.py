@@ -46,6 +46,8 @@ Per attribute (or intersection) and metric:
    trail the reference by more than ``max_gap``) at most ``1 - confidence`` of the time per attribute and
    metric, night after night, whatever the number of groups (up to the approximate coverage of the
    score intervals); with two groups this is the plain interval.
+   ``multiple_comparisons: none`` turns the adjustment off (each comparison at ``confidence``): more real
+   gaps on small groups are caught, at the price of false alarms that grow with the number of groups.
 
 So a real gap with enough images fails; the same gap on a dozen images is too small to judge; and an
 observed gap just above ``max_gap``, or a chance fluctuation between big groups, passes (its gate detail
@@ -680,7 +682,7 @@ def check_subgroups(
                                                           columns=", ".join(map(str, frame.columns))))
     base = GroupMetricFrame(y_true=frame[label_column], y_pred=frame[prediction_column],
                             sensitive_features=frame[list(attributes)], classes=classes,
-                            confidence=check.confidence)
+                            confidence=check.confidence, n_bootstrap=check.n_bootstrap)
     if positive_class is not None and positive_class not in base.classes:
         raise ConfigError(MSG_BAD_POSITIVE.format(cls=positive_class, classes=", ".join(base.classes)))
 
@@ -733,7 +735,8 @@ def _judge(gmf: GroupMetricFrame, attribute: str, label: str, metric: str, posit
         best = int(np.argmax(candidates))
         gap = (value - value[best]) if lower_better else (value[best] - value)
         if m >= 2:
-            adjusted = 1 - (1 - check.confidence) / (m * (m - 1) / 2)
+            pairs = m * (m - 1) / 2 if check.multiple_comparisons == "bonferroni" else 1
+            adjusted = 1 - (1 - check.confidence) / pairs
             diffs = gmf.differences(metric, reference=gmf.groups[best], positive_class=positive, confidence=adjusted)
             gap_low = (-diffs["diff_high"] if lower_better else diffs["diff_low"]).to_numpy(float)
     flagged = judgeable & (gap > check.max_gap) & (gap_low > check.max_gap)
@@ -781,7 +784,8 @@ def _detail(ctx: _Context, i: int, judgeable: bool, gap: float, gap_low: float) 
         return f"{head} is the best of {ctx.m} judgeable group(s) (n={n})"
     best = ctx.table.iloc[ctx.best]
     versus = f"{head} vs {_fmt(best['value'])} for {ctx.attribute}={best['group']}"
-    conf = f"{_fmt(100 * ctx.check.confidence)}% confidence adjusted for {ctx.m} groups"
+    conf = f"{_fmt(100 * ctx.check.confidence)}% confidence" + (
+        f" adjusted for {ctx.m} groups" if ctx.check.multiple_comparisons == "bonferroni" else "")
     if gap > ctx.check.max_gap and gap_low > ctx.check.max_gap:
         return f"{versus} (gap {_fmt(gap)} > {_fmt(ctx.check.max_gap)}, at least {_fmt(gap_low)} at {conf}, n={n})"
     if gap > ctx.check.max_gap:

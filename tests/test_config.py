@@ -78,6 +78,17 @@ def test_impossible_threshold_is_named(tmp_path, dataset_dirs):
         load_config(write_config(tmp_path, body))
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("n_bootstrap", 10, r"'checks\.subgroups\.n_bootstrap' must be between 100 and 100000"),
+    ("multiple_comparisons", "holm", r"'checks\.subgroups\.multiple_comparisons' must be one of bonferroni, none"),
+])
+def test_unusable_subgroup_test_settings_are_named(tmp_path, dataset_dirs, key, value, message):
+    body = full_body(dataset_dirs)
+    body["checks"]["subgroups"][key] = value
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path, body))
+
+
 def test_missing_checkpoint_file_is_named(tmp_path, dataset_dirs):
     body = full_body(dataset_dirs)
     body["model"]["checkpoint"] = "nowhere.pt"

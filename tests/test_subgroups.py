@@ -180,6 +180,35 @@ def test_many_small_groups_without_a_real_gap_do_not_fail(seed: int) -> None:
     assert not result.groups["flagged"].any()
 
 
+def eight_groups(n: int) -> pd.DataFrame:
+    """Groups g0..g7 of `n` images: seven at accuracy 0.95 exactly, g7 at 0.85."""
+    parts = [two_groups(n, 0.95, n, 0.85 if i == 7 else 0.95, seed=i).query("group == 'b'").assign(group=f"g{i}")
+             for i in range(8)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_bonferroni_needs_more_evidence_for_a_gap_among_eight_groups() -> None:
+    result = check_subgroups(eight_groups(300), check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+    assert result.groups.set_index("group").loc["g7", "status"] == "ok"
+    assert "adjusted for 8 groups" in next(g for g in result.gates if g.subject == "group=g7").detail
+
+
+def test_without_the_adjustment_the_same_gap_among_eight_groups_fails() -> None:
+    check = SubgroupCheck(attributes=("group",), multiple_comparisons="none")
+    result = check_subgroups(eight_groups(300), check=check, classes=CLASSES)
+    assert result.groups.set_index("group")["status"].to_dict() == {f"g{i}": "gap" if i == 7 else "ok" for i in range(8)}
+
+
+def test_n_bootstrap_sets_the_resamples_of_the_macro_intervals() -> None:
+    frame = two_groups(200, 0.9, 200, 0.8)
+    check = SubgroupCheck(attributes=("group",), metric="macro_recall", n_bootstrap=150)
+    groups = check_subgroups(frame, check=check, classes=CLASSES).groups
+    expected = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["group"]],
+                                classes=CLASSES, n_bootstrap=150).by_group("macro_recall")
+    np.testing.assert_allclose(groups["ci_low"], expected["ci_low"])
+    np.testing.assert_allclose(groups["ci_high"], expected["ci_high"])
+
+
 def test_planted_macro_recall_gap_fails_on_bootstrap_evidence() -> None:
     frame = two_groups(1000, 0.95, 1000, 0.80)
     result = check_subgroups(frame, check=SubgroupCheck(attributes=("group",), metric="macro_recall"), classes=CLASSES)
