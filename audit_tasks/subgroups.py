@@ -382,9 +382,12 @@ class GroupMetricFrame:
         self._n_bootstrap = int(n_bootstrap)
         self._seed = int(random_state)
         self._replicates: dict[tuple[str, int, str], np.ndarray] = {}  # pure cache of seeded draws
-        if names:
+        if len(names) == 1:
+            self._labels = tuple(levels[0][key[0]] for key in keys.tolist())
+        elif names:
+            parts = [[_intersection_part(v) for v in lv] for lv in levels]
             self._labels = tuple(
-                SEPARATOR.join(levels[j][key[j]] for j in range(len(names))) for key in keys.tolist())
+                SEPARATOR.join(parts[j][key[j]] for j in range(len(names))) for key in keys.tolist())
         else:
             self._labels = tuple(OVERALL_GROUP for _ in range(len(keys)))
 
@@ -406,7 +409,8 @@ class GroupMetricFrame:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        """Group labels in sort order (values joined by '&'; `unknown` sorts last in each feature)."""
+        """Group labels in sort order (values joined by '&', a '&' or '%' inside a value of an intersection
+        percent-encoded; `unknown` sorts last in each feature)."""
         return self._labels
 
     @property
@@ -840,3 +844,9 @@ def _empty_groups() -> pd.DataFrame:
         "ci_high": pd.Series([], dtype=float), "gap": pd.Series([], dtype=float), "flagged": pd.Series([], dtype=bool),
         "status": pd.Series([], dtype=str),
     })
+
+
+def _intersection_part(value: str) -> str:
+    """A value inside an intersection label, with '%' and the separator percent-encoded ('R&D' -> 'R%26D'),
+    so that 'R&D' x 'female' ('R%26D&female') cannot be read as the three values 'R', 'D', 'female'."""
+    return value.replace("%", "%25").replace(SEPARATOR, "%26")

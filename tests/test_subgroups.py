@@ -273,6 +273,16 @@ def test_intersections_cover_every_combination_in_config_order() -> None:
     assert "female&dark" in set(result.groups.loc[result.groups["attribute"] == "gender&skin_tone", "group"])
 
 
+def test_a_separator_inside_a_value_is_percent_encoded_in_intersection_labels() -> None:
+    frame = pd.DataFrame({"team": ["R&D", "R&D", "ops", "50%"], "gender": ["female", "male", "female", "male"],
+                          "label": ["cat"] * 4, "prediction": ["cat"] * 4})
+    groups = check_subgroups(frame, check=SubgroupCheck(attributes=("team", "gender"), min_group_size=1),
+                             classes=CLASSES).groups
+    assert sorted(groups.loc[groups["attribute"] == "team", "group"]) == ["50%", "R&D", "ops"]
+    assert sorted(groups.loc[groups["attribute"] == "team&gender", "group"]) == [
+        "50%25&male", "R%26D&female", "R%26D&male", "ops&female"]
+
+
 def test_intersections_off_judges_single_attributes_only() -> None:
     frame = generated()
     result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES, intersections=False), classes=CLASSES)
