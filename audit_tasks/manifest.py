@@ -438,10 +438,17 @@ def _tags_array(column: pa.ChunkedArray) -> pa.Array:
         return pa.array([[] for _ in range(n)], pa.list_(pa.string()))
     else:
         return pa.array([parse_tags(v) for v in array.to_pylist()], pa.list_(pa.string()))
-    parents = pc.list_parent_indices(lists).to_numpy()
-    values = pc.utf8_trim_whitespace(pc.list_flatten(lists).cast(pa.string()))
-    frame = pd.DataFrame({"p": parents, "v": values.to_pandas()})
-    frame = frame[frame["v"].notna() & (frame["v"] != "")].drop_duplicates(keep="first")
-    counts = np.bincount(frame["p"].to_numpy(dtype=np.int64), minlength=n)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(frame["v"].tolist(), pa.string()))
+    # Vectorised over every tag at once (no Python string per tag): tags become dictionary codes, and a
+    # row's repeated tag is the repeated (row, code) pair, of which the first is kept.
+    parents = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+    encoded = pc.utf8_trim_whitespace(pc.list_flatten(lists).cast(pa.string())).dictionary_encode()
+    dictionary = encoded.dictionary
+    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
+    empty = pc.index(dictionary, "").as_py()
+    keep = (codes >= 0) & (codes != empty)
+    parents, codes = parents[keep], codes[keep]
+    _, first = np.unique(parents * max(len(dictionary), 1) + codes, return_index=True)
+    first.sort()
+    parents, codes = parents[first], codes[first]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(parents, minlength=n))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), dictionary.take(pa.array(codes)))

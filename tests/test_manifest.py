@@ -152,6 +152,11 @@ def test_table_fast_path_normalises_tag_lists_from_parquet(tmp_path: Path) -> No
     assert table.column("n").to_pylist() == ["3"]
 
 
+def test_table_fast_path_drops_null_and_empty_tags_and_null_lists(tmp_path: Path) -> None:
+    write_parquet(tmp_path / "m.parquet", [{"image_uri": "a", "tags": None}, {"image_uri": "b", "tags": ["a", None, " ", "a"]}])
+    assert read_manifest_table(tmp_path / "m.parquet").column("tags").to_pylist() == [[], ["a"]]
+
+
 def test_table_fast_path_matches_read_manifest(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "m.csv", ROWS)
     frame = read_manifest(path)
