@@ -181,11 +181,16 @@ def read_catalog(catalog: StoragePath, *, run_id: str | None = None,
     return frame.sort_values(list(_ORDER), kind="stable").reset_index(drop=True)
 
 
-def read_catalog_table(catalog: StoragePath, *, columns: Sequence[str] | None = None) -> pa.Table:
+def read_catalog_table(catalog: StoragePath, *, columns: Sequence[str] | None = None,
+                       dictionary: Sequence[str] = ()) -> pa.Table:
     """The committed catalog as one Arrow table, in part order, for whole-catalog checks over millions of rows
-    (no pandas conversion, no Python list per row); `columns` only, when given."""
+    (no pandas conversion, no Python list per row); `columns` only, when given.
+
+    `dictionary` names string columns (or `tags`) to read dictionary-encoded: few distinct values over
+    millions of rows then cost one small dictionary per part instead of a string per cell.
+    """
     catalog = storage_path(catalog)
-    return _parts_table(_committed_parts(catalog, read_ledger(catalog), exclude=None), columns)
+    return _parts_table(_committed_parts(catalog, read_ledger(catalog), exclude=None), columns, dictionary=dictionary)
 
 
 def read_ledger(catalog: StoragePath) -> pd.DataFrame:
@@ -485,15 +490,22 @@ def _read_parts(parts: Sequence[StoragePath], columns: Sequence[str] | None = No
     return _to_pandas(_parts_table(parts, columns))
 
 
-def _parts_table(parts: Sequence[StoragePath], columns: Sequence[str] | None = None) -> pa.Table:
-    """The parts concatenated in order (a column some parts lack is null there); `columns` only, when given."""
+def _parts_table(parts: Sequence[StoragePath], columns: Sequence[str] | None = None, *,
+                 dictionary: Sequence[str] = ()) -> pa.Table:
+    """The parts concatenated in order (a column some parts lack is null there); `columns` only, when given.
+
+    String columns named in `dictionary` (for `tags`: its elements) are read dictionary-encoded.
+    """
     if not parts:
         names = list(columns) if columns else [f.name for f in CATALOG_FIELDS]
         return pa.schema([f for f in CATALOG_FIELDS if f.name in names]).empty_table()
     tables = []
     for part in parts:
-        present = set(parquet_schema(part).names) if columns else set()
-        table = read_parquet(part, [c for c in columns if c in present] if columns else None, partitioning=None)
+        schema = parquet_schema(part)
+        present = set(schema.names) if columns else set()
+        encoded = [("tags.list.element" if name == "tags" else name) for name in dictionary if name in schema.names]
+        table = read_parquet(part, [c for c in columns if c in present] if columns else None, partitioning=None,
+                             read_dictionary=encoded or None)
         if "ingest_date" in table.column_names:
             position = table.schema.get_field_index("ingest_date")
             table = table.set_column(position, "ingest_date", table.column(position).cast(pa.string()))

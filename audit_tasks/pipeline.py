@@ -251,7 +251,8 @@ def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
         return None
     attributes = config.checks.cooccurrence_attributes()
     # Only what the check reads; a configured attribute no row has stays absent and the check names it.
-    catalog = read_catalog_table(config.require_dataset().catalog, columns=["tags", "label", *attributes])
+    wanted = ["tags", "label", *attributes]
+    catalog = read_catalog_table(config.require_dataset().catalog, columns=wanted, dictionary=wanted)
     result = check_cooccurrence(catalog, check=check, attributes=attributes)
     target = write_cooccurrence_tables(result, rd)
     _write_gates(config, run_id, "cooccurrence", result.gates)
