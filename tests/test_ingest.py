@@ -140,6 +140,17 @@ def test_read_catalog_table_holds_the_same_rows_as_read_catalog(config: AuditCon
     assert sorted(map(tuple, table.column("tags").to_pylist())) == sorted(map(tuple, frame["tags"]))
 
 
+def test_read_catalog_table_reads_named_columns_dictionary_encoded(config: AuditConfig) -> None:
+    import pyarrow as pa
+
+    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2), tags="a|b"))
+    ingest(config, "r1", today=DAY)
+    table = read_catalog_table(config.dataset.catalog, columns=["tags", "gender"], dictionary=["tags", "gender"])
+    assert pa.types.is_dictionary(table.schema.field("gender").type)
+    assert pa.types.is_dictionary(table.schema.field("tags").type.value_type)
+    assert table.to_pylist() == [{"tags": ["a", "b"], "gender": "f"}, {"tags": ["a", "b"], "gender": "m"}]
+
+
 def test_catalog_folder_reads_as_one_hive_partitioned_dataset(config: AuditConfig) -> None:
     uris = images(config, 1, 2)
     write_csv(landing(config) / "m1.csv", rows(uris[:1]))
