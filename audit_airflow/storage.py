@@ -61,7 +61,7 @@ def _airflow_serves(protocol: str, conn_id: str | None) -> bool:
 
 
 def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig:
-    """The config with its object-store locations (landing, images, catalog, output) as `ObjectStoragePath`s.
+    """The config with its object-store locations (landing, images, catalog, model, output) as `ObjectStoragePath`s.
 
     Credentials then come from the Airflow connection: `conn_id` (the `[audit] storage_conn_id` setting) or
     one written into the URI itself (`s3://my_conn@bucket/catalog`). Local paths are left as they are.
@@ -74,8 +74,11 @@ def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig
     if dataset is not None:
         dataset = dataclasses.replace(dataset, landing=bind(dataset.landing), catalog=bind(dataset.catalog),
                                       image_root=bind(dataset.image_root))
+    model = config.model
+    if model is not None:
+        model = dataclasses.replace(model, checkpoint=bind(model.checkpoint))
     output = dataclasses.replace(config.output, dir=bind(config.output.dir))
-    return dataclasses.replace(config, dataset=dataset, output=output)
+    return dataclasses.replace(config, dataset=dataset, model=model, output=output)
 
 
 def publish_run(run_folder: Path, target_uri: str, conn_id: str | None = None) -> str:

@@ -47,7 +47,7 @@ class ModelConfig:
     """The classifier under audit and how to feed it."""
 
     arch: str
-    checkpoint: Path
+    checkpoint: StoragePath  # a file, or an object-store URI
     classes: tuple[str, ...]
     target_layer: str
     input_size: int = 224
@@ -394,7 +394,7 @@ def _validate(config: AuditConfig, where: str) -> None:
             raise ConfigError(f"{where}: 'model.classes' must list at least one class")
         if len(set(m.classes)) != len(m.classes):
             raise ConfigError(f"{where}: 'model.classes' has duplicate class names")
-        if not m.checkpoint.is_file():
+        if not is_remote(m.checkpoint) and not m.checkpoint.is_file():  # a remote one is checked when loaded
             raise ConfigError(f"{where}: 'model.checkpoint' file does not exist: {m.checkpoint}")
         positive("model.input_size", m.input_size)
         for i, s in enumerate(m.std):

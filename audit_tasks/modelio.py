@@ -8,6 +8,8 @@ code and are therefore opt-in (`model.allow_scripted: true`).
 from __future__ import annotations
 
 import pickle
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,33 @@ from torch import nn
 
 from audit_tasks.config import ModelConfig
 from audit_tasks.errors import ModelError
+from audit_tasks.storage import is_remote, storage_path
 
 _SCRIPTED_HINT = "set model.allow_scripted: true in the config if you trust this file"
 
 
 def load_model(config: ModelConfig) -> nn.Module:
-    """Build and load the configured model on the CPU, in eval mode, with its target layer checked."""
-    path = Path(config.checkpoint)
-    if not path.is_file():
-        raise ModelError(f"model checkpoint not found: {path}")
+    """Build and load the configured model on the CPU, in eval mode, with its target layer checked.
+
+    A checkpoint on object storage is first copied to a local temporary file (torch reads archives by
+    seeking), and messages name it by its URI.
+    """
+    location = storage_path(config.checkpoint)
+    if not location.is_file():
+        raise ModelError(f"model checkpoint not found: {location}")
+    if not is_remote(location):
+        return _load_local(location, config)
+    with tempfile.TemporaryDirectory(prefix="audit-model-") as folder:
+        local = Path(folder) / location.name
+        with location.open("rb") as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target, 16 << 20)
+        try:
+            return _load_local(local, config)
+        except ModelError as exc:
+            raise ModelError(str(exc).replace(str(local), str(location))) from exc.__cause__
+
+
+def _load_local(path: Path, config: ModelConfig) -> nn.Module:
     kind = checkpoint_kind(path)
     if kind == "torchscript":
         model = _load_scripted(path, config)

@@ -92,9 +92,9 @@ def strict_ingest_checks() -> dict[str, Any]:
 
 
 def move_to_object_store(world: World, prefix: str) -> Path:
-    """Put the world's landing area, images, catalog and reports on `memory://<prefix>/` (fsspec's in-process
-    store, standing in for s3:// or gs://): manifests and images are uploaded, a second config points there
-    (the model stays on disk); returns that config."""
+    """Put the world's landing area, images, model, catalog and reports on `memory://<prefix>/` (fsspec's
+    in-process store, standing in for s3:// or gs://): manifests, images and the checkpoint are uploaded, and
+    a second config points there; returns that config."""
     from upath import UPath
 
     root = f"memory://{prefix}"
@@ -103,7 +103,8 @@ def move_to_object_store(world: World, prefix: str) -> Path:
             (UPath(f"{root}/{folder}") / local.name).write_bytes(local.read_bytes())
     body = yaml.safe_load(world.config.read_text(encoding="utf-8"))
     body["dataset"].update(landing=f"{root}/landing", catalog=f"{root}/catalog", image_root=f"{root}/images")
-    body["model"]["checkpoint"] = str(world.root / "model.pt")
+    (UPath(f"{root}/models") / "model.pt").write_bytes((world.root / "model.pt").read_bytes())
+    body["model"]["checkpoint"] = f"{root}/models/model.pt"
     body["output"] = {"dir": f"{root}/reports"}
     config = world.root / "audit-object-store.yaml"
     config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")

@@ -6,6 +6,7 @@ disk, so a rename-based or `os`-based shortcut would fail here as it would on a 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from fixtures_pipeline import forget_object_store, make_world, move_to_object_st
 
 TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
           "gates")
+
+
+class _NotATensor:
+    """A pickled object a state_dict must not contain."""
 
 
 @pytest.fixture
@@ -160,3 +165,20 @@ def test_object_store_image_uris_in_a_manifest_are_ingested_only_under_the_image
     result = ingest(config, "night-1")
     assert result.accepted["image_path"].tolist() == [f"{images}/img_000.png"]
     assert result.quarantined["reason"].str.contains("not under the image root|would leave").tolist() == [True, True]
+
+
+def test_a_checkpoint_on_object_storage_loads_and_its_errors_name_the_uri(tmp_path, bucket):
+    import torch
+
+    from audit_tasks.errors import ModelError
+    from audit_tasks.modelio import load_model
+
+    world = make_world(tmp_path, n_images=2)
+    config = load_config(move_to_object_store(world, bucket))
+    assert not load_model(config.model).training
+    evil = UPath(f"memory://{bucket}/models/evil.pt")
+    local = tmp_path / "evil.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "payload": _NotATensor()}, local)  # refused by weights_only
+    evil.write_bytes(local.read_bytes())
+    with pytest.raises(ModelError, match=f"refused to load {evil}"):
+        load_model(dataclasses.replace(config.model, checkpoint=evil))
