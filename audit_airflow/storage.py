@@ -95,4 +95,6 @@ def publish_run(run_folder: Path, target_uri: str, conn_id: str | None = None) -
     for source in files:
         (target / source.name).write_bytes(source.read_bytes())
     log.info("published %d file(s) of %s to %s", len(files), run_folder, target)
-    return str(target / "report.html")
+    from audit_tasks.storage import public_uri
+
+    return public_uri(target / "report.html")

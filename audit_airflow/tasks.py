@@ -51,7 +51,7 @@ def ingest() -> str:
     config, run_id = _config_and_run_id()
     result = pipeline.stage_ingest(config, run_id)
     log.info("ingest finished for audit run %s: %s", run_id, result)
-    return str(pipeline.run_dir(config, run_id))
+    return _str_or_none(pipeline.run_dir(config, run_id))
 
 
 def plan_shards() -> list[dict[str, int]]:
@@ -127,7 +127,7 @@ def report() -> str:
         uri = publish_run(pipeline.run_dir(config, run_id), target, compat.audit_setting("publish_conn_id", "") or None)
         log.info("published audit run %s: %s", run_id, uri)
         return uri
-    return str(path)
+    return _str_or_none(path)
 
 
 def gate(report_location: str | None = None) -> str:
@@ -224,7 +224,7 @@ def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:
     for key in ("report", "report_path"):
         if summary.get(key):
             return str(summary[key])
-    return str(run_folder / "report.html")
+    return str(_str_or_none(run_folder / "report.html"))
 
 
 def _gate_name(gate_entry: Any) -> str:
@@ -238,7 +238,10 @@ def _gate_name(gate_entry: Any) -> str:
 
 
 def _str_or_none(path: Any) -> str | None:
-    return None if path is None else str(path)
+    """A location for XCom and logs: a path, or a URI without the connection id."""
+    from audit_tasks.storage import public_uri
+
+    return None if path is None else public_uri(path)
 
 
 def _ceil_div(a: int, b: int) -> int:

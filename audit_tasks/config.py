@@ -311,7 +311,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp == StoragePath:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: '{key}' must be a path or URI string, got {value!r}")
-        return storage_path(value)
+        try:
+            return storage_path(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: '{key}': {exc}") from None
     if _is_union(tp):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

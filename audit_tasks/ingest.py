@@ -27,7 +27,16 @@ from audit_tasks.gates import GateResult
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_regions, read_manifest, regions_json
 from audit_tasks.paths import resolve_under, safe_child
-from audit_tasks.storage import StoragePath, exclusive_lock, is_remote, parquet_schema, read_parquet, storage_path
+from audit_tasks.storage import (
+    StoragePath,
+    exclusive_lock,
+    filesystem,
+    is_remote,
+    parquet_schema,
+    public_uri,
+    read_parquet,
+    storage_path,
+)
 from audit_tasks.tables import write_table
 from audit_tasks.validation import is_missing, validate_rows
 
@@ -310,7 +319,7 @@ class _Run:
             return str(exc)
         except OSError as exc:
             return f"cannot read image {uri!r}: {exc.strerror or exc}"
-        row.update(path=str(path), width=info.width, height=info.height, sha256=sha)
+        row.update(path=public_uri(path), width=info.width, height=info.height, sha256=sha)
         return None
 
     # -- across the run ---------------------------------------------------------------------------
@@ -443,10 +452,10 @@ def _landing_files(landing: StoragePath) -> list[StoragePath]:
     An object-store prefix with no objects is an empty landing area (object stores have no empty folders).
     """
     if not landing.is_dir():
-        if is_remote(landing) and not landing.exists():
-            log.info("landing prefix %s holds no objects: nothing to ingest", landing)
+        if is_remote(landing) and not landing.exists() and _bucket_exists(landing):
+            log.info("landing prefix %s holds no objects: nothing to ingest", public_uri(landing))
             return []
-        raise ConfigError(f"'dataset.landing' folder does not exist: {landing}")
+        raise ConfigError(f"'dataset.landing' folder does not exist: {public_uri(landing)}")
     files = []
     for path in sorted(landing.iterdir(), key=lambda p: p.name):
         if path.name.startswith((".", "~", "_")) or path.name.lower().endswith(_TEMP_SUFFIXES):
@@ -454,6 +463,13 @@ def _landing_files(landing: StoragePath) -> list[StoragePath]:
         if path.is_file():
             files.append(path)
     return files
+
+
+def _bucket_exists(location: StoragePath) -> bool:
+    """Whether the bucket (container) of an object-store location exists, so that a typo in its name is an
+    error rather than a landing area that stays empty night after night."""
+    fs, inner = filesystem(location)
+    return bool(fs.exists(inner.strip("/").split("/", 1)[0]))
 
 
 def _manifest_hash(path: StoragePath) -> str | None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from audit_tasks.config import ModelConfig
 from audit_tasks.errors import ModelError
-from audit_tasks.storage import is_remote, storage_path
+from audit_tasks.storage import is_remote, public_uri, storage_path
 
 _SCRIPTED_HINT = "set model.allow_scripted: true in the config if you trust this file"
 
@@ -32,18 +32,29 @@ def load_model(config: ModelConfig) -> nn.Module:
     seeking), and messages name it by its URI.
     """
     location = storage_path(config.checkpoint)
-    if not location.is_file():
-        raise ModelError(f"model checkpoint not found: {location}")
     if not is_remote(location):
+        if not location.is_file():
+            raise ModelError(f"model checkpoint not found: {location}")
         return _load_local(location, config)
+    shown = public_uri(location)
     with tempfile.TemporaryDirectory(prefix="audit-model-") as folder:
         local = Path(folder) / location.name
-        with location.open("rb") as source, open(local, "wb") as target:
-            shutil.copyfileobj(source, target, 16 << 20)
+        try:
+            if not location.is_file():
+                raise ModelError(f"model checkpoint not found: {shown}")
+            with location.open("rb") as source, open(local, "wb") as target:
+                shutil.copyfileobj(source, target, 16 << 20)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store error (credentials, network) is a checkpoint we cannot read
+            raise ModelError(f"cannot read model checkpoint {shown}: {type(exc).__name__}: {exc}") from exc
         try:
             return _load_local(local, config)
         except ModelError as exc:
-            raise ModelError(str(exc).replace(str(local), str(location))) from exc.__cause__
+            raise ModelError(str(exc).replace(str(local), shown)) from exc.__cause__
+        except Exception as exc:  # noqa: BLE001 - name the URI the user configured, not the deleted temporary copy
+            text = str(exc).replace(str(local), shown)
+            raise ModelError(f"cannot load model checkpoint {shown}: {type(exc).__name__}: {text}") from exc
 
 
 def _load_local(path: Path, config: ModelConfig) -> nn.Module:

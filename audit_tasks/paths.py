@@ -13,7 +13,7 @@ from typing import Sequence
 from urllib.parse import unquote, urlsplit
 
 from audit_tasks.errors import PathEscapeError
-from audit_tasks.storage import StoragePath, is_remote
+from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri
 
 #: Schemes that name a file on this machine; "file" in `allowed_schemes` also admits absolute paths.
 _LOCAL_SCHEMES = frozenset({"", "file"})
@@ -44,10 +44,15 @@ def resolve_under(root: StoragePath, uri: str, *, allowed_schemes: Sequence[str]
                 f"URI scheme '{scheme}://' is not allowed in {uri!r} (allowed: {', '.join(sorted(allowed)) or 'none'};"
                 " plain relative paths are always allowed)"
             )
-        prefix = str(root).rstrip("/") + "/"
-        if not is_remote(root) or not text.startswith(prefix):
-            raise PathEscapeError(f"URI {uri!r} is not under the image root {root}")
-        return safe_child(root, text[len(prefix):])
+        if not is_remote(root) or scheme not in _protocols(root):
+            raise PathEscapeError(f"URI {uri!r} is not under the image root {public_uri(root)}")
+        # Compared as the filesystem's own paths: no connection id (s3://conn@bucket/...), one spelling.
+        fs, root_path = filesystem(root)
+        given = fs._strip_protocol(public_uri(text))
+        prefix = root_path.rstrip("/") + "/"
+        if not given.startswith(prefix):
+            raise PathEscapeError(f"URI {uri!r} is not under the image root {public_uri(root)}")
+        return safe_child(root, given[len(prefix):])
     if scheme == "file":
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
@@ -74,9 +79,12 @@ def safe_child(root: StoragePath, name: str) -> StoragePath:
         raise PathEscapeError(f"{name!r} must be a non-empty relative path under {root}")
     if is_remote(root):
         normal = posixpath.normpath(name)
-        if normal == ".." or normal.startswith("../"):
-            raise PathEscapeError(f"{name!r} would leave {root}")
-        return root / normal
+        if normal == ".." or normal.startswith("../") or ":" in normal.split("/", 1)[0]:
+            raise PathEscapeError(f"{name!r} would leave {public_uri(root)}")
+        try:
+            return root / normal
+        except ValueError as exc:  # e.g. a name UPath reads as another protocol
+            raise PathEscapeError(f"{name!r} cannot name an object under {public_uri(root)}: {exc}") from None
     return _confine(Path(root), Path(name), name)
 
 
@@ -101,6 +109,12 @@ def _confine(root: Path, candidate: Path, shown: str) -> Path:
             f"path {shown!r} leaves the image root {root} through a symlink (real path {real})"
         )
     return real
+
+
+def _protocols(root: StoragePath) -> set[str]:
+    """The URI schemes that name `root`'s filesystem (s3 and s3a, gs and gcs, ...)."""
+    protocol = filesystem(root)[0].protocol
+    return {p.lower() for p in ((protocol,) if isinstance(protocol, str) else protocol)}
 
 
 def _scheme(text: str) -> str:

@@ -23,7 +23,7 @@ from audit_tasks import schemas
 from audit_tasks.config import AuditConfig
 from audit_tasks.errors import AuditError, ConfigError
 from audit_tasks.gates import GateResult, Verdict, gates_frame, gates_from_frame, verdict
-from audit_tasks.storage import FileOpener, StoragePath, parquet_rows, parquet_schema, storage_path
+from audit_tasks.storage import FileOpener, StoragePath, parquet_rows, parquet_schema, public_uri, storage_path
 from audit_tasks.tables import read_table, write_json, write_table
 
 log = logging.getLogger("audit_tasks")
@@ -350,7 +350,7 @@ def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any
         "checks": {name: ("ran" if on else "skipped") for name, on in checks.items()},
         "created_at": _run_created_at(rd),
         "config": str(config.source) if config.source else None,
-        "report": str(rd / "report.html"),
+        "report": public_uri(rd / "report.html"),
     }
 
 
@@ -375,7 +375,7 @@ def stage_report(config: AuditConfig, run_id: str) -> StoragePath:
     """Render report.html from the run folder's tables."""
     from audit_tasks.report import render_report
 
-    return render_report(run_dir(config, run_id))
+    return render_report(run_dir(config, run_id), opener=FileOpener(storage_path(config.require_dataset().image_root)))
 
 
 def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditOutcome:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -426,10 +426,12 @@ def _sort_worst(frame: pd.DataFrame) -> pd.DataFrame:
 class _Thumbs:
     """Renders each selected image's overlay once per report (local cache, not module state)."""
 
-    def __init__(self, images: pd.DataFrame, cams: dict[int, np.ndarray], thumb_size: int) -> None:
+    def __init__(self, images: pd.DataFrame, cams: dict[int, np.ndarray], thumb_size: int,
+                 opener: Callable[[str], IO[bytes]] | None) -> None:
         self._images = images
         self._cams = cams
         self._size = thumb_size
+        self._opener = opener
         self._cache: dict[int, Overlay] = {}
 
     def figure(self, row: int) -> str:
@@ -439,6 +441,7 @@ class _Thumbs:
             self._cache[row] = render_overlay(
                 cam, r.get("cam_height"), r.get("cam_width"), image_path=r.get("image_path"),
                 width=r.get("width"), height=r.get("height"), regions=r.get("regions"), thumb_size=self._size,
+                opener=self._opener,
             )
         ov = self._cache[row]
         uri = str(r.get("image_uri", "") or "")
@@ -685,8 +688,9 @@ def _clip(value: Any, limit: int = 200) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, thumb_size: int) -> str:
-    """The whole page for a loaded run (pure apart from reading CAMs and thumbnail sources)."""
+def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, thumb_size: int,
+               opener: Callable[[str], IO[bytes]] | None = None) -> str:
+    """The whole page for a loaded run (pure apart from reading CAMs and, through `opener`, thumbnail sources)."""
     headline = history.headline_metrics(run.saliency_by_class, run.subgroups, run.cooccurrence)
     thumbs = None
     cm_plan: dict[tuple[str, str], list[int]] = {}
@@ -696,7 +700,7 @@ def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, 
             cm_plan = _confusion_plan(run.images, max_gallery)
         sal_plan = _saliency_plan(run.images, max_gallery)
         wanted = [r for rows in cm_plan.values() for r in rows] + [r for rows in sal_plan.values() for r in rows]
-        thumbs = _Thumbs(run.images, read_cams(run.run_dir / "images.parquet", wanted), thumb_size)
+        thumbs = _Thumbs(run.images, read_cams(run.run_dir / "images.parquet", wanted), thumb_size, opener)
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("summary", "Summary"), ("cooccurrence", "Co-occurrence"), ("subgroups", "Subgroups"),
         ("confusion", "Confusion matrix"), ("saliency", "Saliency"), ("quarantine", "Quarantine")))
@@ -723,11 +727,14 @@ def render_report(
     previous_run_dir: StoragePath | None = None,
     max_gallery: int = 24,
     thumb_size: int = 96,
+    opener: Callable[[str], IO[bytes]] | None = None,
 ) -> StoragePath:
     """Render `<run_dir>/report.html` from the run's tables (atomically); returns its path.
 
     `previous_run_dir` overrides the previous run (else: runs.parquet, then sibling folders by created_at).
     `max_gallery` bounds the thumbnails per confusion cell and per class; `thumb_size` is their longest side.
+    `opener` opens the original images for thumbnails (`storage.FileOpener(image_root)` for an object store
+    whose credentials fsspec does not find by itself).
     Raises AuditError when the run folder does not exist or a table cannot be read.
     """
     run_dir = storage_path(run_dir)
@@ -739,5 +746,5 @@ def render_report(
         raise AuditError(f"thumb_size must be between 16 and 512 pixels; got {thumb_size}")
     run = load_run(run_dir)
     previous = find_previous(run, previous_run_dir)
-    html_text = build_html(run, previous=previous, max_gallery=max_gallery, thumb_size=thumb_size)
+    html_text = build_html(run, previous=previous, max_gallery=max_gallery, thumb_size=thumb_size, opener=opener)
     return write_text(html_text, run_dir / REPORT_FILE)

@@ -12,12 +12,12 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from audit_tasks.storage import storage_path
+from audit_tasks.storage import FileOpener
 
 CORE_COLOUR = (0, 190, 60)
 SPURIOUS_COLOUR = (235, 20, 20)
@@ -95,17 +95,14 @@ def colourise(cam: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.nd
     return _JET[index], norm
 
 
-def _load_original(path: Any, size: tuple[int, int]) -> Image.Image | None:
+def _load_original(path: Any, size: tuple[int, int], opener: Callable[[str], IO[bytes]]) -> Image.Image | None:
     """The original image as an RGB thumbnail of `size`, or None when it cannot be read (missing, not an image)."""
     if not isinstance(path, str) or not path:
         return None
-    file = storage_path(path)  # a local path, or an object-store URI opened with fsspec's credentials
     try:
-        if not file.is_file():
-            return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with file.open("rb") as handle, Image.open(handle) as img:
+            with opener(path) as handle, Image.open(handle) as img:
                 if img.width * img.height > _MAX_SOURCE_PIXELS:
                     return None
                 img.draft("RGB", (size[0] * 2, size[1] * 2))
@@ -134,10 +131,14 @@ def render_overlay(
     height: Any,
     regions: Any,
     thumb_size: int,
+    opener: Callable[[str], IO[bytes]] | None = None,
 ) -> Overlay:
-    """One thumbnail: CAM heat over the original (or the heat alone when the file is gone), boxes drawn."""
+    """One thumbnail: CAM heat over the original (or the heat alone when the file is gone), boxes drawn.
+
+    `opener` opens `image_path` (default: local files, and URIs with fsspec's own credentials).
+    """
     size = thumb_dims(width, height, thumb_size)
-    original = _load_original(image_path, size)
+    original = _load_original(image_path, size, opener or FileOpener())
     heat_rgb: np.ndarray | None = None
     try:
         ch, cw = int(cam_height), int(cam_width)

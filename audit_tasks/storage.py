@@ -19,6 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence, Union
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,9 +40,9 @@ __all__ = [
     "exclusive_lock",
     "StoragePath",
     "atomic_path",
-    "describe",
     "is_remote",
     "open_input",
+    "public_uri",
     "parquet_file",
     "parquet_rows",
     "parquet_schema",
@@ -63,13 +64,21 @@ def storage_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
     if isinstance(value, Path):
         return value
     if _is_upath(value):
-        if getattr(value, "protocol", "") in _LOCAL_SCHEMES:
-            return Path(value.path)
-        return value
+        # Airflow's ObjectStoragePath proxies a UPath that holds the connection's filesystem and whose text
+        # has no connection id: the stages work on that one.
+        inner = getattr(value, "__wrapped__", value)
+        if getattr(inner, "protocol", "") in _LOCAL_SCHEMES:
+            return Path(inner.path)
+        return inner
     text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     scheme = scheme_of(text)
-    if scheme in _LOCAL_SCHEMES:
-        return Path(text[len("file://"):] if scheme == "file" else text)
+    if not scheme:
+        return Path(text)
+    if scheme in _LOCAL_SCHEMES:  # file:///data/x, file://localhost/data/x, local:///data/x
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"{text!r} names another host ({parts.netloc!r}); use a path on this machine")
+        return Path(unquote(parts.path))
     return UPath(text)
 
 
@@ -78,9 +87,15 @@ def is_remote(path: StoragePath) -> bool:
     return not isinstance(path, Path)
 
 
-def describe(path: StoragePath) -> str:
-    """The location as a user wrote it: a path, or a URI with its scheme."""
-    return str(path)
+def public_uri(path: StoragePath | str) -> str:
+    """The location as text for tables, summaries and messages: a path, or a URI without any connection id
+    (Airflow writes `s3://conn_id@bucket/key`; the object is `s3://bucket/key` for every reader)."""
+    text = str(path)
+    if scheme_of(text) in _LOCAL_SCHEMES:
+        return text
+    scheme, _, rest = text.partition("://")
+    authority, slash, tail = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{tail}" if "@" in authority else text
 
 
 def filesystem(path: StoragePath) -> tuple[AbstractFileSystem, str]:
@@ -199,13 +214,23 @@ class FileOpener:
 
     def __init__(self, root: StoragePath | None = None) -> None:
         self._fs = filesystem(root)[0] if root is not None and is_remote(root) else None
+        self._pid = os.getpid()
 
     def __call__(self, name: str) -> IO[bytes]:
         if scheme_of(name) in _LOCAL_SCHEMES:
-            return open(name[len("file://"):] if name.startswith("file://") else name, "rb")
-        if self._fs is None:
+            return storage_path(name).open("rb")
+        fs = self._filesystem()
+        if fs is None:
             return storage_path(name).open("rb")  # no root filesystem: fsspec's own credentials
-        return self._fs.open(self._fs._strip_protocol(name), "rb")
+        return fs.open(fs._strip_protocol(public_uri(name)), "rb")
+
+    def _filesystem(self) -> AbstractFileSystem | None:
+        """The root's filesystem; in a forked worker, a new instance with the same options and credentials
+        (async filesystems such as s3fs and gcsfs refuse to run in a child of the process that made them)."""
+        if self._fs is not None and os.getpid() != self._pid:
+            self._fs = type(self._fs)(*self._fs.storage_args, **self._fs.storage_options)
+            self._pid = os.getpid()
+        return self._fs
 
 
 def _is_upath(value: Any) -> bool:

@@ -86,6 +86,7 @@ def s3_and_local(s3_endpoint, tmp_path_factory):
     body["dataset"].update(landing=f"{base}/landing", catalog=f"{base}/catalog", image_root=f"{base}/images")
     body["model"]["checkpoint"] = f"{base}/models/model.pt"
     body["output"] = {"dir": f"{base}/reports"}
+    body["saliency"]["num_workers"] = 2  # images decoded in forked workers, each with its own s3fs instance
     config_path = world.root / "s3.yaml"
     config_path.write_text(yaml.safe_dump(body), encoding="utf-8")
     config = load_config(config_path)

@@ -20,7 +20,7 @@ from audit_tasks.errors import PathEscapeError
 from audit_tasks.ingest import read_catalog, read_ledger
 from audit_tasks.paths import safe_child
 from audit_tasks.pipeline import run_audit
-from audit_tasks.storage import atomic_path, is_remote, storage_path
+from audit_tasks.storage import FileOpener, atomic_path, is_remote, public_uri, storage_path
 from audit_tasks.tables import read_table, write_table
 from fixtures_pipeline import forget_object_store, make_world, move_to_object_store
 
@@ -138,6 +138,7 @@ def test_the_object_store_catalog_holds_the_run_and_a_second_night_ingests_nothi
 
 
 def test_an_object_store_landing_prefix_with_no_objects_is_an_empty_landing_area(tmp_path, bucket):
+    UPath(f"memory://{bucket}/catalog/.keep").write_bytes(b"")  # the bucket exists
     world = make_world(tmp_path, n_images=2)
     config = load_config(world.config, {"dataset.landing": f"memory://{bucket}/empty-landing",
                                         "dataset.catalog": f"memory://{bucket}/catalog"})
@@ -182,3 +183,63 @@ def test_a_checkpoint_on_object_storage_loads_and_its_errors_name_the_uri(tmp_pa
     evil.write_bytes(local.read_bytes())
     with pytest.raises(ModelError, match=f"refused to load {evil}"):
         load_model(dataclasses.replace(config.model, checkpoint=evil))
+
+
+def test_a_landing_area_in_a_bucket_that_does_not_exist_is_a_config_error(tmp_path, bucket):
+    from audit_tasks.errors import ConfigError
+    from audit_tasks.ingest import ingest
+
+    world = make_world(tmp_path, n_images=2)
+    config = load_config(world.config, {"dataset.landing": f"memory://{bucket}-typo/landing"})
+    with pytest.raises(ConfigError, match=f"'dataset.landing' folder does not exist: memory://{bucket}-typo/landing"):
+        ingest(config, "night-1")
+
+
+def test_a_connection_id_in_the_image_root_stays_out_of_the_catalog(tmp_path, bucket):
+    from audit_tasks.ingest import ingest
+
+    world = make_world(tmp_path, n_images=2)
+    config = load_config(move_to_object_store(world, bucket))
+    from airflow.sdk import ObjectStoragePath
+
+    with_conn = ObjectStoragePath(f"memory://my_conn@{bucket}/images")  # a connection written into the URI
+    result = ingest(dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, image_root=with_conn)),
+                    "night-1")
+    assert len(result.accepted) == 2
+    assert not result.accepted["image_path"].str.contains("my_conn").any()
+    assert FileOpener(with_conn)(result.accepted["image_path"].iloc[0]).read(4) == b"\x89PNG"
+
+
+def test_a_name_that_reads_as_another_protocol_is_quarantined_not_fatal(tmp_path, bucket):
+    from audit_tasks.ingest import ingest
+
+    world = make_world(tmp_path, n_images=1)
+    config = load_config(move_to_object_store(world, bucket))
+    UPath(f"memory://{bucket}/landing/batch_002.csv").write_text(
+        "image_uri,label,gender\ngs:/x.jpg,doctor,female\n", encoding="utf-8")
+    result = ingest(config, "night-1")
+    assert result.quarantined["reason"].str.contains("cannot name an object|would leave").tolist() == [True]
+
+
+def test_the_image_opener_makes_its_own_filesystem_in_a_forked_worker(bucket, monkeypatch):
+    """Async filesystems (s3fs, gcsfs) refuse to run in a child of the process that created them."""
+    import os
+
+    UPath(f"memory://{bucket}/images/a.png").write_bytes(b"\x89PNG...")
+    opener = FileOpener(UPath(f"memory://{bucket}/images"))
+    parents = opener._filesystem()
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # what a data-loader worker sees after the fork
+    assert opener._filesystem() is not parents
+    assert opener(f"memory://{bucket}/images/a.png").read() == b"\x89PNG..."
+
+
+def test_a_checkpoint_in_the_store_that_is_not_an_archive_is_a_model_error_naming_the_uri(tmp_path, bucket):
+    from audit_tasks.errors import ModelError
+    from audit_tasks.modelio import load_model
+
+    world = make_world(tmp_path, n_images=1)
+    config = load_config(move_to_object_store(world, bucket))
+    broken = UPath(f"memory://{bucket}/models/broken.pt2")
+    broken.write_bytes(b"not a torch.export archive")
+    with pytest.raises(ModelError, match=f"checkpoint {broken}"):
+        load_model(dataclasses.replace(config.model, checkpoint=broken, allow_scripted=True))
