@@ -42,7 +42,18 @@ def bucket():
 def test_plain_paths_and_file_uris_stay_local_paths():
     assert storage_path("reports") == Path("reports")
     assert storage_path("file:///data/catalog") == Path("/data/catalog")
+    assert storage_path("file://localhost/data/my%20catalog") == Path("/data/my catalog")
     assert not is_remote(storage_path("/data/catalog"))
+
+
+def test_a_file_uri_naming_another_host_is_refused():
+    with pytest.raises(ValueError, match="names another host"):
+        storage_path("file://fileserver/data/catalog")
+
+
+def test_a_connection_id_is_left_out_of_a_public_uri():
+    assert public_uri("s3://aws_default@bucket/audit/r1/report.html") == "s3://bucket/audit/r1/report.html"
+    assert public_uri("/data/audit/r1/report.html") == "/data/audit/r1/report.html"
 
 
 def test_object_store_uris_become_fsspec_paths():
