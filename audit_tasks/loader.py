@@ -32,6 +32,7 @@ from audit_tasks.storage import FileOpener
 #: Refuse images with more pixels than this before decoding them (DatasetConfig.max_image_pixels' default).
 MAX_IMAGE_PIXELS = 50_000_000
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,16 @@ def _read_jpeg(handle: IO[bytes], max_pixels: int) -> Tensor | None:
         _check_pixels(probe.size, max_pixels)
         if probe.mode not in ("RGB", "L"):
             return None  # CMYK and friends go through PIL
+        if _orientation(probe) != 1:
+            return None  # nvjpeg ignores EXIF orientation on the GPU: PIL turns these upright
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: treat as upright, as the ingest probe does
+        return 1
 
 
 def _decode_on_device(raw: list[tuple[int, Tensor]], input_size: int, device: torch.device,

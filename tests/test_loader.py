@@ -70,12 +70,7 @@ def test_parallel_workers_give_the_same_batches(tmp_path):
 
 
 def test_exif_rotated_jpeg_is_decoded_upright(tmp_path):
-    image = Image.new("RGB", (40, 20), (0, 0, 255))
-    image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red as stored
-    exif = Image.Exif()
-    exif[0x0112] = 6  # display rotated 90 degrees clockwise: the stored left becomes the top
-    path = tmp_path / "rotated.jpg"
-    image.save(path, exif=exif, quality=95)
+    path = _rotated_jpeg(tmp_path / "rotated.jpg")  # stored left half red; orientation 6 puts it on top
     tensor = decode_image(str(path), S).float()
     top, bottom = tensor[:, : S // 2 - 2], tensor[:, S // 2 + 2 :]
     assert top[0].mean() > 200 and top[2].mean() < 60
@@ -122,14 +117,25 @@ def test_image_over_the_pixel_limit_is_refused(tmp_path):
     assert batch.images.shape == (0, 3, S, S)
 
 
-def _good_cmyk_and_truncated_jpegs(folder):
-    """Three JPEGs the device decoder must treat like PIL: a plain one, a CMYK one, a truncated one."""
+def _rotated_jpeg(path):
+    """40x20 stored with its left half red, EXIF orientation 6: upright, the red half is the top."""
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(path, exif=exif, quality=95)
+    return path
+
+
+def _good_cmyk_rotated_and_truncated_jpegs(folder):
+    """JPEGs the device decoder must treat like PIL: plain, CMYK, EXIF-rotated, truncated."""
     good = _solid(folder / "a.jpg", size=(64, 48))
     cmyk = folder / "cmyk.jpg"
     Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(cmyk)
+    rotated = _rotated_jpeg(folder / "rotated.jpg")
     data = _solid(folder / "big.jpg", size=(300, 300)).read_bytes()
     (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
-    return [good, cmyk, folder / "cut.jpg"]
+    return [good, cmyk, rotated, folder / "cut.jpg"]
 
 
 @pytest.mark.gpu
@@ -137,11 +143,11 @@ def _good_cmyk_and_truncated_jpegs(folder):
 def test_gpu_jpeg_decode_matches_pil_and_quarantines_bad_files(tmp_path):
     import torch
 
-    paths = _good_cmyk_and_truncated_jpegs(tmp_path)
+    paths = _good_cmyk_rotated_and_truncated_jpegs(tmp_path)
     (gpu,) = _batches(paths, device="cuda", gpu_decode=True)
     (cpu,) = _batches(paths, device="cpu", gpu_decode=False)
-    assert gpu.positions == cpu.positions == [0, 1]
-    assert [p for p, _ in gpu.failures] == [2]
+    assert gpu.positions == cpu.positions == [0, 1, 2]
+    assert [p for p, _ in gpu.failures] == [3]
     assert torch.allclose(gpu.images.cpu(), cpu.images, atol=0.05)
 
 
@@ -149,9 +155,19 @@ def test_torchvision_jpeg_path_matches_pil_and_reports_bad_files(tmp_path):
     """The device-decode path (nvjpeg on CUDA) run with torchvision's CPU decoder: same pixels, same failures."""
     import torch
 
-    paths = _good_cmyk_and_truncated_jpegs(tmp_path)
+    paths = _good_cmyk_rotated_and_truncated_jpegs(tmp_path)
     (device,) = _batches(paths, gpu_decode=True)
     (pil,) = _batches(paths, gpu_decode=False)
-    assert device.positions == pil.positions == [0, 1]
-    assert [p for p, _ in device.failures] == [2]
+    assert device.positions == pil.positions == [0, 1, 2]
+    assert [p for p, _ in device.failures] == [3]
     assert torch.allclose(device.images, pil.images, atol=0.05)
+
+
+def test_exif_rotated_jpegs_skip_the_device_decoder(tmp_path):
+    """nvjpeg ignores EXIF orientation on the GPU, so such files are decoded (upright) by PIL instead."""
+    from audit_tasks.loader import _read_jpeg
+
+    with open(_rotated_jpeg(tmp_path / "rotated.jpg"), "rb") as handle:
+        assert _read_jpeg(handle, max_pixels=10_000) is None
+    with open(_solid(tmp_path / "plain.jpg", size=(40, 20)), "rb") as handle:
+        assert _read_jpeg(handle, max_pixels=10_000) is not None

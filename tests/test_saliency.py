@@ -311,13 +311,15 @@ def test_autocast_on_cuda_agrees_with_fp32(precision):
     reference = GradCAM(model, "layer4", device="cuda").attribute(x, t).cams
     fast = GradCAM(model, "layer4", precision=precision, channels_last=True, fuse_batchnorm=True, device="cuda")
     closed = fast.attribute(x, t)
-    generic = GradCAM(model, "layer4", precision=precision, channels_last=True, device="cuda",
+    generic = GradCAM(model, "layer4", precision=precision, channels_last=True, fuse_batchnorm=True, device="cuda",
                       closed_form=False).attribute(x, t)
     assert closed.cams.device.type == "cuda" and closed.cams.dtype == torch.float32
     assert closed.closed_form and not generic.closed_form
     scale = float(reference.max())
-    assert (closed.cams - reference).abs().max() <= 0.05 * scale
-    assert (generic.cams - closed.cams).abs().max() <= 0.05 * scale
+    # bf16 keeps 8 bits of mantissa: about 5% of the map's maximum on random weights (CPU stand-in: 2-5%).
+    tolerance = {"bf16": 0.1, "fp16": 0.02}[precision]
+    assert (closed.cams - reference).abs().max() <= tolerance * scale
+    assert (generic.cams - closed.cams).abs().max() <= 0.01 * scale  # same model, same precision
 
 
 @pytest.mark.slow
