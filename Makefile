@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast bench lock clean
+.PHONY: demo test test-fast bench device-kit lock clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=python3 ..."; exit 2; }
@@ -33,6 +33,10 @@ test-fast: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run_all.py
+
+# The pure-Python packages the GPU machine lacks, to carry there for bench/device_check.sh.
+device-kit: $(VENV)/.dev
+	$(BIN)/python bench/device_kit.py .devpy
 
 # Re-resolve the pins from requirements*.txt (needs the package registry).
 lock:
