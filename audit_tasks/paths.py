@@ -13,7 +13,7 @@ from typing import Sequence
 from urllib.parse import unquote, urlsplit
 
 from audit_tasks.errors import PathEscapeError
-from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri
+from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri, scheme_of
 
 #: Schemes that name a file on this machine; "file" in `allowed_schemes` also admits absolute paths.
 _LOCAL_SCHEMES = frozenset({"", "file"})
@@ -36,7 +36,7 @@ def resolve_under(root: StoragePath, uri: str, *, allowed_schemes: Sequence[str]
     text = uri.strip()
     if "\x00" in text:
         raise PathEscapeError(f"path {uri!r} contains a NUL byte")
-    scheme = _scheme(text)
+    scheme = scheme_of(text)
     allowed = {s.lower() for s in allowed_schemes}
     if scheme not in _LOCAL_SCHEMES:
         if scheme not in allowed:
@@ -115,13 +115,3 @@ def _protocols(root: StoragePath) -> set[str]:
     """The URI schemes that name `root`'s filesystem (s3 and s3a, gs and gcs, ...)."""
     protocol = filesystem(root)[0].protocol
     return {p.lower() for p in ((protocol,) if isinstance(protocol, str) else protocol)}
-
-
-def _scheme(text: str) -> str:
-    """The URI scheme in lower case, or "" for a plain path (a Windows drive letter is not a scheme)."""
-    head, sep, _ = text.partition("://")
-    if not sep or not head or not head[0].isalpha():
-        return ""
-    if not all(c.isalnum() or c in "+-." for c in head):
-        return ""
-    return head.lower()

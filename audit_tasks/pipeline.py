@@ -181,7 +181,7 @@ def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
     result = score_images(
         model, rows, model_config=model_config, saliency_config=config.saliency,
         attributes=config.attribute_columns(), run_id=run_id, progress=progress,
-        check=config.checks.saliency, opener=FileOpener(storage_path(config.require_dataset().image_root)),
+        check=config.checks.saliency, opener=_image_opener(config),
     )
     rejected = _rejected_rows(rows, result.rejected)
     write_table(result.images, images_path, name="images_shard")
@@ -375,7 +375,7 @@ def stage_report(config: AuditConfig, run_id: str) -> StoragePath:
     """Render report.html from the run folder's tables."""
     from audit_tasks.report import render_report
 
-    return render_report(run_dir(config, run_id), opener=FileOpener(storage_path(config.require_dataset().image_root)))
+    return render_report(run_dir(config, run_id), opener=_image_opener(config))
 
 
 def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditOutcome:
@@ -393,6 +393,11 @@ def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditOutcome:
     result = stage_gate(config, run_id)
     report = stage_report(config, run_id)
     return AuditOutcome(run_id, rd, result, report, read_summary(config, run_id))
+
+
+def _image_opener(config: AuditConfig) -> FileOpener:
+    """Opens the audited images through the image root's filesystem (its credentials, on object storage)."""
+    return FileOpener(storage_path(config.require_dataset().image_root))
 
 
 def _progress_logger(label: str, total: int):

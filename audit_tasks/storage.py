@@ -3,8 +3,9 @@
 A location is a `pathlib.Path` (local disk, the default) or a `upath.UPath` for a URI fsspec understands
 (`s3://bucket/audits`, `gs://...`, `memory://...`). Both speak the pathlib API (`/`, `exists`, `iterdir`,
 `read_text`, ...), so the stages are written once; this module holds the few operations where the two
-differ: Parquet I/O through pyarrow, atomic writes, and removing a tree. The Airflow layer hands in
-Airflow's `ObjectStoragePath` (a `UPath` proxy bound to a connection) and everything here works on it too.
+differ: Parquet I/O through pyarrow, atomic writes, opening images, locks. The Airflow layer hands in
+Airflow's `ObjectStoragePath` (a `UPath` proxy bound to a connection); `storage_path` unwraps it to the
+`UPath` inside, which holds the connection's filesystem.
 
 Atomic writes: a local file is written aside in its folder, fsynced and renamed over the target; an object
 is written to a local temporary file first and then uploaded in one `put` (an object store shows an object
@@ -14,7 +15,6 @@ only once its upload completes, and a failed multipart upload is aborted), so a 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,26 +37,29 @@ _LOCAL_SCHEMES = frozenset({"", "file", "local"})
 
 __all__ = [
     "FileOpener",
-    "exclusive_lock",
     "StoragePath",
     "atomic_path",
+    "exclusive_lock",
+    "filesystem",
     "is_remote",
     "open_input",
-    "public_uri",
     "parquet_file",
     "parquet_rows",
     "parquet_schema",
+    "public_uri",
     "read_parquet",
-    "remove_tree",
     "scheme_of",
     "storage_path",
 ]
 
 
 def scheme_of(text: str) -> str:
-    """The URI scheme of `text` ('' for a plain path; Windows drive letters are not schemes)."""
+    """The URI scheme of `text` in lower case, or "" for a plain path (RFC 3986: a letter, then letters,
+    digits, '+', '-' or '.')."""
     head, sep, _ = text.partition("://")
-    return head.lower() if sep and head.isalnum() and len(head) > 1 else ""
+    if not sep or not head or not head[0].isalpha() or not all(c.isalnum() or c in "+-." for c in head):
+        return ""
+    return head.lower()
 
 
 def storage_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
@@ -193,16 +196,6 @@ def exclusive_lock(folder: StoragePath, name: str) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def remove_tree(path: StoragePath) -> None:
-    """Delete a folder (or prefix) and everything under it; a missing one is fine."""
-    if isinstance(path, Path):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    fs, inner = filesystem(path)
-    if fs.exists(inner):
-        fs.rm(inner, recursive=True)
 
 
 class FileOpener:
