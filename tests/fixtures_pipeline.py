@@ -118,3 +118,14 @@ def forget_object_store(prefix: str) -> None:
     store = UPath(f"memory://{prefix}")
     if store.exists():
         store.fs.rm(store.path, recursive=True)
+
+
+def without_prefix(frame: "pd.DataFrame", prefix: str) -> "pd.DataFrame":
+    """`frame` with `prefix` (the folder or bucket a world lives in) replaced by "<root>" in every text cell,
+    so tables of one world audited in two places compare equal."""
+    import pandas as pd
+
+    for column in frame.columns:
+        if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
+            frame[column] = frame[column].map(lambda v: v.replace(prefix, "<root>") if isinstance(v, str) else v)
+    return frame

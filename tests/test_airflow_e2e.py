@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures_pipeline import forget_object_store, make_world, move_to_object_store
+from fixtures_pipeline import forget_object_store, make_world, move_to_object_store, without_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -205,11 +205,7 @@ def _tables(root: Path | str, run_id: str = "same-run", folder=None) -> dict[str
     folder = folder if folder is not None else root / "reports" / run_id
     tables = {}
     for name in TABLES:
-        frame = read_table(folder / f"{name}.parquet")
-        for column in frame.columns:  # paths differ only by the world's root folder
-            if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
-                frame[column] = frame[column].map(lambda v: v.replace(str(root), "<root>") if isinstance(v, str) else v)
-        tables[name] = frame
+        tables[name] = without_prefix(read_table(folder / f"{name}.parquet"), str(root))  # paths differ by root
     return tables
 
 

@@ -26,7 +26,7 @@ from audit_tasks.config import load_config  # noqa: E402
 from audit_tasks.pipeline import run_audit  # noqa: E402
 from audit_tasks.storage import atomic_path  # noqa: E402
 from audit_tasks.tables import read_table  # noqa: E402
-from fixtures_pipeline import make_world  # noqa: E402
+from fixtures_pipeline import make_world, without_prefix  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BUCKET = "audit-lake"
@@ -96,12 +96,10 @@ def s3_and_local(s3_endpoint, tmp_path_factory):
 def test_an_audit_in_an_s3_bucket_writes_the_same_tables_as_on_local_disk(s3_and_local):
     world, local, remote, config = s3_and_local
     for name in ("images", "quarantine", "gates", "subgroups", "cooccurrence", "saliency_by_class"):
-        a = read_table(local.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore")
-        b = read_table(remote.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore")
-        for frame, prefix in ((a, str(world.root / "images")), (b, str(config.dataset.image_root))):
-            for column in frame.columns:
-                if pd.api.types.is_string_dtype(frame[column]):
-                    frame[column] = frame[column].str.replace(prefix, "<images>", regex=False)
+        a = without_prefix(read_table(local.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore"),
+                           str(world.root / "images"))
+        b = without_prefix(read_table(remote.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore"),
+                           str(config.dataset.image_root))
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
 
 

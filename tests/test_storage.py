@@ -22,7 +22,7 @@ from audit_tasks.paths import safe_child
 from audit_tasks.pipeline import run_audit
 from audit_tasks.storage import FileOpener, atomic_path, is_remote, public_uri, storage_path
 from audit_tasks.tables import read_table, write_table
-from fixtures_pipeline import forget_object_store, make_world, move_to_object_store
+from fixtures_pipeline import forget_object_store, make_world, move_to_object_store, without_prefix
 
 TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
           "gates")
@@ -104,20 +104,12 @@ def local_and_remote(tmp_path_factory):
     forget_object_store(prefix)
 
 
-def _without(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    """Text cells with `prefix` (where the images were read: the world's folder, or the bucket) cut out."""
-    for column in frame.columns:
-        if pd.api.types.is_string_dtype(frame[column]):
-            frame[column] = frame[column].map(lambda v: v.replace(prefix, "<images>") if isinstance(v, str) else v)
-    return frame
-
-
 def test_an_audit_on_object_storage_writes_the_same_tables_as_on_local_disk(local_and_remote):
     world, local, remote, config = local_and_remote
     assert is_remote(remote.run_dir)
     for name in TABLES:
-        a = _without(read_table(local.run_dir / f"{name}.parquet"), str(world.root / "images"))
-        b = _without(read_table(remote.run_dir / f"{name}.parquet"), str(config.dataset.image_root))
+        a = without_prefix(read_table(local.run_dir / f"{name}.parquet"), str(world.root / "images"))
+        b = without_prefix(read_table(remote.run_dir / f"{name}.parquet"), str(config.dataset.image_root))
         if "cam" in a.columns:
             np.testing.assert_allclose(np.stack(a.pop("cam").to_numpy()), np.stack(b.pop("cam").to_numpy()),
                                        rtol=1e-5, atol=1e-7)
