@@ -25,10 +25,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import conf
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 __all__ = [
     "AirflowFailException",
+    "AirflowSkipException",
     "MAX_MAP_LENGTH",
     "audit_run_id",
     "audit_setting",

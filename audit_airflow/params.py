@@ -85,6 +85,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
     Threshold("subgroups_n_bootstrap", "checks.subgroups.n_bootstrap",
               {"type": ["null", "integer"], "minimum": 100, "maximum": 100000},
               "Bootstrap resamples per group for the macro metrics' intervals."),
+    Threshold("min_audited", "checks.min_audited", {"type": ["null", "integer"], "minimum": 0},
+              "Fewer audited images than this make the run inconclusive (never green, no retraining)."),
     Threshold("ingest_max_quarantine_fraction", "checks.ingest.max_quarantine_fraction", _FRACTION,
               "Largest allowed fraction of input rows sent to quarantine."),
 )

@@ -29,6 +29,7 @@ __all__ = [
     "failure_message",
     "gate",
     "gate_stage",
+    "inconclusive_message",
     "ingest",
     "merge_shards",
     "plan_shards",
@@ -107,13 +108,18 @@ def subgroups() -> str | None:
 
 
 def gate_stage() -> str:
-    """Compute gates.parquet + summary.json; never fails the task (the final `gate` task does)."""
+    """Compute gates.parquet + summary.json; never fails the task (the final `gate` task does).
+
+    The summary records the DAG run, so the UI's link from a DAG run finds its report.
+    """
     from audit_tasks import pipeline
 
     config, run_id = _config_and_run_id()
-    verdict = pipeline.stage_gate(config, run_id)
+    context = get_current_context()
+    dag_run = {"dag_id": str(context["dag"].dag_id), "dag_run_id": str(context["run_id"])}
+    verdict = pipeline.stage_gate(config, run_id, airflow=dag_run)
     log.info("audit run %s: %s", run_id, verdict.describe())
-    return "passed" if verdict.passed else "failed"
+    return verdict.status
 
 
 def report() -> str:
@@ -131,8 +137,10 @@ def report() -> str:
 
 
 def gate(report_location: str | None = None) -> str:
-    """Fail the DAG run naming every failed gate and the report, or emit the clean-audit asset event.
+    """Fail the DAG run naming every failed gate and the report, skip it when the audit was inconclusive,
+    or emit the clean-audit asset event.
 
+    Only a passed verdict emits the asset, so retraining never starts on a night where nothing was judged.
     `report_location` is what the report task returned: the local report, or its published URI.
     """
     from audit_tasks import pipeline
@@ -140,7 +148,9 @@ def gate(report_location: str | None = None) -> str:
     config, run_id = _config_and_run_id()
     summary = pipeline.read_summary(config, run_id)
     report_path = report_location or _report_path(summary, pipeline.run_dir(config, run_id))
-    if not summary.get("passed", False):
+    if summary.get("verdict") == "inconclusive":
+        raise compat.AirflowSkipException(inconclusive_message(summary, report_path))
+    if summary.get("passed") is not True:
         raise compat.AirflowFailException(failure_message(summary, report_path))
     extra = dict(summary)
     extra.setdefault("report", report_path)
@@ -149,6 +159,13 @@ def gate(report_location: str | None = None) -> str:
     get_current_context()["outlet_events"][AUDIT_CLEAN].extra = extra
     log.info("audit run %s passed every gate; report: %s", run_id, report_path)
     return report_path
+
+
+def inconclusive_message(summary: Mapping[str, Any], report_path: str) -> str:
+    """The skipped run's message: why there is no verdict, and that nothing downstream runs."""
+    reason = summary.get("inconclusive_reason") or "nothing was judged"
+    return (f"Audit {summary.get('run_id', '?')} INCONCLUSIVE: {reason}. No clean-audit asset is emitted, "
+            f"so retraining does not start.\nReport: {report_path}")
 
 
 def failure_message(summary: Mapping[str, Any], report_path: str) -> str:

@@ -1,7 +1,8 @@
 """`python -m audit_tasks`: the command-line shell over the stage functions.
 
 Exit status: 0 every gate passed · 1 a gate failed (reports are still written) · 2 unusable config or
-input (message on stderr naming the key or file) · 3 an internal error (a bug: traceback on stderr).
+input (message on stderr naming the key or file) · 3 an internal error (a bug: traceback on stderr) ·
+4 inconclusive: nothing (or too little) was audited or judged, so there is no verdict to act on.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 from audit_tasks.errors import AuditError
+from audit_tasks.gates import FAILED, INCONCLUSIVE, PASSED, Verdict
 from audit_tasks.storage import StoragePath, storage_path
 
-EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
 log = logging.getLogger("audit_tasks")
 
 
@@ -108,10 +110,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args.config, args.out)
     outcome = pipeline.run_audit(config, args.run_id)
     _print_verdict(outcome.run_id, outcome.verdict, outcome.report_path)
-    return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
+    return exit_status(outcome.verdict)
 
 
-def _print_verdict(run_id: str, verdict, report: StoragePath) -> None:
+def exit_status(verdict: Verdict) -> int:
+    """The exit status of a verdict: passed 0, failed 1, inconclusive 4."""
+    return {PASSED: EXIT_PASSED, FAILED: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}[verdict.status]
+
+
+def _print_verdict(run_id: str, verdict: Verdict, report: StoragePath) -> None:
     print(f"run {run_id}: {verdict.describe()}")
     print(f"report: {report}")
 
@@ -139,7 +146,7 @@ def _cmd_check_cooccurrence(args: argparse.Namespace) -> int:
     outcome = run_cooccurrence_check(args.manifest, _load(args.config, checks_only=True), args.out)
     print(f"co-occurrence: {outcome.verdict.describe()}")
     print(f"tables: {outcome.out_dir}")
-    return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
+    return exit_status(outcome.verdict)
 
 
 def _cmd_check_subgroups(args: argparse.Namespace) -> int:
@@ -148,7 +155,7 @@ def _cmd_check_subgroups(args: argparse.Namespace) -> int:
     outcome = run_subgroup_check(args.predictions, _load(args.config, checks_only=True), args.out)
     print(f"subgroups: {outcome.verdict.describe()}")
     print(f"tables: {outcome.out_dir}")
-    return EXIT_PASSED if outcome.verdict.passed else EXIT_GATE_FAILED
+    return exit_status(outcome.verdict)
 
 
 _COMMANDS = {

@@ -127,6 +127,8 @@ class ChecksConfig:
     saliency: SaliencyCheck | None = None
     subgroups: SubgroupCheck | None = None
     ingest: IngestCheck | None = None
+    # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.
+    min_audited: int = 1
 
     def cooccurrence_attributes(self) -> tuple[str, ...]:
         """Attributes for the co-occurrence check: its own list, else the subgroup check's."""
@@ -188,6 +190,8 @@ def default_checks() -> ChecksConfig:
 # ---------------------------------------------------------------------------------------------
 
 _PATH_FIELDS = {"landing", "image_root", "catalog", "checkpoint", "dir"}
+#: Keys of `checks` that are plain values, not check sections.
+_CHECKS_SCALARS = {"min_audited"}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
@@ -238,6 +242,9 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None 
         _reject_unknown(checks_raw, ChecksConfig, "checks.", where)
         checks = {}
         for name, value in checks_raw.items():
+            if name in _CHECKS_SCALARS:
+                checks[name] = _coerce(value, _field_types(ChecksConfig)[name], f"checks.{name}", where)
+                continue
             check_type = _field_types(ChecksConfig)[name]
             cls = _strip_optional(check_type)
             checks[name] = _build(cls, value if value is not None else {}, f"checks.{name}", where, base_dir)
@@ -446,5 +453,7 @@ def _validate(config: AuditConfig, where: str) -> None:
         raise ConfigError(
             f"{where}: 'checks.subgroups.positive_class' {c.subgroups.positive_class!r} is not one of model.classes"
         )
+    if c.min_audited < 0:
+        raise ConfigError(f"{where}: 'checks.min_audited' must be >= 0; got {c.min_audited}")
     if c.ingest is not None:
         fraction("checks.ingest.max_quarantine_fraction", c.ingest.max_quarantine_fraction)

@@ -133,7 +133,12 @@ def check_cooccurrence(
         summary = f"{n_flagged:,} of {len(pairs):,} co-occurring pairs flagged: {named}"
     else:
         summary = f"no pair flagged among {len(pairs):,} co-occurring pairs in {n_rows:,} images"
-    gates.append(GateResult("cooccurrence", "all pairs", "flagged_pairs", float(n_flagged), 0.0, n_flagged == 0, summary))
+    # Judged when some tag had the support to be flagged at all; below min_support nothing could be.
+    judged = bool(n_flagged) or bool(np.any(np.asarray(pairs["n_a"]) >= check.min_support))
+    if not judged:
+        summary = f"too few to judge: no tag appears in {check.min_support:,} images (min_support) among {n_rows:,}"
+    gates.append(GateResult("cooccurrence", "all pairs", "flagged_pairs", float(n_flagged), 0.0, n_flagged == 0,
+                            summary, judged=judged))
 
     class_balance = _empty_class_balance()
     if with_label:
@@ -426,4 +431,6 @@ def _class_balance_gate(balance: pd.DataFrame, max_ratio: float) -> GateResult:
         f"largest class {largest['label']} ({int(largest['n']):,} images) is {ratio:.1f}x the smallest "
         f"{smallest['label']} ({int(smallest['n']):,}); allowed up to {max_ratio:g}x"
     )
-    return GateResult("class_balance", "labels", "imbalance_ratio", ratio, max_ratio, ratio <= max_ratio, detail)
+    # One label has no balance to judge.
+    return GateResult("class_balance", "labels", "imbalance_ratio", ratio, max_ratio, ratio <= max_ratio, detail,
+                      judged=len(balance) >= 2)

@@ -1,30 +1,46 @@
-"""Gates: one table of pass/fail results that every check appends to, and the verdict drawn from it."""
+"""Gates: one table of pass/fail results that every check appends to, and the verdict drawn from it.
+
+A verdict needs evidence. A gate that passed only because its check had too little data to judge
+(`judged=False`) is no evidence of a clean audit, so a run where nothing was judged, or too few images
+were audited, is `inconclusive`: never green, never a reason to retrain.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import pandas as pd
-import pyarrow as pa
 
-GATES_SCHEMA = pa.schema(
-    [
-        pa.field("check", pa.string(), nullable=False),
-        pa.field("subject", pa.string(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),
-        pa.field("value", pa.float64()),
-        pa.field("threshold", pa.float64()),
-        pa.field("passed", pa.bool_(), nullable=False),
-        pa.field("detail", pa.string()),
-    ]
-)
+from audit_tasks.schemas import GATES as GATES_SCHEMA
+
+__all__ = [
+    "GATES_SCHEMA",
+    "PASSED",
+    "FAILED",
+    "INCONCLUSIVE",
+    "GateResult",
+    "Verdict",
+    "VerdictStatus",
+    "check_status",
+    "gates_frame",
+    "gates_from_frame",
+    "verdict",
+]
+
+VerdictStatus = Literal["passed", "failed", "inconclusive"]
+PASSED: VerdictStatus = "passed"
+FAILED: VerdictStatus = "failed"
+INCONCLUSIVE: VerdictStatus = "inconclusive"
 
 
 @dataclass(frozen=True)
 class GateResult:
-    """One gate: did `metric` of `subject` (a class, a group, a tag pair) stay within `threshold`?"""
+    """One gate: did `metric` of `subject` (a class, a group, a tag pair) stay within `threshold`?
+
+    `judged` is False for a gate that passed only because there was too little data to judge it.
+    """
 
     check: str
     subject: str
@@ -33,6 +49,7 @@ class GateResult:
     threshold: float | None
     passed: bool
     detail: str = ""
+    judged: bool = True
 
     @property
     def name(self) -> str:
@@ -44,44 +61,76 @@ def gates_frame(gates: Iterable[GateResult]) -> pd.DataFrame:
     """The gates as a DataFrame with the contract's columns (empty frame keeps the columns)."""
     rows = [asdict(g) for g in gates]
     frame = pd.DataFrame(rows, columns=[f.name for f in GATES_SCHEMA])
-    frame["passed"] = frame["passed"].astype(bool)
+    for column in ("passed", "judged"):
+        frame[column] = frame[column].astype(bool)
     for column in ("value", "threshold"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return frame
 
 
 def gates_from_frame(frame: pd.DataFrame) -> list[GateResult]:
-    """Read gates back from a gates table."""
-    out = []
-    for row in frame.itertuples(index=False):
-        value = None if row.value is None or (isinstance(row.value, float) and math.isnan(row.value)) else float(row.value)
-        threshold = (
-            None if row.threshold is None or (isinstance(row.threshold, float) and math.isnan(row.threshold))
-            else float(row.threshold)
-        )
-        out.append(GateResult(row.check, row.subject, row.metric, value, threshold, bool(row.passed), row.detail or ""))
-    return out
+    """Read gates back from a gates table (a table written before `judged` existed counts as judged)."""
+    judged = frame["judged"] if "judged" in frame.columns else pd.Series(True, index=frame.index)
+    return [
+        GateResult(row.check, row.subject, row.metric, _optional_float(row.value), _optional_float(row.threshold),
+                   bool(row.passed), row.detail or "", bool(was_judged))
+        for row, was_judged in zip(frame.itertuples(index=False), judged)
+    ]
+
+
+def _optional_float(value: object) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The run's outcome: passed only when every gate passed."""
+    """The run's outcome: `passed` only when every gate passed and there was evidence to pass on."""
 
-    passed: bool
+    status: VerdictStatus
     failed: tuple[GateResult, ...]
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
 
     @property
     def failed_names(self) -> list[str]:
         return [g.name for g in self.failed]
 
     def describe(self) -> str:
-        if self.passed:
+        if self.status == PASSED:
             return "PASSED: every gate passed"
+        if self.status == INCONCLUSIVE:
+            return f"INCONCLUSIVE: {self.reason}"
         lines = [f"FAILED: {len(self.failed)} gate(s) failed"]
         lines += [f"  - {g.name}: {g.detail or f'value {g.value} vs threshold {g.threshold}'}" for g in self.failed]
         return "\n".join(lines)
 
 
-def verdict(gates: Sequence[GateResult]) -> Verdict:
+def verdict(gates: Sequence[GateResult], *, audited: int | None = None, min_audited: int = 1) -> Verdict:
+    """Failed when any gate failed; else inconclusive without evidence; else passed.
+
+    Evidence means at least one judged gate and, when `audited` (images the model checks scored) is
+    given, at least `min_audited` of them. A failed gate is evidence on its own, so it always fails.
+    """
     failed = tuple(g for g in gates if not g.passed)
-    return Verdict(passed=not failed, failed=failed)
+    if failed:
+        return Verdict(FAILED, failed)
+    if audited is not None and audited < min_audited:
+        return Verdict(INCONCLUSIVE, (), f"{audited:,} image(s) audited; at least {min_audited:,} needed "
+                                          "(checks.min_audited)")
+    if not any(g.judged for g in gates):
+        why = ("no check was configured" if not gates
+               else "every configured check had too little data to judge")
+        return Verdict(INCONCLUSIVE, (), why)
+    return Verdict(PASSED, ())
+
+
+def check_status(configured: bool, gates: Sequence[GateResult]) -> str:
+    """One check's line in summary.json: skipped (not configured), ran (judged something), or too few to judge."""
+    if not configured:
+        return "skipped"
+    return "ran" if any(g.judged or not g.passed for g in gates) else "too few to judge"

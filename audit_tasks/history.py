@@ -39,6 +39,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), metadata={"meaning": b"run creation time, UTC"}),
         pa.field("passed", pa.bool_()),
+        pa.field("verdict", pa.string(), metadata={"meaning": b"passed | failed | inconclusive"}),
         pa.field("n_failed_gates", pa.int64(), nullable=False),
         pa.field("failed_gates", pa.list_(pa.string())),
         pa.field("n_ingested", pa.int64(), metadata={"unit": b"rows"}),
@@ -51,6 +52,7 @@ RUNS_SCHEMA = pa.schema(
             for name, dtype in HEADLINE_FIELDS.items()
         ],
         pa.field("report", pa.string(), metadata={"meaning": b"report.html path relative to the output dir"}),
+        pa.field("model_fingerprint", pa.string(), metadata={"meaning": b"hash of the audited checkpoint and recipe"}),
     ]
 )
 
@@ -117,7 +119,10 @@ def read_runs(output_dir: StoragePath) -> pd.DataFrame:
         frame = read_parquet(path).to_pandas()
     except (OSError, pa.ArrowInvalid) as exc:
         raise AuditError(f"{path}: cannot read the run history ({exc}); delete it to start a new history") from exc
-    return _sorted(frame)
+    for column in RUNS_SCHEMA.names:  # a history written by an older version lacks the newer columns
+        if column not in frame.columns:
+            frame[column] = None
+    return _sorted(frame[RUNS_SCHEMA.names])
 
 
 def record_run(output_dir: StoragePath, summary: Mapping[str, Any],
@@ -176,6 +181,14 @@ def previous_run(output_dir: StoragePath, run_id: str, *, created_at: Any = None
     return str(others.iloc[-1]["run_id"])
 
 
+def last_model_fingerprint(output_dir: StoragePath, run_id: str) -> str | None:
+    """The model fingerprint of the latest recorded run other than `run_id`, or None (no such run, or one
+    recorded before fingerprints existed)."""
+    runs = read_runs(output_dir)
+    others = runs[(runs["run_id"] != run_id) & runs["model_fingerprint"].notna()]
+    return str(others.iloc[-1]["model_fingerprint"]) if len(others) else None
+
+
 def _row(run_id: str, summary: Mapping[str, Any], headline: Mapping[str, Any]) -> dict[str, Any]:
     counts = dict(summary.get("counts") or {})
     failed = [str(g) for g in summary.get("failed_gates") or []]
@@ -183,7 +196,8 @@ def _row(run_id: str, summary: Mapping[str, Any], headline: Mapping[str, Any]) -
     row: dict[str, Any] = {
         "run_id": run_id,
         "created_at": parse_time(summary.get("created_at")),
-        "passed": bool(passed) if passed is not None else None,
+        "passed": (passed is True) if passed is not None else None,
+        "verdict": summary.get("verdict") or (None if passed is None else "passed" if passed is True else "failed"),
         "n_failed_gates": len(failed),
         "failed_gates": failed,
         "n_ingested": _int(counts.get("ingested")),
@@ -192,6 +206,7 @@ def _row(run_id: str, summary: Mapping[str, Any], headline: Mapping[str, Any]) -
         "counts_json": json.dumps(counts, sort_keys=True, default=str),
         "checks_json": json.dumps(dict(summary.get("checks") or {}), sort_keys=True, default=str),
         "report": f"{run_id}/report.html",
+        "model_fingerprint": summary.get("model_fingerprint"),
     }
     for name, dtype in HEADLINE_FIELDS.items():
         value = headline.get(name)

@@ -230,7 +230,7 @@ def ingest_gate(result: IngestResult, check: IngestCheck) -> list[GateResult]:
     return [GateResult(
         check="ingest", subject="all manifests", metric="quarantine_fraction", value=float(fraction),
         threshold=float(check.max_quarantine_fraction), passed=fraction <= check.max_quarantine_fraction,
-        detail=detail,
+        detail=detail, judged=rows > 0,
     )]
 
 

@@ -7,6 +7,8 @@ code and are therefore opt-in (`model.allow_scripted: true`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import shutil
 import tempfile
@@ -55,6 +57,27 @@ def load_model(config: ModelConfig) -> nn.Module:
         except Exception as exc:  # noqa: BLE001 - name the URI the user configured, not the deleted temporary copy
             text = str(exc).replace(str(local), shown)
             raise ModelError(f"cannot load model checkpoint {shown}: {type(exc).__name__}: {text}") from exc
+
+
+def model_fingerprint(config: ModelConfig) -> str:
+    """A short hash of what the audited model is: the checkpoint's bytes and how it is built and fed.
+
+    A new checkpoint (or a new class list, layer or preprocessing) changes it, and a changed model is a
+    reason to audit again even when no new data arrived.
+    """
+    from audit_tasks.images import content_hash
+
+    location = storage_path(config.checkpoint)
+    try:
+        weights = content_hash(location)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model checkpoint {public_uri(location)}: {exc}") from exc
+    recipe = {
+        "weights": weights, "arch": config.arch, "classes": list(config.classes),
+        "target_layer": config.target_layer, "input_size": config.input_size,
+        "mean": list(config.mean), "std": list(config.std),
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def _load_local(path: Path, config: ModelConfig) -> nn.Module:

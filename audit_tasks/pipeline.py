@@ -7,6 +7,7 @@ Intermediate files live in `<run>/_stages/`; the contract's tables sit at the to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pandas as pd
 from audit_tasks import schemas
 from audit_tasks.config import AuditConfig
 from audit_tasks.errors import AuditError, ConfigError
-from audit_tasks.gates import GateResult, Verdict, gates_frame, gates_from_frame, verdict
+from audit_tasks.gates import INCONCLUSIVE, GateResult, Verdict, check_status, gates_frame, gates_from_frame, verdict
 from audit_tasks.storage import FileOpener, StoragePath, parquet_rows, parquet_schema, public_uri, storage_path
 from audit_tasks.tables import read_table, write_json, write_table
 
@@ -105,10 +106,14 @@ def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
     dataset = config.require_dataset()
     result = ingest(config, run_id)
     stages = _stages(config, run_id)
-    if dataset.audit_scope == "catalog":
+    scope = choose_audit_scope(config, run_id)
+    write_json(dataclasses.asdict(scope), stages / "scope.json")
+    if scope.scope == "catalog":
         audit_rows = read_catalog(dataset.catalog)
     else:
         audit_rows = result.accepted
+    if scope.reason:
+        log.info("audit scope: %s (%s)", scope.scope, scope.reason)
     audit_rows = audit_rows.sort_values(["image_id"], kind="stable").reset_index(drop=True)
     write_table(schemas.to_strings(result.quarantined), stages / "quarantine_ingest.parquet", name="quarantine_ingest")
     write_table(audit_rows, stages / "audit_rows.parquet", name="audit_rows")
@@ -130,6 +135,41 @@ def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
     log.info("ingest: %(manifests)d manifest(s), %(ingested)d row(s) accepted, "
              "%(quarantined_at_ingest)d quarantined, %(to_audit)d to audit", counts)
     return result
+
+
+@dataclass(frozen=True)
+class AuditScope:
+    """Which rows this run audits, and why: the configured scope, widened when the model changed."""
+
+    scope: str  # "run" (this run's new rows) | "catalog" (every row ever ingested)
+    reason: str
+    model_fingerprint: str | None
+    previous_model_fingerprint: str | None
+
+
+def choose_audit_scope(config: AuditConfig, run_id: str) -> AuditScope:
+    """`audit_scope: run` audits the new rows, but a new model with no new data is still a reason to audit:
+    when the model differs from the last recorded run's, the run audits the whole catalog instead."""
+    from audit_tasks.history import last_model_fingerprint
+    from audit_tasks.modelio import model_fingerprint
+
+    configured = config.require_dataset().audit_scope
+    fingerprint = model_fingerprint(config.model) if config.model is not None else None
+    previous = last_model_fingerprint(storage_path(config.output.dir), run_id)
+    if configured == "catalog":
+        return AuditScope("catalog", "", fingerprint, previous)
+    if fingerprint is not None and previous is not None and fingerprint != previous:
+        return AuditScope("catalog", f"the model changed since the last run ({previous} -> {fingerprint}): "
+                                     "auditing the whole catalog with the new model", fingerprint, previous)
+    return AuditScope("run", "", fingerprint, previous)
+
+
+def read_audit_scope(config: AuditConfig, run_id: str) -> AuditScope | None:
+    """The scope the ingest stage chose (None for a run ingested before scopes were recorded)."""
+    path = _stages(config, run_id) / "scope.json"
+    if not path.is_file():
+        return None
+    return AuditScope(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def audit_rows(config: AuditConfig, run_id: str) -> pd.DataFrame:
@@ -306,21 +346,29 @@ def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
     return gates
 
 
-def stage_gate(config: AuditConfig, run_id: str) -> Verdict:
-    """Merge the checks' gates into gates.parquet and write summary.json; never raises for a failed gate."""
+def stage_gate(config: AuditConfig, run_id: str, *, airflow: Mapping[str, str] | None = None) -> Verdict:
+    """Merge the checks' gates into gates.parquet and write summary.json; never raises for a failed gate.
+
+    The verdict is `inconclusive` (never passed) when fewer than `checks.min_audited` images were
+    audited or no gate was judged. `airflow` (dag_id, dag_run_id) is recorded in the summary so the UI
+    can find a DAG run's report.
+    """
     from audit_tasks.history import read_headline, record_run
 
     rd = run_dir(config, run_id)
     gates = collect_gates(config, run_id)
     write_table(gates_frame(gates), rd / "gates.parquet", name="gates", schema=schemas.GATES)
-    result = verdict(gates)
-    summary = _summary(config, run_id, result)
+    counts = _counts(config, run_id)
+    result = verdict(gates, audited=counts.get("audited", 0), min_audited=config.checks.min_audited)
+    summary = _summary(config, run_id, result, gates, counts)
+    if airflow:
+        summary["airflow"] = dict(airflow)
     write_json(summary, rd / "summary.json")
     record_run(storage_path(config.output.dir), summary, read_headline(rd))
     return result
 
 
-def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any]:
+def _counts(config: AuditConfig, run_id: str) -> dict[str, int]:
     rd = run_dir(config, run_id)
     stages = rd / "_stages"
     counts: dict[str, int] = {}
@@ -335,23 +383,45 @@ def _summary(config: AuditConfig, run_id: str, result: Verdict) -> dict[str, Any
     if images_path.is_file() and "spurious_flag" in parquet_schema(images_path).names:
         flags = read_table(images_path, columns=["spurious_flag"])["spurious_flag"]
         counts["spurious_flagged"] = int(flags.fillna(False).astype(bool).sum())
-    checks = {
+    return counts
+
+
+def _summary(config: AuditConfig, run_id: str, result: Verdict, gates: list[GateResult],
+             counts: dict[str, int]) -> dict[str, Any]:
+    rd = run_dir(config, run_id)
+    configured = {
         "ingest": config.checks.ingest is not None,
         "cooccurrence": config.checks.cooccurrence is not None,
         "saliency": config.checks.saliency is not None,
         "subgroups": config.checks.subgroups is not None,
     }
-    return {
+    # class_balance gates belong to the co-occurrence check's section.
+    owner = {"class_balance": "cooccurrence"}
+    checks = {
+        name: check_status(on, [g for g in gates if owner.get(g.check, g.check) == name])
+        for name, on in configured.items()
+    }
+    scope = read_audit_scope(config, run_id)
+    summary: dict[str, Any] = {
         "run_id": run_id,
         "passed": result.passed,
+        "verdict": result.status,
         "failed_gates": result.failed_names,
         "failed_details": [g.detail for g in result.failed],
         "counts": counts,
-        "checks": {name: ("ran" if on else "skipped") for name, on in checks.items()},
+        "checks": checks,
         "created_at": _run_created_at(rd),
         "config": str(config.source) if config.source else None,
         "report": public_uri(rd / "report.html"),
     }
+    if result.status == INCONCLUSIVE:
+        summary["inconclusive_reason"] = result.reason
+    if scope is not None:
+        summary["audit_scope"] = scope.scope
+        summary["model_fingerprint"] = scope.model_fingerprint
+        if scope.reason:
+            summary["audit_scope_reason"] = scope.reason
+    return summary
 
 
 def _run_created_at(rd: StoragePath) -> str:

@@ -312,7 +312,7 @@ def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySu
             detail = TOO_FEW.format(n=n_judged, min_images=check.min_images)
         gates.append(GateResult(check="saliency", subject=label, metric="flagged_fraction",
                                 value=fraction if n_judged else None, threshold=check.max_flagged_fraction,
-                                passed=not flagged, detail=detail))
+                                passed=not flagged, detail=detail, judged=enough))
     by_class = pd.DataFrame(rows, columns=list(BY_CLASS_COLUMNS)).astype({"flagged": bool})
     return SaliencySummary(by_class=by_class, gates=gates)
 

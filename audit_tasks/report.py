@@ -60,11 +60,18 @@ def _gate_rows(gates: pd.DataFrame) -> list[Any]:
     return list(frame.itertuples(index=False))
 
 
-def _verdict_passed(run: RunTables) -> bool | None:
-    if run.summary is not None and run.summary.get("passed") is not None:
-        return bool(run.summary["passed"])
+_VERDICT_WORDS = {"passed": "PASSED", "failed": "FAILED", "inconclusive": "INCONCLUSIVE", None: "NO VERDICT"}
+
+
+def _verdict_status(run: RunTables) -> str | None:
+    """passed | failed | inconclusive from summary.json (else from the gates), or None without either."""
+    summary = run.summary or {}
+    if summary.get("verdict") in ("passed", "failed", "inconclusive"):
+        return str(summary["verdict"])
+    if summary.get("passed") is not None:
+        return "passed" if summary["passed"] is True else "failed"
     if run.gates is not None:
-        return bool(run.gates["passed"].astype(bool).all())
+        return "passed" if bool(run.gates["passed"].astype(bool).all()) else "failed"
     return None
 
 
@@ -73,10 +80,15 @@ def _value_vs_threshold(row: Any) -> str:
 
 
 def _verdict_block(run: RunTables) -> str:
-    passed = _verdict_passed(run)
-    word, cls = ("PASSED", "passed") if passed else ("FAILED", "failed") if passed is False else ("NO VERDICT", "unknown")
+    status = _verdict_status(run)
+    passed = None if status is None else status == "passed"
+    word, cls = _VERDICT_WORDS[status], status if status in ("passed", "failed") else "unknown"
     lines = []
-    if run.gates is not None:
+    if status == "inconclusive":
+        reason = str((run.summary or {}).get("inconclusive_reason") or "nothing was judged")
+        why = (f"No verdict: {reason}. A run without evidence is not a clean audit, so it does not "
+               "start retraining.")
+    elif run.gates is not None:
         failed = [g for g in _gate_rows(run.gates) if not bool(g.passed)]
         total = len(run.gates)
         if total == 0:
@@ -180,7 +192,7 @@ def _summary_section(run: RunTables, previous: RunDigest | None, headline: dict[
 def _change_block(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]) -> str:
     if previous is None:
         return '<p class="note">No previous run found beside this one: nothing to compare with.</p>'
-    passed = _verdict_passed(run)
+    status = _verdict_status(run)
     now_failed = set()
     if run.gates is not None:
         now_failed = {_gate_name(g) for g in run.gates.itertuples(index=False) if not bool(g.passed)}
@@ -188,13 +200,11 @@ def _change_block(run: RunTables, previous: RunDigest | None, headline: dict[str
         now_failed = {str(n) for n in run.summary.get("failed_gates") or []}
     before_failed = set(previous.failed_gates)
 
-    def word(p: bool | None) -> str:
-        return "PASSED" if p else "FAILED" if p is False else "no verdict"
-
+    before = previous.verdict or (None if previous.passed is None else "passed" if previous.passed else "failed")
     parts = [
         f"<p>Previous run <strong>{esc(previous.run_id)}</strong>"
         f"{' (created ' + esc(previous.created_at) + ')' if previous.created_at else ''}: "
-        f"{esc(word(previous.passed))} \u2192 now {esc(word(passed))}.</p>"
+        f"{esc(_VERDICT_WORDS[before])} \u2192 now {esc(_VERDICT_WORDS[status])}.</p>"
     ]
     new = sorted(now_failed - before_failed)
     fixed = sorted(before_failed - now_failed)
@@ -230,7 +240,9 @@ def _gates_table(gates: pd.DataFrame) -> str:
                 hidden += 1
                 continue
             shown_passed += 1
-        rows.append([badge(bool(g.passed)), esc(g.check), esc(g.subject), esc(g.metric), num(g.value), num(g.threshold),
+        not_judged = bool(g.passed) and getattr(g, "judged", True) is False
+        mark = '<span class="badge skip">not judged</span>' if not_judged else badge(bool(g.passed))
+        rows.append([mark, esc(g.check), esc(g.subject), esc(g.metric), num(g.value), num(g.threshold),
                      esc(g.detail if isinstance(g.detail, str) else "")])
     out = table(["", "check", "subject", "metric", "value", "threshold", "detail"], rows, numeric=(4, 5))
     if hidden:
@@ -716,8 +728,7 @@ def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, 
         + '<footer>Rendered from the Parquet tables in this run folder; the tables keep every row, this page '
         "shows samples. Re-render with <code>python -m audit_tasks report --run DIR</code>.</footer></main>"
     )
-    verdict = _verdict_passed(run)
-    word = "PASSED" if verdict else "FAILED" if verdict is False else "NO VERDICT"
+    word = _VERDICT_WORDS[_verdict_status(run)]
     return page(f"{word} \u00b7 audit {run.run_id}", body)
 
 

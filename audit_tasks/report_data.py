@@ -174,6 +174,7 @@ class RunDigest:
     failed_gates: tuple[str, ...]
     counts: dict[str, Any] = field(default_factory=dict)
     headline: dict[str, Any] = field(default_factory=dict)
+    verdict: str | None = None  # passed | failed | inconclusive (None: recorded before verdicts existed)
 
 
 def _digest_from_folder(run_dir: StoragePath) -> RunDigest | None:
@@ -187,6 +188,7 @@ def _digest_from_folder(run_dir: StoragePath) -> RunDigest | None:
         failed_gates=tuple(str(g) for g in summary.get("failed_gates") or []),
         counts=dict(summary.get("counts") or {}),
         headline=history.read_headline(run_dir),
+        verdict=_known_verdict(summary.get("verdict")),
     )
 
 
@@ -204,7 +206,12 @@ def _digest_from_history(output_dir: StoragePath, run_id: str) -> RunDigest | No
         failed_gates=tuple(row["failed_gates"] if row["failed_gates"] is not None else ()),
         counts=json.loads(row["counts_json"]) if isinstance(row["counts_json"], str) else {},
         headline={k: (None if is_missing(row[k]) or pd.isna(row[k]) else row[k]) for k in history.HEADLINE_FIELDS},
+        verdict=_known_verdict(row["verdict"]),
     )
+
+
+def _known_verdict(value: Any) -> str | None:
+    return value if value in ("passed", "failed", "inconclusive") else None
 
 
 def find_previous(run: RunTables, previous_run_dir: StoragePath | None) -> RunDigest | None:

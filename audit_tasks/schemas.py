@@ -35,6 +35,7 @@ GATES = pa.schema([
     _f("threshold", pa.float64()),
     _f("passed", pa.bool_(), False),
     _f("detail", pa.string()),
+    _f("judged", pa.bool_(), False, doc="false: passed only because there was too little data to judge"),
 ])
 
 COOCCURRENCE = pa.schema([

@@ -758,7 +758,8 @@ def _judge(gmf: GroupMetricFrame, attribute: str, label: str, metric: str, posit
     gates = [
         GateResult(check=CHECK_NAME, subject=f"{attribute}={row.group}", metric=label,
                    value=None if math.isnan(gap[i]) else float(gap[i]), threshold=float(check.max_gap),
-                   passed=not bool(flagged[i]), detail=_detail(context, i, bool(judgeable[i]), gap[i], gap_low[i]))
+                   passed=not bool(flagged[i]), detail=_detail(context, i, bool(judgeable[i]), gap[i], gap_low[i]),
+                   judged=bool(judgeable[i]) and m >= 2)  # a gap needs a second judgeable group
         for i, row in enumerate(table.itertuples(index=False))
     ]
     return out, gates

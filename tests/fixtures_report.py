@@ -67,7 +67,8 @@ def _gates(passed: bool, hostile: bool) -> pd.DataFrame:
     ]
     if hostile:
         rows.append(("subgroups", XSS_ATTR, "gap", 0.01, 0.05, True, XSS_SCRIPT))
-    frame = pd.DataFrame(rows, columns=[f.name for f in GATES_SCHEMA])
+    frame = pd.DataFrame(rows, columns=[f.name for f in GATES_SCHEMA][:7])
+    frame["judged"] = True
     return frame
 
 

@@ -157,6 +157,29 @@ def test_green_run_emits_the_asset_event_with_the_summary(green_run):
     assert "retrain_on_clean_audit" in _queued_consumers()
 
 
+@pytest.fixture(scope="module")
+def inconclusive_run(dags, green_run):
+    """The green world audited again the next night: no new manifest, the same model, nothing to audit."""
+    world, _ = green_run
+    run = dags["dataset_audit"].test(run_conf={"config": str(world.config), "run_id": "green-again"})
+    return world, run
+
+
+def test_a_run_that_audited_nothing_skips_the_gate_and_emits_no_asset(inconclusive_run):
+    world, run = inconclusive_run
+    states = _task_states(run)
+    summary = _summary(world, "green-again")
+    assert summary["verdict"] == "inconclusive" and summary["passed"] is False
+    assert states[("gate", -1)] == "skipped"
+    assert states[("report", -1)] == "success"
+    assert _asset_events(run) == []
+
+
+def test_the_summary_names_the_dag_run_it_came_from(inconclusive_run):
+    world, run = inconclusive_run
+    assert _summary(world, "green-again")["airflow"] == {"dag_id": "dataset_audit", "dag_run_id": run.run_id}
+
+
 def test_green_run_is_published_to_object_storage(green_run):
     from audit_airflow.storage import storage_root
 

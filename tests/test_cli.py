@@ -25,6 +25,14 @@ def test_audit_exits_1_when_a_gate_fails_and_still_writes_reports(tmp_path):
     assert (tmp_path / "reports" / "r1" / "report.html").is_file()
 
 
+def test_audit_exits_4_when_the_night_audited_nothing(tmp_path, capsys):
+    world = make_world(tmp_path, n_images=4)
+    assert main(["audit", "--config", str(world.config), "--run-id", "r1"]) == 0
+    assert main(["audit", "--config", str(world.config), "--run-id", "r2"]) == 4
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE" in out and "0 image(s) audited" in out
+
+
 def test_audit_exits_2_naming_an_unknown_key(tmp_path):
     world = make_world(tmp_path, n_images=2, extra={"modle": {"arch": "resnet18"}})
     proc = subprocess.run([sys.executable, "-m", "audit_tasks", "audit", "--config", str(world.config)],

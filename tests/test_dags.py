@@ -130,7 +130,7 @@ def test_every_config_threshold_has_a_param():
         for section, cls in (("cooccurrence", config.CooccurrenceCheck), ("saliency", config.SaliencyCheck),
                              ("subgroups", config.SubgroupCheck), ("ingest", config.IngestCheck))
         for f in dataclasses.fields(cls) if f.name not in not_thresholds
-    }
+    } | {"checks.min_audited"}
     assert {t.key for t in THRESHOLDS} == expected
 
 

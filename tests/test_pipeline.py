@@ -76,6 +76,59 @@ def test_a_second_night_finds_no_new_manifest(lenient_run):
     assert outcome.summary["counts"]["manifests"] == 0
 
 
+def test_a_night_that_audited_nothing_is_inconclusive_never_passed(lenient_run):
+    world, _ = lenient_run
+    outcome = run_audit(load_config(world.config), "night-empty")
+    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    assert outcome.verdict.status == "inconclusive" and not outcome.verdict.passed
+    assert summary["passed"] is False and summary["verdict"] == "inconclusive"
+    assert summary["counts"]["audited"] == 0
+    assert "0 image(s) audited" in summary["inconclusive_reason"]
+    assert summary["checks"]["saliency"] != "ran"
+    assert "INCONCLUSIVE" in (outcome.run_dir / "report.html").read_text()
+
+
+def test_a_new_checkpoint_with_no_new_data_audits_the_whole_catalog(tmp_path):
+    import torch
+    import torchvision
+
+    world = make_world(tmp_path, n_images=6)
+    config = load_config(world.config)
+    first = run_audit(config, "model-a")
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=2).state_dict(), tmp_path / "model.pt")
+    second = run_audit(config, "model-b")
+    assert first.summary["model_fingerprint"] != second.summary["model_fingerprint"]
+    assert second.summary["counts"]["ingested"] == 0
+    assert second.summary["audit_scope"] == "catalog" and "model changed" in second.summary["audit_scope_reason"]
+    assert second.summary["counts"]["audited"] == 6 and second.verdict.passed
+    third = run_audit(config, "model-b-again")  # same model, still nothing new: nothing to audit
+    assert third.summary["audit_scope"] == "run" and third.verdict.status == "inconclusive"
+
+
+def test_a_run_where_every_check_is_too_few_to_judge_is_inconclusive(tmp_path):
+    world = make_world(tmp_path, n_images=4, checks={"saliency": {"min_images": 100},
+                                                      "subgroups": {"attributes": ["gender"]}})
+    outcome = run_audit(load_config(world.config), "thin")
+    assert outcome.verdict.status == "inconclusive"
+    assert outcome.summary["checks"] == {"ingest": "skipped", "cooccurrence": "skipped",
+                                         "saliency": "too few to judge", "subgroups": "too few to judge"}
+    assert "too little data" in outcome.summary["inconclusive_reason"]
+
+
+def test_min_audited_sets_the_floor_of_images_for_a_verdict(tmp_path):
+    world = make_world(tmp_path, n_images=4, checks={"saliency": {"min_images": 1}, "min_audited": 5})
+    outcome = run_audit(load_config(world.config), "below-floor")
+    assert outcome.verdict.status == "inconclusive"
+    assert "at least 5 needed" in outcome.verdict.reason
+
+
+def test_a_failed_gate_fails_the_run_even_when_little_was_audited(tmp_path):
+    world = make_world(tmp_path, n_images=2, bad_rows=2, checks=strict_ingest_checks() | {"min_audited": 50})
+    outcome = run_audit(load_config(world.config), "red-and-thin")
+    assert outcome.verdict.status == "failed"
+
+
 def test_a_crossed_threshold_fails_the_verdict_and_names_the_gate(tmp_path):
     world = make_world(tmp_path, n_images=6, bad_rows=1, checks=strict_ingest_checks())
     outcome = run_audit(load_config(world.config), "red")
