@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -48,7 +49,7 @@ def _token(auth_manager, role: str = "viewer") -> str:
     return auth_manager.generate_jwt(SimpleAuthManagerUser(username="auditor", role=role))
 
 
-@pytest.mark.parametrize("path", ["/", "/api/runs", "/runs/r1/report.html"])
+@pytest.mark.parametrize("path", ["/", "/api/runs", "/runs/r1/report.html", "/dag-runs/dataset_audit/r1"])
 def test_anonymous_request_is_refused(api, reports, path):
     client, _ = api
     _write_run(reports, "r1", passed=True, failed=[])
@@ -125,14 +126,163 @@ def test_symlinked_run_folder_pointing_outside_is_refused(tmp_path):
     assert refused.value.status_code == 400
 
 
-def test_plugin_registers_nav_entry_and_app(api):
-    client, auth_manager = api
+def _registered_plugin(client, auth_manager) -> dict:
     response = client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {_token(auth_manager, 'admin')}"})
     assert response.status_code == 200
-    plugin = next(p for p in response.json()["plugins"] if p["name"] == "audit_reports")
+    return next(p for p in response.json()["plugins"] if p["name"] == "audit_reports")
+
+
+def test_plugin_registers_nav_entry_and_app(api):
+    plugin = _registered_plugin(*api)
     assert plugin["external_views"][0]["name"] == "Dataset audits"
     assert plugin["external_views"][0]["href"] == PREFIX + "/"
     assert plugin["fastapi_apps"][0]["url_prefix"] == PREFIX
+
+
+# ---------------------------------------------------------------------------------------------
+# findings of issue 13, probed through the real api-server
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_summary(root: Path, run_id: str, text: str) -> None:
+    (root / run_id).mkdir(parents=True)
+    (root / run_id / "summary.json").write_text(text, encoding="utf-8")
+
+
+def test_bad_summaries_neither_take_the_page_down_nor_show_as_passed(api, reports):
+    client, auth_manager = api
+    _write_run(reports, "good", passed=True, failed=[])
+    _write_summary(reports, "null-summary", "null")
+    _write_summary(reports, "list-summary", "[]")
+    _write_summary(reports, "gates-not-a-list", json.dumps({"passed": False, "failed_gates": "a/b/c"}))
+    _write_summary(reports, "string-passed", json.dumps({"passed": "false", "failed_gates": ["a/b/c"]}))
+    headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
+
+    page = client.get(PREFIX + "/", headers=headers)
+    listing = client.get(PREFIX + "/api/runs", headers=headers)
+
+    assert page.status_code == 200 and listing.status_code == 200
+    verdicts = {run["run_id"]: (run["verdict"], run["passed"]) for run in listing.json()}
+    assert verdicts == {
+        "good": ("passed", True),
+        "null-summary": ("unreadable", False),
+        "list-summary": ("unreadable", False),
+        "gates-not-a-list": ("unreadable", False),
+        "string-passed": ("unreadable", False),
+    }
+    assert page.text.count("PASSED") == 1
+    assert "summary.json is not a JSON object" in page.text
+
+
+def test_report_is_served_sandboxed_without_sniffing_or_referrer(api, reports):
+    client, auth_manager = api
+    _write_run(reports, "r1", passed=True, failed=[])
+    response = client.get(PREFIX + "/runs/r1/report.html", headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+    assert response.status_code == 200
+    policy = [part.strip() for part in response.headers["content-security-policy"].split(";")]
+    assert "sandbox" in policy and "default-src 'none'" in policy
+    assert "img-src data:" in policy and "style-src 'unsafe-inline'" in policy
+    assert not any(part.startswith("script-src") for part in policy)
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("path", ["/", "/api/runs"])
+def test_index_and_api_carry_nosniff_and_a_strict_policy(api, reports, path):
+    client, auth_manager = api
+    _write_run(reports, "r1", passed=True, failed=[])
+    response = client.get(PREFIX + path, headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+    assert response.status_code == 200
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy
+
+
+def test_api_runs_pages_with_limit_offset_and_a_total_header(api, reports):
+    client, auth_manager = api
+    for i in range(5):
+        _write_run(reports, f"r{i}", passed=True, failed=[])
+    headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
+
+    default = client.get(PREFIX + "/api/runs", headers=headers)
+    page = client.get(PREFIX + "/api/runs", params={"limit": 2, "offset": 1}, headers=headers)
+
+    assert len(default.json()) == 5 and default.headers["x-total-count"] == "5"
+    assert len(page.json()) == 2 and page.headers["x-total-count"] == "5"
+    assert [r["run_id"] for r in page.json()] == [r["run_id"] for r in default.json()][1:3]
+    for bad in ({"limit": 0}, {"limit": 100_000}, {"offset": -1}, {"limit": "many"}):
+        assert client.get(PREFIX + "/api/runs", params=bad, headers=headers).status_code == 422
+
+
+def test_index_is_paged(api, reports):
+    client, auth_manager = api
+    for i in range(55):
+        _write_run(reports, f"r{i:03d}", passed=True, failed=[], report=False)
+    headers = {"Authorization": f"Bearer {_token(auth_manager)}"}
+
+    first = client.get(PREFIX + "/", headers=headers)
+    second = client.get(PREFIX + "/", params={"page": 2}, headers=headers)
+
+    assert "runs 1\u201350 of 55" in first.text and 'href="?page=2"' in first.text
+    assert "runs 51\u201355 of 55" in second.text and 'href="?page=1"' in second.text
+    assert client.get(PREFIX + "/", params={"page": 0}, headers=headers).status_code == 422
+
+
+def _dag_run_href(plugin: dict, dag_id: str, run_id: str) -> str:
+    """The dag_run view's href filled in as Airflow's UI does (`encodeURIComponent` of each id)."""
+    view = next(v for v in plugin["external_views"] if v["destination"] == "dag_run")
+    return view["href"].replace("{DAG_ID}", quote(dag_id, safe="!~*'()")).replace(
+        "{RUN_ID}", quote(run_id, safe="!~*'()"))
+
+
+def test_plugin_registers_a_dag_run_view_that_serves_that_runs_report(api, reports):
+    from audit_airflow.compat import audit_run_id
+
+    client, auth_manager = api
+    airflow_run = "scheduled__2026-01-01T00:00:00+00:00"
+    _write_run(reports, audit_run_id(airflow_run), passed=False, failed=["a/b/c"])
+    plugin = _registered_plugin(client, auth_manager)
+    view = next(v for v in plugin["external_views"] if v["destination"] == "dag_run")
+
+    response = client.get(_dag_run_href(plugin, "dataset_audit", airflow_run),
+                          headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+
+    assert view["url_route"] and view["name"]
+    assert response.status_code == 200
+    assert response.text == f"<html><body>report of {audit_run_id(airflow_run)}</body></html>"
+    assert "sandbox" in response.headers["content-security-policy"]
+
+
+def test_dag_run_view_finds_a_manual_run_through_its_summary(api, reports):
+    client, auth_manager = api
+    airflow_run = "manual__2026-01-02T00:00:00+00:00"
+    _write_run(reports, "green-1", passed=True, failed=[])
+    summary = json.loads((reports / "green-1" / "summary.json").read_text())
+    summary["airflow"] = {"dag_id": "dataset_audit", "dag_run_id": airflow_run}
+    (reports / "green-1" / "summary.json").write_text(json.dumps(summary))
+
+    response = client.get(_dag_run_href(_registered_plugin(client, auth_manager), "dataset_audit", airflow_run),
+                          headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+
+    assert response.status_code == 200 and response.text == "<html><body>report of green-1</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "run_id", "status", "says"),
+    [
+        ("retrain_on_clean_audit", "manual__x", 404, "only the dataset_audit dag"),
+        ("dataset_audit", "manual__never-ran", 404, "no audit run"),
+        ("dataset_audit", "manual__..x", 400, "not a usable run id"),
+    ],
+)
+def test_dag_run_view_without_a_report_is_a_clear_page(api, reports, dag_id, run_id, status, says):
+    client, auth_manager = api
+    response = client.get(_dag_run_href(_registered_plugin(client, auth_manager), dag_id, run_id),
+                          headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("text/html")
+    assert says in response.text.lower()
 
 
 # ---------------------------------------------------------------------------------------------
