@@ -15,6 +15,7 @@ only once its upload completes, and a failed multipart upload is aborted), so a 
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,11 +155,11 @@ def atomic_path(target: StoragePath) -> Iterator[Path]:
     """Yield a local temporary path to write; on success it becomes `target` whole, on failure nothing does."""
     if isinstance(target, Path):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = _create_beside(target)
     else:
         fd, tmp_name = tempfile.mkstemp(prefix=f"audit-upload-{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+        os.close(fd)
+        tmp = Path(tmp_name)
     try:
         yield tmp
         if isinstance(target, Path):
@@ -171,6 +172,26 @@ def atomic_path(target: StoragePath) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _create_beside(target: Path) -> Path:
+    """Create an empty hidden `.{name}.<random>.tmp` in the target's folder, with the mode `open()` would give.
+
+    `tempfile.mkstemp` makes its file 0600, and a rename keeps the mode: every report and table would be
+    unreadable to the group and others. Creating it with 0666 lets the kernel apply the process umask,
+    without changing the umask (which is process-wide, so racy with other threads).
+    """
+    tries = 100  # random 48-bit names: a clash is already unlikely once
+    for _ in range(tries):
+        candidate = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {target} after {tries} tries; "
+                          f"remove stale .{target.name}.*.tmp files from {target.parent}")
 
 
 @contextmanager

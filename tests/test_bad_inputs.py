@@ -226,7 +226,8 @@ def test_manifest_fault_is_one_quarantine_row(corpus: Corpus, manifest: str, rea
 
 def test_unreadable_parquet_is_a_manifest_fault(corpus: Corpus) -> None:
     q = corpus.result.quarantined
-    assert q[q["manifest"] == "broken.parquet"]["reason"].str.startswith("broken.parquet: not a readable Parquet file").all()
+    (reason,) = q[q["manifest"] == "broken.parquet"]["reason"]
+    assert reason.startswith("broken.parquet: not a readable Parquet file")
 
 
 def test_empty_manifest_ingests_with_zero_rows(corpus: Corpus) -> None:
@@ -247,7 +248,7 @@ def test_other_manifests_still_ingest_beside_the_faults(corpus: Corpus) -> None:
 
 def test_every_manifest_accounts_for_every_row(corpus: Corpus) -> None:
     m = corpus.result.manifests
-    assert (m["rows"] == m["accepted"] + m["quarantined"]).all()
+    assert len(m) > 0 and (m["rows"] == m["accepted"] + m["quarantined"]).all()
     for entry in m.itertuples():
         accepted = corpus.result.accepted.query("manifest == @entry.manifest")
         quarantined = corpus.result.quarantined.query("manifest == @entry.manifest")
@@ -262,6 +263,7 @@ def test_every_manifest_accounts_for_every_row(corpus: Corpus) -> None:
 
 def test_every_quarantine_row_has_a_reason_and_stage(corpus: Corpus) -> None:
     q = corpus.result.quarantined
+    assert len(q) > 0
     assert q["reason"].notna().all() and (q["reason"].str.len() > 10).all()
     assert (q["stage"] == "ingest").all()
 
@@ -274,6 +276,7 @@ def test_catalog_holds_exactly_the_accepted_rows(corpus: Corpus) -> None:
 
 def test_no_accepted_path_leaves_the_image_root(corpus: Corpus) -> None:
     root = str(corpus.root.resolve())
+    assert len(corpus.result.accepted) > 0
     assert corpus.result.accepted["image_path"].str.startswith(root + os.sep).all()
 
 

@@ -38,7 +38,7 @@ def _share(flags) -> float:
 def test_same_seed_gives_the_same_samples_and_pixels():
     spec = SplitSpec("s", 12)
     a, b = sample_split(spec, WORLD, 3), sample_split(spec, WORLD, 3)
-    assert a == b
+    assert a == b and len(a) == 12
     assert all(np.array_equal(np.asarray(render(x, WORLD)[0]), np.asarray(render(y, WORLD)[0])) for x, y in zip(a, b))
 
 
@@ -98,7 +98,9 @@ def test_audit_batches_show_snow_with_both_classes_and_both_fur_tones(run):
 
 
 def test_core_box_is_the_tight_box_of_the_drawn_animal():
-    for sample in sample_split(SplitSpec("s", 20), WORLD, 5):
+    samples = sample_split(SplitSpec("s", 20), WORLD, 5)
+    assert len(samples) == 20
+    for sample in samples:
         other = dataclasses.replace(sample, fur_tone="dark" if sample.fur_tone == "light" else "light")
         image, core = render(sample, WORLD)
         changed = np.any(np.asarray(image) != np.asarray(render(other, WORLD)[0]), axis=2)
@@ -110,7 +112,9 @@ def test_core_box_is_the_tight_box_of_the_drawn_animal():
 
 def test_regions_lie_inside_the_image_and_snow_avoids_the_animal():
     size = WORLD.size
-    for sample in sample_split(SplitSpec("s", 60, p_snow_wolf=1.0, p_snow_husky=1.0), WORLD, 5):
+    samples = sample_split(SplitSpec("s", 60, p_snow_wolf=1.0, p_snow_husky=1.0), WORLD, 5)
+    assert len(samples) == 60
+    for sample in samples:
         _, core = render(sample, WORLD)
         snow = sample.snow.box
         for x0, y0, x1, y1 in (core, snow):
@@ -121,7 +125,9 @@ def test_regions_lie_inside_the_image_and_snow_avoids_the_animal():
 
 
 def test_swapping_the_cue_changes_only_the_snow_patch():
-    for sample in sample_split(SplitSpec("s", 10), WORLD, 2):
+    samples = sample_split(SplitSpec("s", 10), WORLD, 2)
+    assert len(samples) == 10
+    for sample in samples:
         swapped = swap_cue(sample, WORLD)
         assert (swapped.snow is None) != (sample.snow is None)
         box = (sample.snow or swapped.snow).box
@@ -134,7 +140,7 @@ def test_swapping_the_cue_changes_only_the_snow_patch():
 def test_written_split_has_contract_manifest_rows_and_png_images(tmp_path):
     samples = sample_split(SplitSpec("s", 6, p_snow_wolf=1.0), WORLD, 1)
     rows = write_split(samples, WORLD, tmp_path, "batch")
-    assert [r["image_id"] for r in rows] == [s.image_id for s in samples]
+    assert len(rows) == 6 and [r["image_id"] for r in rows] == [s.image_id for s in samples]
     for row, sample in zip(rows, samples):
         assert set(row) == {"image_id", "image_uri", "label", "tags", "regions", *ATTRIBUTES}
         with Image.open(tmp_path / row["image_uri"]) as image:

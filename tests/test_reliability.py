@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -34,28 +33,37 @@ def _tables(run: Path) -> dict[str, pd.DataFrame]:
     return {name: read_table(run / name) for name in TABLES}
 
 
+def _cli_args(config: Path, run_id: str) -> list[str]:
+    return ["-q", "audit", "--config", str(config), "--run-id", run_id]
+
+
 def _audit_command(config: Path, run_id: str) -> list[str]:
-    return [sys.executable, "-m", "audit_tasks", "-q", "audit", "--config", str(config), "--run-id", run_id]
+    return [sys.executable, "-m", "audit_tasks", *_cli_args(config, run_id)]
 
 
-def _kill_when(path: Path, command: list[str], timeout: float = 240) -> bool:
-    """Start the audit, SIGKILL it the moment `path` appears; False if it finished first."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if path.exists():
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            if proc.poll() is not None:
-                return False
-            time.sleep(0.005)
-        raise AssertionError(f"{path} never appeared")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+#: The audit CLI in a child that SIGKILLs itself the moment `argv[1]` is renamed into place: every file the run
+#: writes goes through `storage.atomic_path`, whose last step is `os.replace(tmp, target)`.
+_KILL_AFTER_REPLACE = """
+import os, signal, sys
+from audit_tasks.cli import main
+
+target = os.path.realpath(sys.argv[1])
+replace = os.replace
+
+def replace_then_die(src, dst, *args, **kwargs):
+    replace(src, dst, *args, **kwargs)
+    if os.path.realpath(dst) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _killed_after_writing(path: Path, config: Path, run_id: str) -> subprocess.CompletedProcess[str]:
+    """Run the audit in a child that dies by SIGKILL right after `path` is written (it runs to the end if not)."""
+    command = [sys.executable, "-c", _KILL_AFTER_REPLACE, str(path), *_cli_args(config, run_id)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -71,13 +79,16 @@ def test_a_run_killed_at_any_stage_reruns_to_identical_tables(tmp_path, kill_at)
     expected = _tables(reference.run_dir)
     _reset_state(tmp_path)
 
-    _kill_when(tmp_path / kill_at, _audit_command(world.config, "night"))
+    killed = _killed_after_writing(tmp_path / kill_at, world.config, "night")
+    assert killed.returncode == -signal.SIGKILL, f"not killed at {kill_at}: exit {killed.returncode}, {killed.stderr}"
+    assert (tmp_path / kill_at).is_file()
+    assert not (reference.run_dir / "report.html").exists()  # the run really stopped before its end
     leftovers = [p.name for p in (tmp_path / "reports").rglob("*.tmp")]
     rerun = subprocess.run(_audit_command(world.config, "night"), capture_output=True, text=True)
 
     assert rerun.returncode == 0, rerun.stderr
     for name, frame in expected.items():
-        pd.testing.assert_frame_equal(read_table(reference.run_dir / name), frame, obj=name)
+        pd.testing.assert_frame_equal(read_table(reference.run_dir / name), frame, obj=name)  # the rerun's tables
     assert all(name.startswith(".") for name in leftovers)  # only hidden temp files can be left by a kill
 
 

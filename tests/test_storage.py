@@ -7,6 +7,8 @@ disk, so a rename-based or `os`-based shortcut would fail here as it would on a 
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from audit_tasks.ingest import read_catalog, read_ledger
 from audit_tasks.paths import safe_child
 from audit_tasks.pipeline import run_audit
 from audit_tasks.storage import FileOpener, atomic_path, is_remote, public_uri, storage_path
-from audit_tasks.tables import read_table, write_table
+from audit_tasks.tables import read_table, write_json, write_table, write_text
 from fixtures_pipeline import forget_object_store, make_world, move_to_object_store, without_prefix
 
 TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
@@ -85,6 +87,40 @@ def test_a_failed_write_to_object_storage_leaves_no_object_and_no_temp_file(buck
     assert not tmp.exists()
 
 
+#: What `_written_modes` writes: one file through each writer.
+WRITTEN = ("gates.parquet", "report.html", "summary.json")
+
+
+def _written_modes(folder: Path, umask: int) -> dict[str, int]:
+    """The permission bits of a table, a text file and a JSON file written under `umask`."""
+    previous = os.umask(umask)
+    try:
+        write_table(pd.DataFrame({"check": ["ingest"]}), folder / "gates.parquet", name="gates")
+        write_text("<!DOCTYPE html>", folder / "report.html")
+        write_json({"passed": True}, folder / "summary.json")
+    finally:
+        os.umask(previous)
+    return {path.name: stat.S_IMODE(path.stat().st_mode) for path in sorted(folder.iterdir())}
+
+
+def test_written_files_are_readable_by_group_and_others_under_umask_022(tmp_path):
+    assert _written_modes(tmp_path / "run", 0o022) == dict.fromkeys(WRITTEN, 0o644)
+
+
+def test_written_files_follow_the_umask_not_a_fixed_mode(tmp_path):
+    assert _written_modes(tmp_path / "wide", 0o002) == dict.fromkeys(WRITTEN, 0o664)
+    assert _written_modes(tmp_path / "private", 0o077) == dict.fromkeys(WRITTEN, 0o600)
+
+
+def test_a_failed_local_write_leaves_neither_the_target_nor_a_temp_file(tmp_path):
+    target = tmp_path / "run" / "report.html"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".report.html.") and tmp.name.endswith(".tmp")
+        tmp.write_text("<html>half a report", encoding="utf-8")
+        raise RuntimeError("renderer crashed")
+    assert list(target.parent.iterdir()) == []
+
+
 def test_a_catalog_part_name_cannot_climb_out_of_an_object_store_root(bucket):
     root = UPath(f"memory://{bucket}/catalog")
     with pytest.raises(PathEscapeError):
@@ -120,6 +156,7 @@ def test_an_audit_on_object_storage_writes_the_same_tables_as_on_local_disk(loca
 def test_images_under_an_object_store_image_root_are_read_from_it(local_and_remote):
     _, _, remote, config = local_and_remote
     images = read_table(remote.run_dir / "images.parquet", columns=["image_path"])
+    assert len(images) == 10
     assert images["image_path"].str.startswith(f"{config.dataset.image_root}/").all()
     assert '<img src="data:image/jpeg;base64,' in (remote.run_dir / "report.html").read_text(encoding="utf-8")
 
