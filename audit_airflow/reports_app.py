@@ -539,7 +539,7 @@ def _shell(title: str, body: str, style: str = _STYLE) -> str:
 
 
 def _row(run: AuditRun) -> str:
-    link = f'<a href="runs/{html.escape(run.run_id)}/report.html" target="_blank">report.html</a>' if run.has_report \
+    link = f'<a href="runs/{html.escape(run.run_id)}/report.html">report.html</a>' if run.has_report \
         else "no report yet"
     details = ", ".join(html.escape(g) for g in run.failed_gates) or html.escape(run.reason) or "&mdash;"
     run_id = html.escape(run.run_id)
