@@ -150,7 +150,8 @@ def test_batch_of_n_equals_n_single_calls():
         engine = GradCAM(model, "layer4", **kwargs)
         batch = engine.attribute(x, t).cams
         singles = torch.cat([engine.attribute(x[i : i + 1], t[i : i + 1]).cams for i in range(5)])
-        torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-6)
+        # Other batch sizes may take other kernels: tolerance relative to the maps' scale, not absolute.
+        torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
 
 
 def test_result_is_float32_native_resolution_relu_and_detached():
