@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -54,6 +53,7 @@ import scipy.sparse as sp
 from audit_tasks.config import CooccurrenceCheck
 from audit_tasks.errors import ConfigError, ManifestError
 from audit_tasks.gates import GateResult
+from audit_tasks.stats import wilson_interval
 
 #: Value an attribute takes where the manifest leaves it null or empty.
 UNKNOWN = "unknown"
@@ -330,8 +330,7 @@ def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray,
     n_b = item_counts[b]
 
     p = n_ab / n_a
-    z = NormalDist().inv_cdf(0.5 + check.confidence / 2)
-    ci_low, ci_high = _wilson(n_ab, n_a, z)
+    ci_low, ci_high = wilson_interval(n_ab, n_a, check.confidence)
     total = float(max(n_rows, 1))
     lift = n_ab * total / (n_a * n_b)
     p_ab = n_ab / total
@@ -368,17 +367,6 @@ def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray,
             "suggested_additions": suggested,
         }
     ).to_pandas(split_blocks=True)
-
-
-def _wilson(successes: np.ndarray, trials: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided Wilson score interval, vectorised; trials are all positive here."""
-    n = trials.astype(np.float64)
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
 def suggested_additions(n_a: int, n_a_only: int, target_share: float) -> int:

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from audit_tasks.errors import AuditError
 from audit_tasks.storage import StoragePath, exclusive_lock, read_parquet, storage_path
+from audit_tasks.subgroups import STATUS_TOO_SMALL
 from audit_tasks.tables import write_table
 
 RUNS_FILE = "runs.parquet"
@@ -88,7 +89,7 @@ def headline_metrics(
     if subgroups is not None and len(subgroups):
         judged = subgroups
         if "status" in subgroups:
-            judged = subgroups[subgroups["status"] != "too small to judge"]
+            judged = subgroups[subgroups["status"] != STATUS_TOO_SMALL]
         gaps = pd.to_numeric(judged.get("gap"), errors="coerce") if len(judged) else pd.Series(dtype=float)
         out["worst_subgroup_gap"] = _float(gaps.max()) if len(gaps) else None
         if "flagged" in subgroups:

@@ -27,6 +27,7 @@ from audit_tasks.gates import GateResult
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_regions, read_manifest, regions_json
 from audit_tasks.paths import resolve_under, safe_child
+from audit_tasks.run_ids import check_run_id
 from audit_tasks.storage import (
     StoragePath,
     exclusive_lock,
@@ -51,7 +52,6 @@ RESERVED_COLUMNS = (
 )
 _REQUIRED = ("image_uri", "label")
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "~")
-_RUN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:+=-]*$")
 #: The catalog's row order (and the columns `read_catalog` always reads).
 _ORDER = ("ingest_date", "run_id", "manifest", "row_number")
 
@@ -115,11 +115,11 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
         today: the ingest date of a first run (default: today). A re-run keeps its first run's date.
 
     Raises:
-        ConfigError: no dataset section, or a run id unfit for a file name.
+        ConfigError: no dataset section, or a run id that breaks the rule of audit_tasks.run_ids.
         ManifestError: a re-run whose manifests are no longer in the landing folder.
     """
     dataset = config.require_dataset()
-    _check_run_id(run_id)
+    check_run_id(run_id)
     catalog = storage_path(dataset.catalog)
     # Two ingests at once would both read the ledger before either commits, and land the same manifests twice.
     with exclusive_lock(catalog, _LOCK_NAME):
@@ -435,13 +435,6 @@ def quarantine_schema(manifest_columns: Sequence[str]) -> pa.Schema:
 # ---------------------------------------------------------------------------------------------
 # Files: landing scan, catalog parts, ledger
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_run_id(run_id: str) -> None:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or len(run_id) > 200:
-        raise ConfigError(
-            f"run id {run_id!r} cannot name a file: use letters, digits and . _ : + = - (not starting with '.')"
-        )
 
 
 def _landing_files(landing: StoragePath) -> list[StoragePath]:

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from audit_tasks import schemas
 from audit_tasks.config import AuditConfig
 from audit_tasks.errors import AuditError, ConfigError
 from audit_tasks.gates import INCONCLUSIVE, GateResult, Verdict, check_status, gates_frame, gates_from_frame, verdict
+from audit_tasks.run_ids import check_run_id  # also the shells' pipeline.check_run_id
 from audit_tasks.storage import FileOpener, StoragePath, parquet_rows, parquet_schema, public_uri, storage_path
 from audit_tasks.tables import read_table, write_json, write_table
 
@@ -31,7 +31,6 @@ log = logging.getLogger("audit_tasks")
 
 #: Order in which check gates appear in gates.parquet and the report.
 GATE_FILES = ("ingest", "cooccurrence", "saliency", "subgroups")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -54,16 +53,6 @@ def new_run_id(now: datetime | None = None) -> str:
     """A fresh, sortable, filename-safe run id (UTC time plus a short random suffix)."""
     now = now or datetime.now(timezone.utc)
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids become folder names: refuse anything that could escape the output folder."""
-    if not _RUN_ID.match(run_id or "") or ".." in run_id:
-        raise ConfigError(
-            f"run id {run_id!r} is not usable as a folder name: use letters, digits, '.', '_', '+', '-' "
-            "(at most 128 characters, not starting with '.')"
-        )
-    return run_id
 
 
 def run_dir(config: AuditConfig, run_id: str) -> StoragePath:

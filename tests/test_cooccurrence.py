@@ -16,6 +16,7 @@ import audit_tasks.cooccurrence as cooccurrence
 from audit_tasks.config import CooccurrenceCheck
 from audit_tasks.cooccurrence import PAIR_COLUMNS, check_cooccurrence
 from audit_tasks.errors import ConfigError, ManifestError
+from audit_tasks.stats import wilson_interval
 
 DEFAULT = CooccurrenceCheck()
 
@@ -209,6 +210,13 @@ def test_statistics_hand_computed():
     # Wilson 95% for 3 of 4
     assert row["ci_low"] == pytest.approx(0.3006418, abs=1e-6)
     assert row["ci_high"] == pytest.approx(0.9544127, abs=1e-6)
+
+
+def test_pair_interval_is_the_shared_wilson_interval_at_the_configured_confidence():
+    result = check_cooccurrence(_generated(0, n=2000), check=CooccurrenceCheck(confidence=0.8), attributes=["gender"])
+    low, high = wilson_interval(result.pairs["n_ab"], result.pairs["n_a"], 0.8)
+    np.testing.assert_array_equal(result.pairs["ci_low"].to_numpy(), low)
+    np.testing.assert_array_equal(result.pairs["ci_high"].to_numpy(), high)
 
 
 def test_only_cooccurring_pairs_are_listed():

@@ -1,25 +1,20 @@
-"""Tests of audit_tasks.subgroups: differential against fairlearn's MetricFrame, the gate rule, the tables."""
+"""Tests of audit_tasks.subgroups and its engine audit_tasks.group_metrics: differential against fairlearn's
+MetricFrame, the gate rule, the tables. The interval maths itself is tested in test_stats.py."""
 
 from __future__ import annotations
 
 import functools
+import typing
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from audit_tasks import subgroups
+from audit_tasks import group_metrics, stats, subgroups
 from audit_tasks.config import SubgroupCheck
 from audit_tasks.errors import ConfigError, ManifestError
-from audit_tasks.subgroups import (
-    BY_GROUP_COLUMNS,
-    CONFUSION_COLUMNS,
-    GROUPS_COLUMNS,
-    GroupMetricFrame,
-    check_subgroups,
-    newcombe_interval,
-    wilson_interval,
-)
+from audit_tasks.group_metrics import BY_GROUP_COLUMNS, METRIC_NAMES, MSG_UNKNOWN_METRIC, GroupMetricFrame
+from audit_tasks.subgroups import CONFUSION_COLUMNS, GROUPS_COLUMNS, check_subgroups
 
 CLASSES = ("cat", "dog")
 ATTRIBUTES = ("gender", "skin_tone", "age")
@@ -300,7 +295,7 @@ def test_marginal_frame_equals_frame_built_on_the_subset() -> None:
 def test_refactorised_group_ids_give_the_same_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     frame = generated()
     dense = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
-    monkeypatch.setattr(subgroups, "_DENSE_LIMIT", 8)
+    monkeypatch.setattr(group_metrics, "_DENSE_LIMIT", 8)
     compact = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
     assert (compact.groups, compact.counts.tolist()) == (dense.groups, dense.counts.tolist())
 
@@ -317,27 +312,6 @@ def test_categorical_arrow_and_object_columns_give_the_same_groups() -> None:
 # --------------------------------------------------------------------------------------------- intervals
 
 
-@pytest.mark.parametrize(("k", "n", "confidence"), [(0, 10, 0.95), (7, 20, 0.95), (20, 20, 0.9), (412, 500, 0.99),
-                                                    (1, 3, 0.8)])
-def test_wilson_interval_matches_scipy(k: int, n: int, confidence: float) -> None:
-    from scipy.stats import binomtest
-
-    reference = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    low, high = wilson_interval(k, n, confidence)
-    assert (float(low), float(high)) == (pytest.approx(reference.low, abs=1e-12), pytest.approx(reference.high, abs=1e-12))
-
-
-def test_wilson_interval_is_nan_without_trials() -> None:
-    low, high = wilson_interval(np.array([0]), np.array([0]))
-    assert np.isnan(low[0]) and np.isnan(high[0])
-
-
-def test_newcombe_interval_matches_published_example() -> None:
-    """Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 - 48/80, method 10."""
-    low, high = newcombe_interval(56, 70, 48, 80, 0.95)
-    assert (float(low), float(high)) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
-
-
 def test_macro_bootstrap_is_seeded_and_brackets_the_value() -> None:
     frame = generated()
     make = functools.partial(GroupMetricFrame, y_true=frame["label"], y_pred=frame["prediction"],
@@ -345,6 +319,38 @@ def test_macro_bootstrap_is_seeded_and_brackets_the_value() -> None:
     first, second = make().by_group("macro_precision"), make().by_group("macro_precision")
     pd.testing.assert_frame_equal(first, second)
     assert ((first["ci_low"] < first["value"]) & (first["value"] < first["ci_high"])).all()
+
+
+def test_proportion_intervals_are_wilson_and_their_differences_newcombe() -> None:
+    frame = two_groups(120, 0.9, 80, 0.75)
+    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["group"]])
+    table = gmf.by_group("accuracy", confidence=0.9)
+    low, high = stats.wilson_interval([108, 60], [120, 80], 0.9)
+    np.testing.assert_array_equal(table[["ci_low", "ci_high"]].to_numpy(), np.column_stack([low, high]))
+    diffs = gmf.differences("accuracy", reference="a", confidence=0.99)
+    low, high = stats.newcombe_interval(108, 120, 60, 80, 0.99)
+    assert (diffs["diff_low"].iloc[1], diffs["diff_high"].iloc[1]) == (float(low), float(high))
+    assert diffs.iloc[0][["difference", "diff_low", "diff_high"]].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_macro_differences_are_normal_intervals_on_the_two_bootstrap_errors() -> None:
+    frame = generated()
+    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["skin_tone"]],
+                           n_bootstrap=500)
+    table = gmf.by_group("macro_recall")
+    diffs = gmf.differences("macro_recall", reference="light", confidence=0.9)
+    ref, other = table.set_index("group").loc["light"], table.set_index("group").loc["dark"]
+    low, high = stats.normal_interval(ref["value"] - other["value"],
+                                      np.sqrt(ref["std_error"] ** 2 + other["std_error"] ** 2), 0.9)
+    row = diffs.set_index("group").loc["dark"]
+    assert (row["diff_low"], row["diff_high"]) == (pytest.approx(float(low), abs=1e-15), pytest.approx(float(high), abs=1e-15))
+
+
+def test_confidence_outside_0_1_is_refused_by_the_frame() -> None:
+    frame = generated()
+    with pytest.raises(ConfigError) as raised:
+        GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=None, confidence=95)
+    assert str(raised.value) == stats.MSG_BAD_CONFIDENCE.format(confidence=95)
 
 
 # --------------------------------------------------------------------------------------------- tables and gates
@@ -393,7 +399,7 @@ def test_failing_gate_detail_names_both_groups_and_the_gap() -> None:
 
 def test_overall_table_has_one_row_per_metric() -> None:
     result = check_subgroups(generated(), check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
-    assert result.overall["metric"].tolist() == list(subgroups.METRICS)
+    assert result.overall["metric"].tolist() == list(METRIC_NAMES)
 
 
 def test_default_positive_class_is_the_second_class() -> None:
@@ -432,7 +438,35 @@ def test_empty_input_gives_empty_tables_and_no_gates() -> None:
     assert (len(result.groups), result.gates, list(result.groups.columns)) == (0, [], list(GROUPS_COLUMNS))
 
 
+# --------------------------------------------------------------------------------------------- names
+
+
+def test_engine_and_statistics_names_stay_importable_from_subgroups() -> None:
+    homes = {group_metrics: ["GroupMetricFrame", "MetricEstimate", "METRIC_NAMES", "SubgroupMetric", "BY_GROUP_COLUMNS",
+                             "DIFFERENCE_COLUMNS", "OVERALL_ATTRIBUTE", "OVERALL_GROUP", "SEPARATOR", "UNKNOWN",
+                             "MSG_UNKNOWN_METRIC", "MSG_BAD_POSITIVE", "MSG_NOT_A_CLASS"],
+             stats: ["wilson_interval", "newcombe_interval"]}
+    for home, names in homes.items():
+        for name in names:
+            assert getattr(subgroups, name) is getattr(home, name), name
+    assert subgroups.METRICS is METRIC_NAMES
+
+
+def test_metric_names_are_the_literal_type_and_what_config_accepts() -> None:
+    assert METRIC_NAMES == typing.get_args(group_metrics.SubgroupMetric)
+    config_metric = typing.get_type_hints(SubgroupCheck)["metric"]
+    assert set(typing.get_args(config_metric)) == set(METRIC_NAMES)
+
+
 # --------------------------------------------------------------------------------------------- errors
+
+
+def test_unknown_metric_raises_config_error_listing_the_known_ones() -> None:
+    frame = generated()
+    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["gender"]])
+    with pytest.raises(ConfigError) as raised:
+        gmf.by_group("f1")
+    assert str(raised.value) == MSG_UNKNOWN_METRIC.format(metric="f1", known=", ".join(METRIC_NAMES))
 
 
 def test_missing_attribute_column_raises_manifest_error_naming_it() -> None:
