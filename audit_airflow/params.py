@@ -1,29 +1,48 @@
 """DAG params: the config path and every threshold, JSON-schema validated, turned into config overrides.
 
 Each threshold param defaults to null, meaning "use the config file's value"; a number typed in the
-trigger form overrides exactly one dotted config key. The schema bounds mirror the ones
-`audit_tasks.config` enforces, so a bad value is refused by the form before any task runs.
+trigger form overrides exactly one dotted config key. Each threshold's schema (type, bounds, enum) and
+description are those of its field in `audit_tasks.config`'s pydantic models, made nullable, so the form
+refuses exactly what the config refuses, before any task runs. DAG files may not import `audit_tasks`
+(the parse budget), so the params read the models' field schemas from the generated
+`audit_airflow.threshold_schemas`; tests/test_dags.py fails when that copy differs from the models.
+Regenerate it with `python -c "from audit_airflow.params import write_field_schemas; write_field_schemas()"`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param
 
 from audit_airflow import compat
+from audit_airflow.threshold_schemas import FIELD_SCHEMAS
 
-__all__ = ["RUN_ID_PATTERN", "THRESHOLDS", "Threshold", "audit_params", "config_overrides"]
+__all__ = [
+    "RUN_ID_PATTERN",
+    "THRESHOLDS",
+    "Threshold",
+    "audit_params",
+    "config_overrides",
+    "field_schemas",
+    "nullable",
+    "write_field_schemas",
+]
 
 #: Same rule as audit_tasks.pipeline.check_run_id: a plain folder name.
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 
+#: The JSON-schema keywords a threshold param takes from its config field (not title, default, ...).
+_VALIDATION_KEYWORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                        "minLength", "maxLength", "pattern", "multipleOf")
+
 
 @dataclass(frozen=True)
 class Threshold:
-    """One overridable threshold: its param name, the dotted config key and its JSON schema."""
+    """One overridable threshold: its param name, the dotted config key and its (nullable) JSON schema."""
 
     param: str
     key: str
@@ -36,62 +55,65 @@ class Threshold:
         return "Threshold overrides: " + self.key.split(".")[1]
 
 
-_FRACTION = {"type": ["null", "number"], "minimum": 0, "maximum": 1}
-_OPEN_FRACTION = {"type": ["null", "number"], "exclusiveMinimum": 0, "maximum": 1}
-_OPEN_UNIT = {"type": ["null", "number"], "exclusiveMinimum": 0, "exclusiveMaximum": 1}
-_POSITIVE = {"type": ["null", "number"], "exclusiveMinimum": 0}
-_AT_LEAST_ONE = {"type": ["null", "number"], "minimum": 1}
-_COUNT = {"type": ["null", "integer"], "minimum": 1}
+def nullable(field: Mapping[str, Any]) -> dict[str, Any]:
+    """A config field's JSON schema as a param's: its validation keywords, with null allowed (null means
+    "use the config file's value"). An optional field's `anyOf: [X, null]` becomes X's keywords."""
+    branches = [b for b in field.get("anyOf", [field]) if b.get("type") != "null"]
+    if len(branches) != 1 or "type" not in branches[0]:
+        raise ValueError(f"no single JSON type to make nullable in {dict(field)!r}")
+    merged = {**{k: v for k, v in field.items() if k != "anyOf"}, **branches[0]}
+    schema = {k: merged[k] for k in _VALIDATION_KEYWORDS if k in merged}
+    schema["type"] = ["null", schema["type"]]
+    if "enum" in schema:
+        schema["enum"] = [None, *schema["enum"]]
+    return schema
 
-#: Every threshold in the config's `checks` section (see audit_tasks.config for their meaning).
-THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold("cooccurrence_max_conditional", "checks.cooccurrence.max_conditional", _OPEN_FRACTION,
-              "Largest allowed P(b | a) for a tag or attribute pair."),
-    Threshold("cooccurrence_min_support", "checks.cooccurrence.min_support", _COUNT,
-              "Pairs seen fewer times than this are not judged."),
-    Threshold("cooccurrence_min_lift", "checks.cooccurrence.min_lift", _AT_LEAST_ONE,
-              "A pair is flagged only when its lift is at least this."),
-    Threshold("cooccurrence_confidence", "checks.cooccurrence.confidence", _OPEN_UNIT,
-              "Confidence level of the co-occurrence interval."),
-    Threshold("cooccurrence_target_share", "checks.cooccurrence.target_share", _OPEN_FRACTION,
-              "Curator's goal for 'a without b' when suggesting images to add."),
-    Threshold("cooccurrence_max_class_imbalance", "checks.cooccurrence.max_class_imbalance", _AT_LEAST_ONE,
-              "Largest allowed ratio of the biggest to the smallest class."),
-    Threshold("saliency_max_spurious_share", "checks.saliency.max_spurious_share", _FRACTION,
-              "Largest allowed share of Grad-CAM energy on spurious regions."),
-    Threshold("saliency_min_spurious_enrichment", "checks.saliency.min_spurious_enrichment", _POSITIVE,
-              "A spurious region is suspicious when its share exceeds its area this many times."),
-    Threshold("saliency_min_core_share", "checks.saliency.min_core_share", _FRACTION,
-              "Smallest acceptable share of Grad-CAM energy on the object itself."),
-    Threshold("saliency_max_flagged_fraction", "checks.saliency.max_flagged_fraction", _FRACTION,
-              "Largest allowed fraction of a class's images flagged as shortcuts."),
-    Threshold("saliency_min_images", "checks.saliency.min_images", _COUNT,
-              "Classes with fewer audited images are not judged."),
-    Threshold("subgroups_max_gap", "checks.subgroups.max_gap", _FRACTION,
-              "Largest allowed metric gap between a group and the best group."),
-    Threshold("subgroups_min_group_size", "checks.subgroups.min_group_size", _COUNT,
-              "Groups smaller than this are reported but not judged."),
-    Threshold("subgroups_confidence", "checks.subgroups.confidence", _OPEN_UNIT,
-              "Confidence level of the subgroup intervals."),
-    Threshold("subgroups_metric", "checks.subgroups.metric",
-              {"type": ["null", "string"],
-               "enum": [None, "accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"]},
-              "Metric compared across subgroups."),
-    Threshold("subgroups_positive_class", "checks.subgroups.positive_class", {"type": ["null", "string"], "minLength": 1},
-              "Class whose recall/TPR/FPR/precision is judged (one of model.classes)."),
-    Threshold("subgroups_multiple_comparisons", "checks.subgroups.multiple_comparisons",
-              {"type": ["null", "string"], "enum": [None, "bonferroni", "none"]},
-              "bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not."),
-    Threshold("subgroups_n_bootstrap", "checks.subgroups.n_bootstrap",
-              {"type": ["null", "integer"], "minimum": 100, "maximum": 100000},
-              "Bootstrap resamples per group for the macro metrics' intervals."),
-    Threshold("min_audited", "checks.min_audited", {"type": ["null", "integer"], "minimum": 0},
-              "Fewer audited images than this make the run inconclusive (never green, no retraining)."),
-    Threshold("ingest_max_quarantine_fraction", "checks.ingest.max_quarantine_fraction", _FRACTION,
-              "Largest allowed fraction of input rows sent to quarantine."),
+
+def _param_name(key: str) -> str:
+    """`checks.saliency.min_images` -> `saliency_min_images`; `checks.min_audited` -> `min_audited`."""
+    return key.removeprefix("checks.").replace(".", "_")
+
+
+#: Every threshold of the config's `checks` section (its scalars: numbers and choices, not lists or
+#: switches), in the models' order. A threshold added to the models appears once the schemas are regenerated.
+THRESHOLDS: tuple[Threshold, ...] = tuple(
+    Threshold(_param_name(key), key, nullable(field), field.get("description", key))
+    for key, field in FIELD_SCHEMAS.items()
 )
 
 _BY_PARAM = {t.param: t for t in THRESHOLDS}
+
+
+def field_schemas() -> dict[str, dict[str, Any]]:
+    """Every threshold's field schema, fresh from audit_tasks.config (imports it: never at DAG parse time)."""
+    from audit_tasks.config import dotted_keys, field_schema
+
+    schemas = {key: field_schema(key) for key in dotted_keys() if key.startswith("checks.")}
+    return {key: field for key, field in schemas.items() if _json_type(field) in {"number", "integer", "string"}}
+
+
+def _json_type(field: Mapping[str, Any]) -> str | None:
+    types = [b.get("type") for b in field.get("anyOf", [field]) if b.get("type") != "null"]
+    return types[0] if len(types) == 1 else None
+
+
+def write_field_schemas(path: Path | None = None) -> Path:
+    """Regenerate `audit_airflow/threshold_schemas.py` from the config models; returns the file written."""
+    target = path or Path(__file__).with_name("threshold_schemas.py")
+    body = "".join(
+        f"    {key!r}: {{\n" + "".join(f"        {name!r}: {value!r},\n" for name, value in field.items()) + "    },\n"
+        for key, field in field_schemas().items()
+    )
+    target.write_text(
+        '"""JSON schemas of the config\'s thresholds, generated from audit_tasks.config\'s models: do not edit.\n\n'
+        "The DAG params are built from them (see audit_airflow.params). Regenerate:\n"
+        "python -c \"from audit_airflow.params import write_field_schemas; write_field_schemas()\"\n"
+        '"""\n\n'
+        "from typing import Any\n\n"
+        f"FIELD_SCHEMAS: dict[str, dict[str, Any]] = {{\n{body}}}\n",
+        encoding="utf-8",
+    )
+    return target
 
 
 def audit_params() -> dict[str, Param]:

@@ -1,126 +1,281 @@
-"""Audit configuration: the YAML file parsed once, up front, into frozen dataclasses.
+"""Audit configuration: the YAML file parsed once, up front, into frozen pydantic models.
 
 Every section and threshold is optional where the contract says so; unknown keys, wrong types and
-impossible values raise ConfigError naming the dotted key, so a typo never silently disables a check.
-Relative paths resolve against the config file's folder.
+impossible values raise one ConfigError that names every mistake by its dotted key, so a typo never
+silently disables a check. Types are strict (the string "0.5" is not a number, 1 is not true; an integer
+is a fine number), bounds live in each field, and the DAG params' JSON schema is derived from the same
+fields (see `field_schema`). Relative paths resolve against the config file's folder; object-store URIs
+stay as given (see audit_tasks.storage).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from upath import UPath
 
 from audit_tasks.errors import ConfigError
+from audit_tasks.group_metrics import SubgroupMetric
 from audit_tasks.storage import StoragePath, is_remote, storage_path
+
+__all__ = [
+    "AuditConfig",
+    "ChecksConfig",
+    "CooccurrenceCheck",
+    "DatasetConfig",
+    "IngestCheck",
+    "ModelConfig",
+    "OutputConfig",
+    "SaliencyCheck",
+    "SaliencyConfig",
+    "SubgroupCheck",
+    "default_checks",
+    "dotted_keys",
+    "field_schema",
+    "load_config",
+    "parse_config",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Field types
+# ---------------------------------------------------------------------------------------------
+
+#: The error type of this module's own checks; its message is used as written, after the dotted key.
+_PROBLEM = "config"
+
+
+def _problem(message: str, **context: Any) -> PydanticCustomError:
+    """A validation error whose message reads after the key ("'model.classes' has duplicate ...").
+
+    `key` in `context` names a field below the one validated (for checks that span fields).
+    """
+    return PydanticCustomError(_PROBLEM, message, context)
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    """The config file's folder, when validating a file (parse_config); None for objects built in code."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    return context.get("base_dir")
+
+
+def _location(value: Any, info: ValidationInfo) -> StoragePath:
+    """A path or object-store URI: text becomes a `Path` (resolved against the config's folder) or a `UPath`."""
+    if isinstance(value, (Path, UPath)):  # built in code (Airflow's ObjectStoragePath is a UPath proxy)
+        location: StoragePath = value
+    elif isinstance(value, str) and value:
+        try:
+            location = storage_path(value)
+        except ValueError as exc:
+            raise _problem("is not a usable location: {reason}", reason=str(exc)) from None
+    else:
+        raise _problem("must be a path or URI string, got {value}", value=repr(value))
+    base_dir = _base_dir(info)
+    if base_dir is not None and isinstance(location, Path) and not location.is_absolute():
+        location = (base_dir / location).resolve()
+    return location
+
+
+def _existing_folder(location: StoragePath, info: ValidationInfo) -> StoragePath:
+    """A local folder must exist when the config is read (a remote one is listed when used)."""
+    if _base_dir(info) is not None and not is_remote(location) and not location.is_dir():
+        raise _problem("folder does not exist: {path}", path=str(location))
+    return location
+
+
+def _existing_file(location: StoragePath, info: ValidationInfo) -> StoragePath:
+    """A local file must exist when the config is read (a remote one is checked when loaded)."""
+    if _base_dir(info) is not None and not is_remote(location) and not location.is_file():
+        raise _problem("file does not exist: {path}", path=str(location))
+    return location
+
+
+def _list_to_tuple(value: Any) -> Any:
+    """YAML gives lists; the config keeps tuples (immutable, hashable). Anything else is left to fail."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+#: A local path or an object-store URI (s3://, gs://, ...), kept as `Path` or `UPath`.
+Location = Annotated[StoragePath, PlainValidator(_location), WithJsonSchema({"type": "string", "minLength": 1})]
+ExistingFolder = Annotated[Location, AfterValidator(_existing_folder)]
+ExistingFile = Annotated[Location, AfterValidator(_existing_file)]
+Name = Annotated[str, StringConstraints(min_length=1)]
+Names = Annotated[tuple[Name, ...], BeforeValidator(_list_to_tuple)]
+Positive = Annotated[float, Field(gt=0)]
+RGB = Annotated[tuple[float, float, float], BeforeValidator(_list_to_tuple)]
+PositiveRGB = Annotated[tuple[Positive, Positive, Positive], BeforeValidator(_list_to_tuple)]
+#: URI schemes an `image_uri` may use ("file" means local paths).
+Scheme = Literal["file", "s3", "gs", "gcs", "az", "abfs", "memory", "http", "https"]
+
+
+class _Section(BaseModel):
+    """Base of every config model: strict, closed, immutable.
+
+    Built in code, a model with an impossible value raises ConfigError too (naming the class and key).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    if not TYPE_CHECKING:  # type checkers keep pydantic's synthesized signature
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, type(self), type(self).__name__)) from None
+
+        # What pydantic's own __init__ carries: validation (model_validate, a section inside a config) then
+        # skips this wrapper and keeps its context, so it only words the errors of objects built in code.
+        __init__.__pydantic_base_init__ = True
+
 
 # ---------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(_Section):
     """Where manifests land, where images live, where the cumulative catalog is kept."""
 
     # Each may be an object-store URI (s3://, gs://, ...); see audit_tasks.storage.
-    landing: StoragePath
-    image_root: StoragePath
-    catalog: StoragePath
+    landing: ExistingFolder
+    image_root: ExistingFolder
+    catalog: Location
     # Which rows the model checks audit: the rows this run ingested, or the whole catalog.
     audit_scope: Literal["run", "catalog"] = "run"
     # URI schemes an `image_uri` may use besides plain relative paths ("file" means local paths).
-    allowed_schemes: tuple[str, ...] = ("file",)
+    allowed_schemes: Annotated[tuple[Scheme, ...], BeforeValidator(_list_to_tuple)] = ("file",)
     # Images larger than this many pixels are refused (decompression-bomb guard).
-    max_image_pixels: int = 50_000_000
-    min_image_side: int = 8
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+    min_image_side: int = Field(default=8, gt=0)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """The classifier under audit and how to feed it."""
 
-    arch: str
-    checkpoint: StoragePath  # a file, or an object-store URI
-    classes: tuple[str, ...]
-    target_layer: str
-    input_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    arch: Name
+    checkpoint: ExistingFile  # a file, or an object-store URI
+    classes: Names
+    target_layer: Name
+    input_size: int = Field(default=224, gt=0)
+    mean: RGB = (0.485, 0.456, 0.406)
+    std: PositiveRGB = (0.229, 0.224, 0.225)
     # TorchScript / torch.export archives can run arbitrary graph code: loading them is opt-in.
     allow_scripted: bool = False
 
+    @field_validator("classes")
+    @classmethod
+    def _classes_are_distinct(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if not classes:
+            raise _problem("must list at least one class")
+        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+        if duplicates:
+            raise _problem("has duplicate class names: {names}", names=", ".join(duplicates))
+        return classes
 
-@dataclass(frozen=True)
-class SaliencyConfig:
+
+class SaliencyConfig(_Section):
     """How the Grad-CAM stage runs."""
 
     target: Literal["label", "prediction"] = "label"
-    batch_size: int = 64
-    device: str = "auto"
+    batch_size: int = Field(default=64, gt=0)
+    device: Name = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    num_workers: int = 2
+    num_workers: int = Field(default=2, ge=0)
     compile: bool = False
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device in {"auto", "cpu", "cuda", "mps"} or (device.startswith("cuda:") and device[5:].isdigit()):
+            return device
+        raise _problem("must be auto, cpu, cuda or cuda:N; got {device}", device=repr(device))
 
-@dataclass(frozen=True)
-class CooccurrenceCheck:
+
+class CooccurrenceCheck(_Section):
     """Thresholds of the co-occurrence balance check (see audit_tasks.cooccurrence for the rule)."""
 
-    max_conditional: float = 0.9
-    min_support: int = 30
-    attributes: tuple[str, ...] | None = None  # default: the subgroup check's attributes
-    min_lift: float = 1.5
-    confidence: float = 0.95
-    target_share: float = 0.2  # the curator's goal for "a without b" when suggesting images to add
-    max_class_imbalance: float = 10.0  # largest / smallest label count
+    max_conditional: float = Field(
+        default=0.9, gt=0, le=1, description="Largest allowed P(b | a) for a tag or attribute pair.")
+    min_support: int = Field(default=30, ge=1, description="Pairs seen fewer times than this are not judged.")
+    attributes: Names | None = Field(
+        default=None, description="Attribute columns paired with the tags; default: the subgroup check's.")
+    min_lift: float = Field(default=1.5, ge=1, description="A pair is flagged only when its lift is at least this.")
+    confidence: float = Field(
+        default=0.95, gt=0, lt=1, description="Confidence level of the co-occurrence interval.")
+    target_share: float = Field(
+        default=0.2, gt=0, lt=1, description="Curator's goal for 'a without b' when suggesting images to add.")
+    max_class_imbalance: float = Field(
+        default=10.0, ge=1, description="Largest allowed ratio of the biggest to the smallest class.")
 
 
-@dataclass(frozen=True)
-class SaliencyCheck:
+class SaliencyCheck(_Section):
     """Thresholds of the saliency (shortcut) check (see audit_tasks.regions for the rule)."""
 
-    max_spurious_share: float = 0.5
-    min_spurious_enrichment: float = 3.0
-    min_core_share: float = 0.3
-    max_flagged_fraction: float = 0.25
-    min_images: int = 20
+    max_spurious_share: float = Field(
+        default=0.5, ge=0, le=1, description="Largest allowed share of Grad-CAM energy on spurious regions.")
+    min_spurious_enrichment: float = Field(
+        default=3.0, gt=0,
+        description="A spurious region is suspicious when its share exceeds its area this many times.")
+    min_core_share: float = Field(
+        default=0.3, ge=0, le=1, description="Smallest acceptable share of Grad-CAM energy on the object itself.")
+    max_flagged_fraction: float = Field(
+        default=0.25, ge=0, le=1, description="Largest allowed fraction of a class's images flagged as shortcuts.")
+    min_images: int = Field(default=20, ge=1, description="Classes with fewer audited images are not judged.")
 
 
-@dataclass(frozen=True)
-class SubgroupCheck:
+class SubgroupCheck(_Section):
     """Thresholds of the subgroup performance check (see audit_tasks.subgroups for the rule)."""
 
-    attributes: tuple[str, ...] = ()
-    intersections: bool = True
-    metric: Literal["accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"] = "accuracy"
-    max_gap: float = 0.05
-    min_group_size: int = 30
-    confidence: float = 0.95
-    # The class whose recall/TPR/FPR/precision is judged; default: the second of model.classes.
-    positive_class: str | None = None
-    # How the gap test's confidence is shared among comparisons: bonferroni over every pair of judgeable
-    # groups (no false alarm from testing many groups), or none (each comparison at `confidence`; more alarms).
-    multiple_comparisons: Literal["bonferroni", "none"] = "bonferroni"
-    # Bootstrap resamples per group for the macro metrics' intervals (more: steadier intervals, slower).
-    n_bootstrap: int = 2000
+    attributes: Names = Field(default=(), description="Attribute columns whose groups are compared.")
+    intersections: bool = Field(default=True, description="Also compare the groups of every pair of attributes.")
+    metric: SubgroupMetric = Field(default="accuracy", description="Metric compared across subgroups.")
+    max_gap: float = Field(
+        default=0.05, ge=0, le=1, description="Largest allowed metric gap between a group and the best group.")
+    min_group_size: int = Field(
+        default=30, ge=1, description="Groups smaller than this are reported but not judged.")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of the subgroup intervals.")
+    # Default: the second of model.classes.
+    positive_class: Name | None = Field(
+        default=None, description="Class whose recall/TPR/FPR/precision is judged (one of model.classes).")
+    # bonferroni: the gap test's confidence is shared by every pair of judgeable groups (no false alarm from
+    # testing many groups); none: each comparison at `confidence` (more alarms).
+    multiple_comparisons: Literal["bonferroni", "none"] = Field(
+        default="bonferroni",
+        description="bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.")
+    # More resamples: steadier intervals, slower.
+    n_bootstrap: int = Field(
+        default=2000, ge=100, le=100_000, description="Bootstrap resamples per group for the macro metrics' intervals.")
 
 
-@dataclass(frozen=True)
-class IngestCheck:
+class IngestCheck(_Section):
     """Thresholds on the ingest itself: too much bad input fails the audit."""
 
-    max_quarantine_fraction: float = 0.1
+    max_quarantine_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Largest allowed fraction of input rows sent to quarantine.")
 
 
-@dataclass(frozen=True)
-class ChecksConfig:
+class ChecksConfig(_Section):
     """Each check is None when its section is absent: the check is skipped and the report says so."""
 
     cooccurrence: CooccurrenceCheck | None = None
@@ -128,7 +283,9 @@ class ChecksConfig:
     subgroups: SubgroupCheck | None = None
     ingest: IngestCheck | None = None
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.
-    min_audited: int = 1
+    min_audited: int = Field(
+        default=1, ge=0,
+        description="Fewer audited images than this make the run inconclusive (never green, no retraining).")
 
     def cooccurrence_attributes(self) -> tuple[str, ...]:
         """Attributes for the co-occurrence check: its own list, else the subgroup check's."""
@@ -137,21 +294,29 @@ class ChecksConfig:
         return self.subgroups.attributes if self.subgroups is not None else ()
 
 
-@dataclass(frozen=True)
-class OutputConfig:
-    dir: StoragePath = Path("audit_reports")  # a folder, or an object-store URI
+class OutputConfig(_Section):
+    # A folder, or an object-store URI; the default resolves against the config's folder too.
+    dir: Location = Field(default=Path("audit_reports"), validate_default=True)
 
 
-@dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(_Section):
     """The whole parsed config. `dataset` and `model` are None for the check-only commands."""
 
     dataset: DatasetConfig | None = None
     model: ModelConfig | None = None
-    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
-    checks: ChecksConfig = field(default_factory=ChecksConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    source: Path | None = None  # the file it was read from, for messages
+    saliency: SaliencyConfig = Field(default_factory=SaliencyConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    source: Path | None = None  # the file it was read from, for messages; not a key of the file
+
+    @model_validator(mode="after")
+    def _positive_class_is_a_class(self) -> AuditConfig:
+        subgroups = self.checks.subgroups
+        if (subgroups is not None and subgroups.positive_class is not None and self.model is not None
+                and subgroups.positive_class not in self.model.classes):
+            raise _problem("{value} is not one of model.classes", key="checks.subgroups.positive_class",
+                           value=repr(subgroups.positive_class))
+        return self
 
     def require_dataset(self) -> DatasetConfig:
         if self.dataset is None:
@@ -185,13 +350,43 @@ def default_checks() -> ChecksConfig:
     )
 
 
+#: Fields of AuditConfig that are not keys of the file.
+_NOT_KEYS = frozenset({"source"})
+
+
+def dotted_keys(section: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every key a config file may set, dotted (`checks.saliency.min_images`), in the models' order."""
+    keys: list[str] = []
+    for name, info in (section or AuditConfig).model_fields.items():
+        if section is None and name in _NOT_KEYS:
+            continue
+        inner = _section_type(info)
+        keys += dotted_keys(inner, f"{prefix}{name}.") if inner is not None else [f"{prefix}{name}"]
+    return keys
+
+
+def field_schema(key: str) -> dict[str, Any]:
+    """The JSON schema of one dotted config key (`checks.saliency.max_flagged_fraction`), from its model:
+    type, bounds, enum and description, without title and default. The DAG params are built from it.
+
+    Raises KeyError for a key that is not in the config.
+    """
+    *sections, name = key.split(".")
+    model: type[BaseModel] = AuditConfig
+    for part in sections:
+        section = _section_type(model.model_fields[part])
+        if section is None:
+            raise KeyError(key)
+        model = section
+    schema = dict(model.model_json_schema()["properties"][name])
+    schema.pop("title", None)
+    schema.pop("default", None)
+    return schema
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-
-_PATH_FIELDS = {"landing", "image_root", "catalog", "checkpoint", "dir"}
-#: Keys of `checks` that are plain values, not check sections.
-_CHECKS_SCALARS = {"min_audited"}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
@@ -215,42 +410,35 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, config_path)
     if checks_only:
-        _reject_unknown(raw, AuditConfig, "", str(config_path), skip={"source"})
-        raw = {"checks": raw.get("checks")}
+        raw = {key: value for key, value in raw.items() if key == "checks" or key not in _top_level_keys()}
     return parse_config(raw, base_dir=config_path.resolve().parent, source=config_path)
 
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None) -> AuditConfig:
-    """Build an AuditConfig from an already-loaded mapping (paths relative to `base_dir`)."""
+    """Build an AuditConfig from an already-loaded mapping (paths relative to `base_dir`).
+
+    Every problem is reported at once: one ConfigError, one line per problem, each naming its dotted key.
+    A check that spans fields (positive_class among model.classes) runs once the fields it reads are valid.
+    """
     where = str(source) if source else "config"
-    _reject_unknown(raw, AuditConfig, "", where, skip={"source"})
-    sections: dict[str, Any] = {"source": source}
-    if raw.get("dataset") is not None:
-        sections["dataset"] = _build(DatasetConfig, raw["dataset"], "dataset", where, base_dir)
-    if raw.get("model") is not None:
-        sections["model"] = _build(ModelConfig, raw["model"], "model", where, base_dir)
-    if raw.get("saliency") is not None:
-        sections["saliency"] = _build(SaliencyConfig, raw["saliency"], "saliency", where, base_dir)
-    if raw.get("output") is not None:
-        sections["output"] = _build(OutputConfig, raw["output"], "output", where, base_dir)
-    else:
-        sections["output"] = OutputConfig(dir=(base_dir / "audit_reports"))
-    checks_raw = raw.get("checks")
-    if checks_raw is not None:
-        if not isinstance(checks_raw, dict):
-            raise ConfigError(f"{where}: 'checks' must be a mapping")
-        _reject_unknown(checks_raw, ChecksConfig, "checks.", where)
-        checks = {}
-        for name, value in checks_raw.items():
-            if name in _CHECKS_SCALARS:
-                checks[name] = _coerce(value, _field_types(ChecksConfig)[name], f"checks.{name}", where)
-                continue
-            check_type = _field_types(ChecksConfig)[name]
-            cls = _strip_optional(check_type)
-            checks[name] = _build(cls, value if value is not None else {}, f"checks.{name}", where, base_dir)
-        sections["checks"] = ChecksConfig(**checks)
-    config = AuditConfig(**sections)
-    _validate(config, where)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    problems = [_unknown_key(key, AuditConfig) for key in raw if key in _NOT_KEYS]
+    data = {key: value for key, value in raw.items() if key not in _NOT_KEYS}
+    for name in ("saliency", "checks", "output"):  # `saliency:` with nothing below means its defaults
+        if data.get(name) is None:
+            data[name] = {}
+    checks = data["checks"]
+    if isinstance(checks, Mapping):  # a check section present with nothing below runs with its defaults
+        sections = {name for name, info in ChecksConfig.model_fields.items() if _section_type(info) is not None}
+        data["checks"] = {name: {} if value is None and name in sections else value for name, value in checks.items()}
+    data["source"] = Path(source) if source is not None else None
+    try:
+        config = AuditConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_join(where, problems + _problems(exc, AuditConfig))) from None
+    if problems:
+        raise ConfigError(_join(where, problems))
     return config
 
 
@@ -268,192 +456,163 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: Path) -> N
     node[parts[-1]] = value
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _top_level_keys() -> frozenset[str]:
+    return frozenset(AuditConfig.model_fields) - _NOT_KEYS
 
 
-def _strip_optional(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if _is_union(tp) and len(args) == 1:
+# ---------------------------------------------------------------------------------------------
+# Messages: pydantic's errors in the config's words, each naming its dotted key
+# ---------------------------------------------------------------------------------------------
+
+
+def _describe(exc: ValidationError, root: type[BaseModel], where: str) -> str:
+    return _join(where, _problems(exc, root))
+
+
+def _join(where: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{where}: {problems[0]}"
+    return f"{where}: {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)
+
+
+def _problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+    return list(dict.fromkeys(_problem_line(error, root) for error in exc.errors()))
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _problem_line(error: Any, root: type[BaseModel]) -> str:
+    """One pydantic error as one line of the message, in the same words the config has always used."""
+    loc: tuple[Any, ...] = tuple(error["loc"])
+    kind: str = error["type"]
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == _PROBLEM and "key" in ctx:
+        loc += tuple(ctx["key"].split("."))
+    key = _dotted(loc)
+    if kind == _PROBLEM:
+        return f"'{key}' {error['msg']}"
+    if kind == "extra_forbidden":
+        return _unknown_key(key, _section_at(root, loc[:-1]))
+    if kind == "missing":
+        annotation = _annotation_at(root, loc[:-1])
+        if isinstance(loc[-1], int) and typing.get_origin(annotation) is tuple:
+            got = f", got {len(value)}" if isinstance(value, (tuple, list)) else ""
+            return f"'{_dotted(loc[:-1])}' must have exactly {len(typing.get_args(annotation))} items{got}"
+        return f"missing required key '{key}'"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"'{key or 'top level'}' must be a mapping, got {type(value).__name__}"
+    if kind == "literal_error":
+        choices = typing.get_args(_annotation_at(root, loc))
+        return f"'{key}' must be one of {', '.join(map(str, choices))}; got {value!r}"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return f"'{key}' must be {_bounds_phrase(_bounds_at(root, loc) or ctx)}; got {value}"
+    if kind == "too_long" and ctx.get("field_type") == "Tuple":
+        return f"'{key}' must have exactly {ctx['max_length']} items, got {ctx['actual_length']}"
+    if kind in _TYPE_WORDS:
+        return f"'{key}' must be {_TYPE_WORDS[kind]}, got {value!r}"
+    return f"'{key}': {error['msg']}; got {value!r}"
+
+
+#: What a value of the wrong type should have been, by pydantic error type.
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "string_type": "a non-empty string",
+    "string_too_short": "a non-empty string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+}
+
+
+def _unknown_key(key: str, section: type[BaseModel] | None) -> str:
+    known = sorted(set(section.model_fields) - (_NOT_KEYS if section is AuditConfig else set())) if section else []
+    return f"unknown key '{key}' (known keys here: {', '.join(known)})"
+
+
+def _bounds_phrase(bounds: Mapping[str, Any]) -> str:
+    """"a fraction in [0, 1]", "strictly between 0 and 1", "positive", ">= 1", "between 100 and 100000"."""
+    ge, gt, le, lt = (bounds.get(name) for name in ("ge", "gt", "le", "lt"))
+    if le == 1 and lt is None and (ge == 0 or gt == 0):
+        return f"a fraction in {'[' if ge == 0 else '('}0, 1]"
+    if gt is not None and lt is not None:
+        return f"strictly between {gt} and {lt}"
+    if ge is not None and le is not None:
+        return f"between {ge} and {le}"
+    if gt == 0 and le is None and lt is None:
+        return "positive"
+    parts = [f"{op} {v}" for op, v in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if v is not None]
+    return " and ".join(parts)
+
+
+def _section_type(info: FieldInfo) -> type[BaseModel] | None:
+    """The model a field holds (itself or Optional), or None for a plain value."""
+    annotation = _strip_optional(info.annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _strip_optional(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
-    return tp
+    return annotation
 
 
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+def _field_at(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[FieldInfo | None, Any]:
+    """The field a location falls in and the annotation at that location (descending into tuple items)."""
+    model: type[BaseModel] | None = root
+    info: FieldInfo | None = None
+    annotation: Any = None
+    for part in loc:
+        if isinstance(part, str):
+            if model is None or part not in model.model_fields:
+                return None, None
+            info = model.model_fields[part]
+            annotation = _strip_optional(info.annotation)
+            model = _section_type(info)
+        else:
+            model = None
+            annotation = _strip_optional(annotation)
+            args = typing.get_args(annotation)
+            if typing.get_origin(annotation) is not tuple or not args:
+                return None, None
+            annotation = args[0] if len(args) == 2 and args[1] is Ellipsis else args[min(part, len(args) - 1)]
+    return info, annotation
 
 
-def _reject_unknown(raw: Mapping[str, Any], cls: type, prefix: str, where: str, skip: set[str] = frozenset()) -> None:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping")
-    known = {f.name for f in dataclasses.fields(cls)} - set(skip)
-    for key in raw:
-        if key not in known:
-            raise ConfigError(
-                f"{where}: unknown key '{prefix}{key}' (known keys here: {', '.join(sorted(known))})"
-            )
+def _section_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    if not loc:
+        return root
+    info, _ = _field_at(root, loc)
+    return _section_type(info) if info is not None else None
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str, base_dir: Path) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: '{prefix}' must be a mapping, got {type(raw).__name__}")
-    _reject_unknown(raw, cls, prefix + ".", where)
-    hints = _field_types(cls)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}"
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                raise ConfigError(f"{where}: missing required key '{key}'")
-            continue
-        value = _coerce(raw[f.name], hints[f.name], key, where)
-        if f.name in _PATH_FIELDS and isinstance(value, Path) and not value.is_absolute():  # URIs stay as given
-            value = (base_dir / value).resolve()
-        values[f.name] = value
-    return cls(**values)
+def _annotation_at(root: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    annotation = _field_at(root, loc)[1]
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return _strip_optional(annotation)
 
 
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (lists to tuples, str to Path)."""
-    if tp == StoragePath:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: '{key}' must be a path or URI string, got {value!r}")
-        try:
-            return storage_path(value)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: '{key}': {exc}") from None
-    if _is_union(tp):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: '{key}' has an invalid value {value!r}")
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(
-                f"{where}: '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}"
-            )
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: '{key}' must be a list, got {type(value).__name__}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: '{key}' must have exactly {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: '{key}' must be a path string, got {value!r}")
-        return Path(value)
-    raise ConfigError(f"{where}: '{key}' has an unsupported type")  # pragma: no cover - schema bug
-
-
-def _validate(config: AuditConfig, where: str) -> None:
-    """Checks that span fields or bound values: impossible thresholds are errors, not surprises."""
-
-    def fraction(key: str, value: float, *, open_low: bool = False) -> None:
-        low_ok = value > 0 if open_low else value >= 0
-        if not (low_ok and value <= 1):
-            raise ConfigError(f"{where}: '{key}' must be a fraction in {'(0' if open_low else '[0'}, 1]; got {value}")
-
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            raise ConfigError(f"{where}: '{key}' must be positive; got {value}")
-
-    if config.dataset is not None:
-        d = config.dataset
-        if not is_remote(d.landing) and not d.landing.is_dir():  # a remote landing is listed at ingest
-            raise ConfigError(f"{where}: 'dataset.landing' folder does not exist: {d.landing}")
-        if not is_remote(d.image_root) and not d.image_root.is_dir():
-            raise ConfigError(f"{where}: 'dataset.image_root' folder does not exist: {d.image_root}")
-        for scheme in d.allowed_schemes:
-            if scheme not in {"file", "s3", "gs", "gcs", "az", "abfs", "memory", "http", "https"}:
-                raise ConfigError(f"{where}: 'dataset.allowed_schemes' has unsupported scheme {scheme!r}")
-        positive("dataset.max_image_pixels", d.max_image_pixels)
-        positive("dataset.min_image_side", d.min_image_side)
-    if config.model is not None:
-        m = config.model
-        if not m.classes:
-            raise ConfigError(f"{where}: 'model.classes' must list at least one class")
-        if len(set(m.classes)) != len(m.classes):
-            raise ConfigError(f"{where}: 'model.classes' has duplicate class names")
-        if not is_remote(m.checkpoint) and not m.checkpoint.is_file():  # a remote one is checked when loaded
-            raise ConfigError(f"{where}: 'model.checkpoint' file does not exist: {m.checkpoint}")
-        positive("model.input_size", m.input_size)
-        for i, s in enumerate(m.std):
-            positive(f"model.std[{i}]", s)
-    s = config.saliency
-    positive("saliency.batch_size", s.batch_size)
-    if s.num_workers < 0:
-        raise ConfigError(f"{where}: 'saliency.num_workers' must be >= 0; got {s.num_workers}")
-    if not (s.device in {"auto", "cpu", "cuda", "mps"} or (s.device.startswith("cuda:") and s.device[5:].isdigit())):
-        raise ConfigError(f"{where}: 'saliency.device' must be auto, cpu, cuda or cuda:N; got {s.device!r}")
-    c = config.checks
-    if c.cooccurrence is not None:
-        fraction("checks.cooccurrence.max_conditional", c.cooccurrence.max_conditional, open_low=True)
-        for key, value in (("confidence", c.cooccurrence.confidence), ("target_share", c.cooccurrence.target_share)):
-            if not 0 < value < 1:
-                raise ConfigError(f"{where}: 'checks.cooccurrence.{key}' must be strictly between 0 and 1; got {value}")
-        positive("checks.cooccurrence.min_support", c.cooccurrence.min_support)
-        if c.cooccurrence.min_lift < 1:
-            raise ConfigError(f"{where}: 'checks.cooccurrence.min_lift' must be >= 1; got {c.cooccurrence.min_lift}")
-        if c.cooccurrence.max_class_imbalance < 1:
-            raise ConfigError(
-                f"{where}: 'checks.cooccurrence.max_class_imbalance' must be >= 1; got {c.cooccurrence.max_class_imbalance}"
-            )
-    if c.saliency is not None:
-        fraction("checks.saliency.max_spurious_share", c.saliency.max_spurious_share)
-        fraction("checks.saliency.min_core_share", c.saliency.min_core_share)
-        fraction("checks.saliency.max_flagged_fraction", c.saliency.max_flagged_fraction)
-        positive("checks.saliency.min_spurious_enrichment", c.saliency.min_spurious_enrichment)
-        if c.saliency.min_images < 1:
-            raise ConfigError(f"{where}: 'checks.saliency.min_images' must be >= 1; got {c.saliency.min_images}")
-    if c.subgroups is not None:
-        fraction("checks.subgroups.max_gap", c.subgroups.max_gap)
-        fraction("checks.subgroups.confidence", c.subgroups.confidence, open_low=True)
-        if c.subgroups.confidence >= 1:
-            raise ConfigError(f"{where}: 'checks.subgroups.confidence' must be below 1; got {c.subgroups.confidence}")
-        if c.subgroups.min_group_size < 1:
-            raise ConfigError(
-                f"{where}: 'checks.subgroups.min_group_size' must be >= 1; got {c.subgroups.min_group_size}"
-            )
-        if not 100 <= c.subgroups.n_bootstrap <= 100_000:
-            raise ConfigError(
-                f"{where}: 'checks.subgroups.n_bootstrap' must be between 100 and 100000; got {c.subgroups.n_bootstrap}"
-            )
-    if (c.subgroups is not None and c.subgroups.positive_class is not None and config.model is not None
-            and c.subgroups.positive_class not in config.model.classes):
-        raise ConfigError(
-            f"{where}: 'checks.subgroups.positive_class' {c.subgroups.positive_class!r} is not one of model.classes"
-        )
-    if c.min_audited < 0:
-        raise ConfigError(f"{where}: 'checks.min_audited' must be >= 0; got {c.min_audited}")
-    if c.ingest is not None:
-        fraction("checks.ingest.max_quarantine_fraction", c.ingest.max_quarantine_fraction)
+def _bounds_at(root: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:
+    """The bounds declared on the field (or tuple item) at `loc`: {"ge": 0, "le": 1}."""
+    info, annotation = _field_at(root, loc)
+    if info is None:
+        return {}
+    metadata = list(info.metadata) if not isinstance(loc[-1], int) else []
+    while typing.get_origin(annotation) is Annotated:
+        args = typing.get_args(annotation)
+        annotation = args[0]
+        for extra in args[1:]:
+            metadata += extra.metadata if isinstance(extra, FieldInfo) else [extra]
+    bounds: dict[str, Any] = {}
+    for item in metadata:  # annotated_types' Ge(ge=0), Gt(gt=0), Le(le=1), Lt(lt=1)
+        bounds.update({name: getattr(item, name) for name in ("ge", "gt", "le", "lt") if hasattr(item, name)})
+    return bounds

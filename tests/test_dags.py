@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -126,12 +125,76 @@ def test_every_config_threshold_has_a_param():
 
     not_thresholds = {"attributes", "intersections"}
     expected = {
-        f"checks.{section}.{f.name}"
+        f"checks.{section}.{name}"
         for section, cls in (("cooccurrence", config.CooccurrenceCheck), ("saliency", config.SaliencyCheck),
                              ("subgroups", config.SubgroupCheck), ("ingest", config.IngestCheck))
-        for f in dataclasses.fields(cls) if f.name not in not_thresholds
+        for name in cls.model_fields if name not in not_thresholds
     } | {"checks.min_audited"}
     assert {t.key for t in THRESHOLDS} == expected
+
+
+def test_the_params_field_schemas_are_the_config_models_own():
+    from audit_airflow.params import field_schemas
+    from audit_airflow.threshold_schemas import FIELD_SCHEMAS
+
+    assert FIELD_SCHEMAS == field_schemas(), (
+        "audit_airflow/threshold_schemas.py is stale: run "
+        "python -c 'from audit_airflow.params import write_field_schemas; write_field_schemas()'"
+    )
+
+
+BOUND_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength")
+
+
+def test_every_threshold_params_bounds_equal_its_config_fields_bounds():
+    from audit_airflow.params import THRESHOLDS, audit_params
+    from audit_tasks.config import field_schema
+
+    params = audit_params()
+    bounded = 0
+    for t in THRESHOLDS:
+        field = field_schema(t.key)  # straight from the pydantic model
+        [declared] = [b for b in field.get("anyOf", [field]) if b.get("type") != "null"]
+        schema = params[t.param].schema
+        assert {k: schema[k] for k in BOUND_KEYWORDS if k in schema} == \
+            {k: declared[k] for k in BOUND_KEYWORDS if k in declared}, t.key
+        assert schema["type"] == ["null", declared["type"]], t.key
+        assert schema.get("enum", [None])[1:] == declared.get("enum", []), t.key
+        assert params[t.param].description.startswith(field["description"]), t.key
+        bounded += any(k in schema for k in BOUND_KEYWORDS) or "enum" in schema
+    assert bounded == len(THRESHOLDS)  # every threshold has a bound or a set of choices to compare
+
+
+#: Values a trigger form could send (JSON: no infinities), on and around every bound and choice.
+CANDIDATES = (-1, 0, 0.05, 0.5, 1, 1.5, 3, 99, 100, 2.5, 100000, 100001, True, "", "0.5", "recall", "none",
+              "bonferroni", "nurse")
+
+
+def test_a_threshold_param_refuses_exactly_what_the_config_refuses():
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from audit_airflow.params import THRESHOLDS, audit_params
+    from audit_tasks.config import ChecksConfig
+    from audit_tasks.errors import ConfigError
+
+    params = audit_params()
+    refused = 0
+    for threshold in THRESHOLDS:
+        _, section, *name = threshold.key.split(".")
+        for value in CANDIDATES:
+            try:
+                ChecksConfig.model_validate({section: {name[0]: value}} if name else {section: value})
+                config_accepts = True
+            except (ConfigError, ValueError):  # pydantic's ValidationError is a ValueError
+                config_accepts = False
+            try:
+                params[threshold.param].resolve(value)
+                form_accepts = True
+            except ParamValidationError:
+                form_accepts = False
+            refused += not form_accepts
+            assert form_accepts == config_accepts, (threshold.key, value)
+    assert 0 < refused < len(THRESHOLDS) * len(CANDIDATES)
 
 
 @pytest.mark.parametrize(
