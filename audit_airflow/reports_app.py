@@ -13,7 +13,6 @@ hand-placed report.html cannot read the cookie or call the REST API.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -33,7 +32,8 @@ from audit_airflow import compat
 from audit_airflow.params import RUN_ID_PATTERN
 from audit_airflow.storage import storage_root
 from audit_tasks.gates import FAILED, INCONCLUSIVE, PASSED
-from audit_tasks.report_html import CSP as REPORT_DOCUMENT_CSP
+from audit_tasks.report import CSP as REPORT_DOCUMENT_CSP
+from audit_tasks.report import render as render_template
 
 __all__ = [
     "AUDIT_DAG_ID",
@@ -503,77 +503,48 @@ def _report_response(found: Any) -> Response:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTML
+# HTML: the report's template set draws these pages (audit_tasks/report/templates/reports_*.html.j2)
 # ---------------------------------------------------------------------------------------------
 
 _LABELS = {PASSED: "PASSED", FAILED: "FAILED", INCONCLUSIVE: "INCONCLUSIVE", UNREADABLE: "UNREADABLE"}
 #: Green only for passed; inconclusive is amber and unreadable grey, so neither can pass for green.
 _COLOURS = {PASSED: "#137333", FAILED: "#b3261e", INCONCLUSIVE: "#b06000", UNREADABLE: "#5f6368"}
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5rem; }
-table { border-collapse: collapse; width: 100%; table-layout: fixed; }
-th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ddd; vertical-align: top; }
-td { overflow-wrap: break-word; }
-td.run { overflow-wrap: anywhere; }
-td.verdict { font-weight: 600; }
-col.run { width: 25%; } col.verdict { width: 10rem; } col.details { width: 32%; } col.when { width: 18%; }
-col.report { width: 10%; }
-nav.pages { margin: .8rem 0; display: flex; gap: 1rem; align-items: baseline; }
-"""
-#: Fixed column widths: a 128-character run id or a long gate name wraps inside its column instead of
-#: widening the table past the screen (the full id stays in the cell's title).
-_COLUMNS = ('<colgroup><col class="run"><col class="verdict"><col class="details"><col class="when">'
-            '<col class="report"></colgroup>')
-
 
 def _page_count(total: int, page_size: int) -> int:
     return max(1, math.ceil(total / page_size))
 
 
-def _shell(title: str, body: str, style: str = _STYLE) -> str:
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{style}</style></head>\n<body>{body}</body></html>\n"
-    )
+@dataclass(frozen=True)
+class _Pager:
+    """Where one page of runs sits: runs `first`..`last` of `total`; the newer and older page numbers, if any."""
+
+    first: int
+    last: int
+    total: int
+    newer: int | None
+    older: int | None
 
 
-def _row(run: AuditRun) -> str:
-    link = f'<a href="runs/{html.escape(run.run_id)}/report.html">report.html</a>' if run.has_report \
-        else "no report yet"
-    details = ", ".join(html.escape(g) for g in run.failed_gates) or html.escape(run.reason) or "&mdash;"
-    run_id = html.escape(run.run_id)
-    return (
-        f'<tr class="{run.verdict}"><td class="run" title="{run_id}">{run_id}</td>'
-        f'<td class="verdict">{_LABELS[run.verdict]}</td><td>{details}</td>'
-        f'<td class="when">{html.escape(run.finished)}</td><td>{link}</td></tr>'
-    )
-
-
-def _pager(listing: RunPage, page_size: int) -> str:
+def _pager(listing: RunPage, page_size: int) -> _Pager | None:
     if not listing.total:
-        return ""
+        return None
     page = listing.offset // page_size + 1
-    shown = f"runs {listing.offset + 1:,}\u2013{listing.offset + len(listing.runs):,} of {listing.total:,}"
-    previous = f'<a href="?page={page - 1}">&larr; newer</a>' if page > 1 else ""
-    following = f'<a href="?page={page + 1}">older &rarr;</a>' if page < _page_count(listing.total, page_size) else ""
-    return f'<nav class="pages">{previous}<span>{shown}</span>{following}</nav>'
+    return _Pager(
+        first=listing.offset + 1,
+        last=listing.offset + len(listing.runs),
+        total=listing.total,
+        newer=page - 1 if page > 1 else None,
+        older=page + 1 if page < _page_count(listing.total, page_size) else None,
+    )
 
 
 def render_index(listing: RunPage, *, page_size: int) -> str:
     """The index page of one page of runs: a table, coloured by verdict, and links to the other pages."""
-    colours = "".join(f"tr.{verdict} td.verdict {{ color: {colour}; }}\n" for verdict, colour in _COLOURS.items())
-    rows = "\n".join(_row(run) for run in listing.runs) or '<tr><td colspan="5">No audit runs yet.</td></tr>'
-    pager = _pager(listing, page_size)
-    body = (
-        f"<h1>Dataset audits</h1>{pager}\n<table>{_COLUMNS}<thead><tr><th>Run</th><th>Verdict</th>"
-        "<th>Failed gates / reason</th><th>Finished</th><th>Report</th></tr></thead>\n"
-        f"<tbody>\n{rows}\n</tbody></table>{pager}"
-    )
-    return _shell("Dataset audits", body, _STYLE + colours)
+    return render_template("reports_index.html.j2", runs=listing.runs, labels=_LABELS, colours=_COLOURS,
+                           pager=_pager(listing, page_size))
 
 
 def _message_page(status: int, title: str, text: str) -> HTMLResponse:
     """A small HTML page for the DAG-run view, which the UI shows in a frame where JSON would be noise."""
-    body = f'<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href="../../">All audit runs</a></p>'
-    return HTMLResponse(_shell(title, body), status_code=status)
+    return HTMLResponse(render_template("reports_message.html.j2", title=title, text=text), status_code=status)

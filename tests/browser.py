@@ -98,7 +98,8 @@ def run_chromium(chromium: str, page: Path, tmp: Path, *extra: str, timeout: flo
     return BrowserRun(done.returncode, done.stdout, done.stderr)
 
 
-def screenshot(chromium: str, page: Path, out_png: Path, tmp: Path, *, size: tuple[int, int] = (1280, 2000)) -> BrowserRun:
+def screenshot(chromium: str, page: Path, out_png: Path, tmp: Path, *,
+               size: tuple[int, int] = (1280, 2000)) -> BrowserRun:
     return run_chromium(chromium, page, tmp, f"--screenshot={out_png}", f"--window-size={size[0]},{size[1]}")
 
 

@@ -9,8 +9,8 @@ writes a 100k-image run efficiently (numpy/pyarrow, a handful of shared image fi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -123,7 +123,7 @@ def build_run(
         "label": labels,
         "prediction": predictions,
         "confidence": rng.uniform(0.4, 1.0, n_images),
-        "correct": [a == b for a, b in zip(labels, predictions)],
+        "correct": [a == b for a, b in zip(labels, predictions, strict=True)],
         "target_class": labels,
         "width": 64,
         "height": 48,
@@ -175,7 +175,8 @@ def build_run(
             n_a, n_b = int(rng.integers(40, 200)), int(rng.integers(40, 200))
             n_ab = int(rng.integers(5, min(n_a, n_b)))
             p = n_ab / n_a
-            flagged = (a, b) in {("stethoscope", "gender=male"), ("watermark", "nurse"), ("mask", "skin_tone=dark")} or (
+            planted = {("stethoscope", "gender=male"), ("watermark", "nurse"), ("mask", "skin_tone=dark")}
+            flagged = (a, b) in planted or (
                 hostile and a == XSS_SCRIPT and b == "gender=female")
             if flagged:
                 n_ab, p = int(n_a * 0.95), 0.95
@@ -197,7 +198,8 @@ def build_run(
 
     # subgroups.parquet + confusion.parquet ---------------------------------------------------------
     sg_rows = []
-    groups = {"gender": genders, "skin_tone": tones, "gender&skin_tone": [f"{g}&{t}" for g in genders[:2] for t in tones]}
+    groups = {"gender": genders, "skin_tone": tones,
+              "gender&skin_tone": [f"{g}&{t}" for g in genders[:2] for t in tones]}
     for attribute, values in groups.items():
         for k, group in enumerate(values):
             n = 4 if group in ("medium", "male&medium") else int(rng.integers(40, 300))
@@ -220,12 +222,14 @@ def build_run(
         columns={"gender": "group"})
     per_gender.insert(0, "attribute", "gender")
     if "confusion" not in skip:
-        write_table(pd.concat([overall, per_gender], ignore_index=True), run_dir / "confusion.parquet", name="confusion")
+        write_table(pd.concat([overall, per_gender], ignore_index=True), run_dir / "confusion.parquet",
+                    name="confusion")
 
     # quarantine.parquet ---------------------------------------------------------------------------
     q_rows = [
         {"image_uri": "missing/a.png", "image_id": "", "label": "doctor", "tags": "mask", "regions": "",
-         "manifest": "batch_01.csv", "row_number": 3, "reason": "image file not found: missing/a.png", "stage": "ingest"},
+         "manifest": "batch_01.csv", "row_number": 3, "reason": "image file not found: missing/a.png",
+         "stage": "ingest"},
         {"image_uri": "b.png", "image_id": "", "label": "pilot", "tags": "", "regions": "",
          "manifest": "batch_01.csv", "row_number": 9, "reason": "label 'pilot' is not one of the model's classes",
          "stage": "ingest"},

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
+import json
 import re
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 import pytest
+from browser import chromium_or_skip, dump_dom, screenshot
+from fixtures_report import XSS_ATTR, XSS_SCRIPT, build_large_run, build_run
 from PIL import Image
 
 from audit_tasks import history
 from audit_tasks.errors import AuditError
-from audit_tasks.report import QUARANTINE_ROWS, render_report
-from audit_tasks.report_images import colourise, jet_lut, render_overlay
+from audit_tasks.report import CSP, QUARANTINE_ROWS, render, render_report
+from audit_tasks.report import data as report_data
+from audit_tasks.report.images import colourise, jet_lut, render_overlay
 from audit_tasks.tables import write_table
-from browser import chromium_or_skip, dump_dom, screenshot
-from fixtures_report import XSS_ATTR, XSS_SCRIPT, build_large_run, build_run
 
 FIVE_MB = 5 * 1024 * 1024
 
@@ -70,6 +74,18 @@ def test_missing_tables_show_check_skipped(tmp_path):
         assert "check not configured / skipped" in body, anchor
 
 
+def test_inconclusive_run_shows_inconclusive_verdict_with_its_reason(tmp_path):
+    run_dir = build_run(tmp_path, passed=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(verdict="inconclusive", inconclusive_reason="no image was audited")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    page = _render(run_dir)
+    assert '<header class="verdict unknown">' in page
+    assert '<div class="word" id="verdict">INCONCLUSIVE</div>' in page
+    assert "No verdict: no image was audited. A run without evidence is not a clean audit" in page
+    assert "<title>INCONCLUSIVE" in page
+
+
 def test_run_without_gates_or_summary_says_no_verdict(tmp_path):
     page = _render(build_run(tmp_path, skip=("gates", "summary")))
     assert '<div class="word" id="verdict">NO VERDICT</div>' in page
@@ -83,7 +99,7 @@ def test_missing_run_folder_raises_audit_error(tmp_path):
 def test_flagged_pairs_listed_with_curator_sentence(tmp_path):
     page = _render(build_run(tmp_path))
     assert "Flagged pairs (2)" in page
-    assert "&#x27;stethoscope&#x27; appears with &#x27;gender=male&#x27; in 95% of its images" in page
+    assert "&#39;stethoscope&#39; appears with &#39;gender=male&#39; in 95% of its images" in page
     assert page.count('stroke="#111" stroke-width="2.5"') >= 1  # flagged cell outlined in the heatmap
 
 
@@ -148,7 +164,7 @@ def test_quarantine_shows_first_rows_and_counts_the_rest(tmp_path):
 
 def test_quarantine_lists_every_rejected_row_with_its_reason(tmp_path):
     page = _render(build_run(tmp_path))
-    assert "<strong>label &#x27;pilot&#x27; is not one of the model&#x27;s classes</strong>" in page
+    assert "<strong>label &#39;pilot&#39; is not one of the model&#39;s classes</strong>" in page
     assert "<strong>regions is not valid JSON</strong>" in page
 
 
@@ -162,7 +178,7 @@ def test_hostile_strings_are_escaped_everywhere(tmp_path):
     assert "onerror=alert(1)>" not in page
     assert "<script" not in page.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 class _StartTags(HTMLParser):
@@ -197,11 +213,29 @@ def test_hostile_strings_are_escaped_inside_attributes(tmp_path):
 
 def test_page_loads_nothing_from_the_network(tmp_path):
     page = _render(build_run(tmp_path))
-    assert "Content-Security-Policy" in page and "default-src &#x27;none&#x27;" in page
+    policies = [dict(attrs)["content"] for tag, attrs in _start_tags(page)
+                if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy"]
+    assert policies == [CSP] and "default-src 'none'" in CSP
     urls = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert any(url.startswith("data:") for url in urls) and any(url.startswith("#") for url in urls)
     assert [url for url in urls if not url.startswith(("data:", "#"))] == []
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)
+
+
+def test_templates_escape_every_value_and_refuse_undefined_names():
+    page = render("reports_message.html.j2", title=XSS_SCRIPT, text=XSS_ATTR)
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    with pytest.raises(jinja2.UndefinedError):
+        render("reports_message.html.j2", title="no text given")
+
+
+def test_reading_a_run_imports_no_presentation_module():
+    source = Path(report_data.__file__).read_text(encoding="utf-8")
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    assert "audit_tasks.storage" in imported  # the walk sees the module's imports
+    assert {m for m in imported if m and m.startswith("audit_tasks.report")} == set()
+    assert "jinja2" not in imported
 
 
 # ---- determinism and previous run ------------------------------------------------------------------
@@ -229,8 +263,6 @@ def test_previous_run_found_through_history_index(tmp_path):
     older = build_run(tmp_path, run_id="b-older", created_at="2026-11-24T02:00:00+00:00", passed=True)
     newer_sibling = build_run(tmp_path, run_id="a-not-recorded", created_at="2026-11-24T12:00:00+00:00")
     current = build_run(tmp_path, run_id="c-now", created_at="2026-11-25T02:00:00+00:00")
-    import json
-
     for run_dir in (older, current):
         summary = json.loads((run_dir / "summary.json").read_text())
         history.record_run(run_dir.parent, summary, history.read_headline(run_dir))
@@ -271,7 +303,8 @@ def test_colourise_upsamples_to_thumbnail_and_scales_to_max():
 
 
 def test_overlay_draws_core_and_spurious_boxes(tmp_path):
-    regions = '[{"kind": "core", "name": "p", "box": [50, 50, 150, 150]}, {"kind": "spurious", "name": "w", "box": [0, 0, 40, 40]}]'
+    regions = ('[{"kind": "core", "name": "p", "box": [50, 50, 150, 150]}, '
+               '{"kind": "spurious", "name": "w", "box": [0, 0, 40, 40]}]')
     ov = render_overlay(np.zeros(49, dtype=np.float32), 7, 7, image_path=None, width=200, height=200,
                         regions=regions, thumb_size=100)
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ov.data_uri.split(",", 1)[1]))).convert("RGB"), dtype=int)

@@ -7,8 +7,10 @@ Only the rows the page shows are read from big tables: the first quarantine rows
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,6 @@ import pyarrow as pa
 
 from audit_tasks import history
 from audit_tasks.errors import AuditError
-from audit_tasks.report_html import is_missing
 from audit_tasks.storage import StoragePath, parquet_file, parquet_schema, read_parquet, storage_path
 
 #: Quarantine rows shown on the page; the rest stay in quarantine.parquet.
@@ -27,6 +28,16 @@ _IMAGE_COLUMNS = (
     "width", "height", "regions", "core_share", "spurious_share", "outside_share", "spurious_enrichment",
     "pointing_hit", "has_regions", "spurious_flag", "cam_height", "cam_width",
 )
+
+
+def is_missing(value: Any) -> bool:
+    """Whether a table value is absent: None or a float NaN (what the page shows as an em dash)."""
+    if value is None:
+        return True
+    try:
+        return bool(isinstance(value, float) and math.isnan(value))
+    except TypeError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +164,7 @@ def read_cams(path: StoragePath, rows: list[int]) -> dict[int, np.ndarray]:
         local = wanted[(wanted >= offset) & (wanted < offset + n)] - offset
         if len(local):
             chunk = pf.read_row_group(rg, columns=["cam"]).column("cam").take(local)
-            for r, value in zip(local, chunk.to_pylist()):
+            for r, value in zip(local, chunk.to_pylist(), strict=True):
                 out[int(r + offset)] = np.asarray(value if value is not None else [], dtype=np.float32)
         offset += n
     return out

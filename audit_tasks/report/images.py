@@ -11,8 +11,9 @@ import base64
 import io
 import json
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -63,9 +64,9 @@ def parse_boxes(regions: Any) -> list[Box]:
     for item in items if isinstance(items, (list, tuple)) else []:
         if not isinstance(item, dict):
             continue
-        box = item.get("box")
+        box: Any = item.get("box")  # anything but four numbers is skipped below
         try:
-            x0, y0, x1, y1 = (float(v) for v in box)  # type: ignore[union-attr]
+            x0, y0, x1, y1 = (float(v) for v in box)
         except (TypeError, ValueError):
             continue
         boxes.append(Box(str(item.get("kind", "")), str(item.get("name", "")), x0, y0, x1, y1))
@@ -107,7 +108,7 @@ def _load_original(path: Any, size: tuple[int, int], opener: Callable[[str], IO[
                     return None
                 img.draft("RGB", (size[0] * 2, size[1] * 2))
                 return img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-    except Exception:  # noqa: BLE001 - a thumbnail is optional: any unreadable source (or store error) shows none
+    except Exception:  # a thumbnail is optional: any unreadable source (or store error) shows none
         return None
 
 

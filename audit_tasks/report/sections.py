@@ -1,0 +1,837 @@
+"""What each section of the report shows, chosen from a loaded run: frozen view models, no markup.
+
+Every function here is pure apart from rendering the sampled thumbnails: it decides which rows, images
+and numbers a section shows, in which order, and formats the numbers as text; `templates/report.html.j2`
+turns the views into HTML (escaping all of it). Galleries are sampled with fixed budgets so the page stays
+light for any number of images, while the Parquet tables beside it keep every row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from audit_tasks import history
+from audit_tasks.report.charts import ClassBars, GroupPoint, Heatmap, SubgroupChart, class_bars, heatmap, subgroup_chart
+from audit_tasks.report.data import RunDigest, RunTables, is_missing, read_cams
+from audit_tasks.report.format import clip, count, num, pct
+from audit_tasks.report.gallery import CONFUSION_THUMBS, Figure, Thumbs, confusion_plan, saliency_plan
+from audit_tasks.report.images import CORE_COLOUR, SPURIOUS_COLOUR
+from audit_tasks.subgroups import STATUS_GAP, STATUS_TOO_SMALL
+
+#: Passing gates listed on the page (failing gates are always all listed).
+PASSED_GATES_ROWS = 200
+FLAGGED_PAIRS_ROWS = 500
+HEATMAP_TAGS = 12
+#: Failing gates spelled out under the verdict; changed gate names listed since the previous run.
+VERDICT_LINES = 12
+CHANGED_GATES = 50
+#: Above this many classes the confusion grid becomes a list of the most frequent confusions.
+MATRIX_MAX_CLASSES = 60
+MATRIX_LIST_ROWS = 300
+OVERALL = "__overall__"
+_VERDICT_WORDS = {"passed": "PASSED", "failed": "FAILED", "inconclusive": "INCONCLUSIVE", None: "NO VERDICT"}
+_GATE_COLUMNS = ["check", "subject", "metric", "value", "threshold", "passed", "detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces the templates draw
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Badge:
+    """A status mark; `kind` is its CSS class (pass, fail, skip, small), or "" for plain text."""
+
+    kind: str
+    text: str
+
+
+def _badge(passed: bool | None, *, yes: str = "pass", no: str = "FAIL") -> Badge:
+    if passed is None:
+        return Badge("skip", "n/a")
+    return Badge("pass", yes) if passed else Badge("fail", no)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A change since the previous run; `kind` is its CSS class: up (worse), down (better), note, or ""."""
+
+    text: str
+    kind: str
+
+
+def _delta(now: Any, before: Any, *, as_pct: bool = False, better: str | None = "lower") -> Delta | None:
+    """The change from `before` to `now`, marked worse or better (`better`: lower, higher or None)."""
+    if is_missing(now) or is_missing(before):
+        return None
+    try:
+        d = float(now) - float(before)
+    except (TypeError, ValueError):
+        return None
+    if abs(d) < 1e-12:
+        return Delta("no change", "note")
+    text = f"{d * 100:+.1f} pts" if as_pct else (f"{d:+,.0f}" if float(d).is_integer() else f"{d:+.3f}")
+    if better is None:
+        return Delta(text, "")
+    worse = d > 0 if better == "lower" else d < 0
+    return Delta(text, "up" if worse else "down")
+
+
+@dataclass(frozen=True)
+class GatesLine:
+    """The one-line gate summary at the top of a check's section."""
+
+    mark: Badge
+    total: int
+
+
+def _gates_for(run: RunTables, check: str) -> pd.DataFrame:
+    if run.gates is None:
+        return pd.DataFrame(columns=_GATE_COLUMNS)
+    return run.gates[run.gates["check"] == check]
+
+
+def _gates_line(run: RunTables, check: str) -> GatesLine | None:
+    gates = _gates_for(run, check)
+    if not len(gates):
+        return None
+    failed = int((~gates["passed"].astype(bool)).sum())
+    return GatesLine(_badge(failed == 0, yes="all passed", no=f"{failed} failed"), len(gates))
+
+
+def _threshold(run: RunTables, check: str, hint: str) -> float | None:
+    gates = _gates_for(run, check)
+    for prefer in (True, False):
+        for g in gates.itertuples(index=False):
+            if is_missing(g.threshold):
+                continue
+            if not prefer or hint in str(g.metric):
+                return float(g.threshold)
+    return None
+
+
+def _skip_message(run: RunTables, check: str, table_name: str) -> str:
+    status = run.check_status(check)
+    if status == "skipped" or status is None:
+        return f"check not configured / skipped (no {table_name} in this run)"
+    return f"the check is recorded as {status}, but {table_name} is missing from the run folder"
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdict
+# ---------------------------------------------------------------------------------------------
+
+
+def _gate_name(row: Any) -> str:
+    return f"{row.check}/{row.subject}/{row.metric}"
+
+
+def _gate_rows(gates: pd.DataFrame) -> list[Any]:
+    """Failing gates first, then by check, subject and metric."""
+    frame = gates.copy()
+    frame["_failed"] = ~frame["passed"].astype(bool)
+    frame = frame.sort_values(["_failed", "check", "subject", "metric"], ascending=[False, True, True, True],
+                              kind="stable")
+    return list(frame.itertuples(index=False))
+
+
+def _verdict_status(run: RunTables) -> str | None:
+    """passed | failed | inconclusive from summary.json (else from the gates), or None without either."""
+    summary = run.summary or {}
+    if summary.get("verdict") in ("passed", "failed", "inconclusive"):
+        return str(summary["verdict"])
+    if summary.get("passed") is not None:
+        return "passed" if summary["passed"] is True else "failed"
+    if run.gates is not None:
+        return "passed" if bool(run.gates["passed"].astype(bool).all()) else "failed"
+    return None
+
+
+@dataclass(frozen=True)
+class VerdictLine:
+    """A failing gate under the verdict: with its value against the threshold, or only its name."""
+
+    name: str
+    value: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # CSS class: passed | failed | unknown
+    word: str
+    run_id: str
+    created_at: Any
+    config: Any
+    why: str
+    lines: tuple[VerdictLine, ...]
+    more_failed: int
+
+
+def verdict(run: RunTables) -> Verdict:
+    status = _verdict_status(run)
+    passed = None if status is None else status == "passed"
+    lines: list[VerdictLine] = []
+    more = 0
+    if status == "inconclusive":
+        reason = str((run.summary or {}).get("inconclusive_reason") or "nothing was judged")
+        why = (f"No verdict: {reason}. A run without evidence is not a clean audit, so it does not "
+               "start retraining.")
+    elif run.gates is not None:
+        failed = [g for g in _gate_rows(run.gates) if not bool(g.passed)]
+        total = len(run.gates)
+        if total == 0:
+            why = "No gate was evaluated (every check skipped)."
+        elif passed:
+            why = f"All {total:,} gates passed."
+        else:
+            why = f"{len(failed):,} of {total:,} gates failed."
+        lines = [VerdictLine(_gate_name(g), f"{num(g.value)} vs threshold {num(g.threshold)}",
+                             g.detail if isinstance(g.detail, str) else "") for g in failed[:VERDICT_LINES]]
+        more = max(0, len(failed) - VERDICT_LINES)
+    elif run.summary is not None:
+        names = [str(n) for n in run.summary.get("failed_gates") or []]
+        why = "Every gate passed." if passed else f"{len(names):,} gate(s) failed."
+        lines = [VerdictLine(n) for n in names[:VERDICT_LINES]]
+    else:
+        why = "No gates.parquet or summary.json in this run folder: the gate stage did not finish."
+    facts = run.summary or {}
+    return Verdict(
+        status=status if status in ("passed", "failed") else "unknown", word=_VERDICT_WORDS[status],
+        run_id=run.run_id, created_at=facts.get("created_at") or None, config=facts.get("config") or None,
+        why=why, lines=tuple(lines), more_failed=more,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Card:
+    key: str
+    value: str
+    delta: Delta | None
+
+
+@dataclass(frozen=True)
+class Chip:
+    check: str
+    status: Any
+    ran: bool
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    label: str
+    before: str
+    now: str
+    change: Delta | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """The comparison with the previous run."""
+
+    run_id: str
+    created_at: str | None
+    before: str
+    now: str
+    newly_failing: tuple[str, ...]
+    newly_failing_more: int
+    now_passing: tuple[str, ...]
+    now_passing_more: int
+    headline: tuple[HeadlineRow, ...]
+
+
+@dataclass(frozen=True)
+class GateRow:
+    mark: Badge
+    check: Any
+    subject: Any
+    metric: Any
+    value: str
+    threshold: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    cards: tuple[Card, ...]
+    chips: tuple[Chip, ...]
+    change: Change | None  # None: no previous run
+    gates: tuple[GateRow, ...] | None  # None: no gates.parquet
+    hidden_gates: int
+
+
+_HEADLINE_LABELS = {
+    "max_flagged_fraction": ("worst class flagged fraction (saliency)", True),
+    "n_flagged_classes": ("classes flagged (saliency)", False),
+    "worst_subgroup_gap": ("worst subgroup gap", True),
+    "n_flagged_groups": ("groups over the gap (subgroups)", False),
+    "n_flagged_pairs": ("flagged pairs (co-occurrence)", False),
+}
+
+
+def _counts(run: RunTables) -> dict[str, Any]:
+    counts = dict((run.summary or {}).get("counts") or {})
+    if "audited" not in counts and run.images is not None:
+        counts["audited"] = len(run.images)
+    if "quarantined" not in counts and run.quarantine_head is not None:
+        counts["quarantined"] = run.quarantine_total
+    return counts
+
+
+def summary(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]) -> Summary:
+    counts = _counts(run)
+    prev_counts = previous.counts if previous else {}
+    first = ("ingested", "quarantined", "audited")
+    cards = tuple(
+        Card(key.replace("_", " "), count(counts.get(key)),
+             _delta(counts.get(key), prev_counts.get(key), better="lower" if key == "quarantined" else None)
+             if previous else None)
+        for key in [*first, *sorted(k for k in counts if k not in first)] if key in counts
+    )
+    checks = (run.summary or {}).get("checks") or {}
+    chips = tuple(Chip(str(k), v, str(v) == "ran") for k, v in sorted(checks.items())) \
+        if isinstance(checks, Mapping) else ()
+    gates, hidden = _gate_table(run.gates) if run.gates is not None else (None, 0)
+    return Summary(cards, chips, _change(run, previous, headline), gates, hidden)
+
+
+def _change(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]) -> Change | None:
+    if previous is None:
+        return None
+    now_failed: set[str] = set()
+    if run.gates is not None:
+        now_failed = {_gate_name(g) for g in run.gates.itertuples(index=False) if not bool(g.passed)}
+    elif run.summary is not None:
+        now_failed = {str(n) for n in run.summary.get("failed_gates") or []}
+    before_failed = set(previous.failed_gates)
+    before = previous.verdict or (None if previous.passed is None else "passed" if previous.passed else "failed")
+    new = sorted(now_failed - before_failed)
+    fixed = sorted(before_failed - now_failed)
+    rows = []
+    for key, (label, is_fraction) in _HEADLINE_LABELS.items():
+        now, then = headline.get(key), previous.headline.get(key)
+        if is_missing(now) and is_missing(then):
+            continue
+        fmt = pct if is_fraction else count
+        rows.append(HeadlineRow(label, fmt(then), fmt(now), _delta(now, then, as_pct=is_fraction)))
+    return Change(
+        run_id=previous.run_id, created_at=previous.created_at, before=_VERDICT_WORDS[before],
+        now=_VERDICT_WORDS[_verdict_status(run)],
+        newly_failing=tuple(new[:CHANGED_GATES]), newly_failing_more=max(0, len(new) - CHANGED_GATES),
+        now_passing=tuple(fixed[:CHANGED_GATES]), now_passing_more=max(0, len(fixed) - CHANGED_GATES),
+        headline=tuple(rows),
+    )
+
+
+def _gate_table(gates: pd.DataFrame) -> tuple[tuple[GateRow, ...], int]:
+    """Every failing gate and the first passing ones; returns the rows and how many passing gates were left out."""
+    rows = []
+    shown_passed = hidden = 0
+    for g in _gate_rows(gates):
+        if bool(g.passed):
+            if shown_passed >= PASSED_GATES_ROWS:
+                hidden += 1
+                continue
+            shown_passed += 1
+        not_judged = bool(g.passed) and getattr(g, "judged", True) is False
+        rows.append(GateRow(Badge("skip", "not judged") if not_judged else _badge(bool(g.passed)), g.check, g.subject,
+                            g.metric, num(g.value), num(g.threshold), g.detail if isinstance(g.detail, str) else ""))
+    return tuple(rows), hidden
+
+
+# ---------------------------------------------------------------------------------------------
+# Co-occurrence
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairRow:
+    tag_a: Any
+    tag_b: Any
+    n_ab: str
+    n_a: str
+    p_b_given_a: str
+    ci_low: str
+    ci_high: str
+    lift: str
+    npmi: str
+    message: Any
+    suggestions: str
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    label: Any
+    n: str
+    share: str
+
+
+@dataclass(frozen=True)
+class Cooccurrence:
+    skipped: str = ""
+    gates: GatesLine | None = None
+    heatmap: Heatmap | None = None  # None: no pair had enough support
+    flagged_total: int = 0
+    flagged: tuple[PairRow, ...] = ()
+    balance: tuple[BalanceRow, ...] = ()
+
+
+def cooccurrence(run: RunTables) -> Cooccurrence:
+    co = run.cooccurrence
+    if co is None:
+        return Cooccurrence(skipped=_skip_message(run, "cooccurrence", "cooccurrence.parquet"))
+    flagged = co[co["flagged"].fillna(False).astype(bool)] if "flagged" in co and len(co) else co.iloc[0:0]
+    flagged = flagged.sort_values(["p_b_given_a", "tag_a", "tag_b"], ascending=[False, True, True], kind="stable")
+    pairs = tuple(
+        PairRow(r.tag_a, r.tag_b, count(r.n_ab), count(r.n_a), num(r.p_b_given_a), num(r.ci_low), num(r.ci_high),
+                num(getattr(r, "lift", None), 2), num(r.npmi), getattr(r, "message", ""),
+                _suggestions(getattr(r, "suggested_additions", None)))
+        for r in flagged.head(FLAGGED_PAIRS_ROWS).itertuples(index=False)
+    )
+    balance: tuple[BalanceRow, ...] = ()
+    if run.class_balance is not None and len(run.class_balance):
+        cb = run.class_balance.sort_values(["n", "label"], ascending=[False, True], kind="stable")
+        balance = tuple(BalanceRow(r.label, count(r.n), pct(r.share)) for r in cb.itertuples(index=False))
+    return Cooccurrence(gates=_gates_line(run, "cooccurrence"), heatmap=_strongest(co), flagged_total=len(flagged),
+                        flagged=pairs, balance=balance)
+
+
+def _strongest(co: pd.DataFrame) -> Heatmap | None:
+    """The heatmap of the strongest associations: the tags of the highest npmi pairs, up to HEATMAP_TAGS a side."""
+    usable = co[pd.to_numeric(co["npmi"], errors="coerce").notna()].copy() if len(co) else co
+    if not len(usable):
+        return None
+    usable["npmi"] = pd.to_numeric(usable["npmi"], errors="coerce")
+    usable = usable.sort_values(["npmi", "tag_a", "tag_b"], ascending=[False, True, True], kind="stable")
+    rows: list[str] = []
+    cols: list[str] = []
+    for a, b in zip(usable["tag_a"].astype(str), usable["tag_b"].astype(str), strict=True):
+        if a not in rows and len(rows) < HEATMAP_TAGS:
+            rows.append(a)
+        if b not in cols and len(cols) < HEATMAP_TAGS:
+            cols.append(b)
+        if len(rows) >= HEATMAP_TAGS and len(cols) >= HEATMAP_TAGS:
+            break
+    values = {(str(a), str(b)): float(v)
+              for a, b, v in zip(usable["tag_a"], usable["tag_b"], usable["npmi"], strict=True)
+              if str(a) in rows and str(b) in cols}
+    flagged_pairs = frozenset(
+        (str(a), str(b))
+        for a, b, f in zip(usable["tag_a"], usable["tag_b"], usable["flagged"].fillna(False), strict=True) if bool(f)
+    ) if "flagged" in usable else frozenset()
+    return heatmap(rows, cols, values, flagged=flagged_pairs)
+
+
+def _suggestions(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subgroups
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttributeChart:
+    attribute: str
+    tags: tuple[Badge, ...]
+    chart: SubgroupChart
+
+
+@dataclass(frozen=True)
+class SubgroupRow:
+    attribute: Any
+    group: Any
+    n: str
+    value: str
+    ci_low: str
+    ci_high: str
+    gap: str
+    status: Badge
+
+
+@dataclass(frozen=True)
+class Subgroups:
+    skipped: str = ""
+    gates: GatesLine | None = None
+    metric: str = ""
+    max_gap: str | None = None  # None: threshold not recorded in gates.parquet
+    charts: tuple[AttributeChart, ...] = ()
+    rows: tuple[SubgroupRow, ...] = ()
+
+
+def _subgroup_points(frame: pd.DataFrame) -> tuple[list[GroupPoint], float | None, bool]:
+    judged = frame[frame["status"].astype(str) != STATUS_TOO_SMALL] if "status" in frame else frame
+    judged = judged[pd.to_numeric(judged["value"], errors="coerce").notna()]
+    best = None
+    higher_better = True
+    if len(judged):
+        gaps = pd.to_numeric(judged["gap"], errors="coerce").abs() if "gap" in judged else None
+        idx = gaps.idxmin() if gaps is not None and gaps.notna().any() else pd.to_numeric(judged["value"]).idxmax()
+        best = float(judged.loc[idx, "value"])
+        higher_better = best >= float(pd.to_numeric(judged["value"]).max()) - 1e-12
+    points = []
+    ordered = frame.assign(_v=pd.to_numeric(frame["value"], errors="coerce")).sort_values(
+        ["_v", "group"], ascending=[not higher_better, True], na_position="last", kind="stable")
+    for r in ordered.itertuples(index=False):
+        points.append(GroupPoint(
+            group=str(r.group),
+            n=int(r.n) if not is_missing(r.n) else 0,
+            value=None if is_missing(r.value) else float(r.value),
+            ci_low=None if is_missing(r.ci_low) else float(r.ci_low),
+            ci_high=None if is_missing(r.ci_high) else float(r.ci_high),
+            status=str(getattr(r, "status", "ok")),
+        ))
+    return points, best, higher_better
+
+
+def _status_mark(status: str) -> Badge:
+    if status == STATUS_GAP:
+        return _badge(False, no=STATUS_GAP)
+    return Badge("small", STATUS_TOO_SMALL) if status == STATUS_TOO_SMALL else Badge("", status)
+
+
+def subgroups(run: RunTables) -> Subgroups:
+    sg = run.subgroups
+    if sg is None:
+        return Subgroups(skipped=_skip_message(run, "subgroups", "subgroups.parquet"))
+    max_gap = _threshold(run, "subgroups", "gap")
+    metric = str(sg["metric"].iloc[0]) if len(sg) and "metric" in sg else "metric"
+    charts = []
+    attributes = sorted(sg["attribute"].astype(str).unique(), key=lambda a: ("&" in a, a)) if len(sg) else []
+    for attribute in attributes:
+        points, best, higher_better = _subgroup_points(sg[sg["attribute"].astype(str) == attribute])
+        limit = None
+        if best is not None and max_gap is not None:
+            limit = best - max_gap if higher_better else best + max_gap
+        n_gap = sum(p.status == STATUS_GAP for p in points)
+        n_small = sum(p.status == STATUS_TOO_SMALL for p in points)
+        tags = ([Badge("fail", f"{n_gap} over the gap")] if n_gap else []) + (
+            [Badge("small", f"{n_small} {STATUS_TOO_SMALL}")] if n_small else [])
+        chart = subgroup_chart(points, metric=metric, best=best, threshold=limit)
+        charts.append(AttributeChart(attribute, tuple(tags), chart))
+    rows = tuple(
+        SubgroupRow(r.attribute, r.group, count(r.n), num(r.value), num(r.ci_low), num(r.ci_high), num(r.gap),
+                    _status_mark(str(getattr(r, "status", ""))))
+        for r in sg.sort_values(["attribute", "group"], kind="stable").itertuples(index=False)
+    ) if attributes else ()
+    return Subgroups(gates=_gates_line(run, "subgroups"), metric=metric,
+                     max_gap=None if max_gap is None else num(max_gap), charts=tuple(charts), rows=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Confusion matrix
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """A cell of the grid; `anchor` is the id of its gallery, when it has one. Empty cells stay bare."""
+
+    n: int
+    colour: str = ""
+    title: str = ""
+    anchor: str | None = None
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    label: str
+    cells: tuple[MatrixCell, ...]
+
+
+@dataclass(frozen=True)
+class TopConfusion:
+    label: str
+    prediction: str
+    n: int
+    anchor: str | None
+
+
+@dataclass(frozen=True)
+class CellGallery:
+    anchor: str
+    label: str
+    prediction: str
+    n: int
+    figures: tuple[Figure, ...]
+
+
+@dataclass(frozen=True)
+class ClassGallery:
+    label: str
+    cells: tuple[CellGallery, ...]
+
+
+@dataclass(frozen=True)
+class Confusion:
+    skipped: str = ""
+    note: str = ""
+    classes: tuple[str, ...] = ()
+    matrix: tuple[MatrixRow, ...] | None = None  # None: too many classes, see `top`
+    top: tuple[TopConfusion, ...] = ()
+    off_diagonal: int = 0  # confusions with images, of which `top` lists the most frequent
+    has_images: bool = False
+    per_cell: int = 0
+    budget: int = CONFUSION_THUMBS
+    galleries: tuple[ClassGallery, ...] = ()
+
+
+def _anchor(index: dict[str, int], cell: tuple[str, str]) -> str:
+    return f"cm-{index[cell[0]]}-{index[cell[1]]}"
+
+
+def _confusion_frame(run: RunTables) -> tuple[pd.DataFrame | None, str]:
+    if run.confusion is not None:
+        overall = run.confusion[run.confusion["attribute"].astype(str) == OVERALL]
+        if len(overall):
+            return overall.groupby(["label", "prediction"], as_index=False)["n"].sum(), ""
+    if run.images is not None and len(run.images) and {"label", "prediction"} <= set(run.images.columns):
+        derived = run.images.groupby(["label", "prediction"], as_index=False, dropna=False).size()
+        note = "Counted from images.parquet (no overall rows in confusion.parquet)."
+        return derived.rename(columns={"size": "n"}), note
+    return None, ""
+
+
+def _matrix(classes: list[str], counts: dict[tuple[str, str], int],
+            plan: dict[tuple[str, str], list[int]]) -> tuple[MatrixRow, ...]:
+    index = {c: i for i, c in enumerate(classes)}
+    row_totals = {c: 0 for c in classes}
+    for (label, _), n in counts.items():
+        row_totals[label] += n
+    rows = []
+    for label in classes:
+        cells = []
+        for pred in classes:
+            n = counts.get((label, pred), 0)
+            if not n:
+                cells.append(MatrixCell(0))  # a 100-class matrix has 10,000 of them
+                continue
+            share = n / row_totals[label] if row_totals[label] else 0.0
+            colour = (f"rgba(22,121,74,{0.08 + 0.6 * share:.3f})" if label == pred
+                      else f"rgba(179,38,30,{0.08 + 0.7 * share:.3f})")
+            cells.append(MatrixCell(n, colour, f"true {label}, predicted {pred}: {n:,} ({share * 100:.1f}% of the row)",
+                                    _anchor(index, (label, pred)) if (label, pred) in plan else None))
+        rows.append(MatrixRow(label, tuple(cells)))
+    return tuple(rows)
+
+
+def _top_confusions(classes: list[str], counts: dict[tuple[str, str], int],
+                    plan: dict[tuple[str, str], list[int]]) -> tuple[tuple[TopConfusion, ...], int]:
+    """For too many classes to draw a grid: the most frequent confusions, and how many there are in all."""
+    index = {c: i for i, c in enumerate(classes)}
+    off = sorted(((n, label, pred) for (label, pred), n in counts.items() if label != pred and n),
+                 key=lambda t: (-t[0], t[1], t[2]))
+    top = tuple(TopConfusion(label, pred, n, _anchor(index, (label, pred)) if (label, pred) in plan else None)
+                for n, label, pred in off[:MATRIX_LIST_ROWS])
+    return top, len(off)
+
+
+def confusion(run: RunTables, thumbs: Thumbs | None, plan: dict[tuple[str, str], list[int]]) -> Confusion:
+    cm, note = _confusion_frame(run)
+    if cm is None:
+        return Confusion(skipped=_skip_message(run, "subgroups", "confusion.parquet"))
+    cm = cm.assign(label=cm["label"].astype(str), prediction=cm["prediction"].astype(str))
+    classes = sorted(set(cm["label"]) | set(cm["prediction"]))
+    index = {c: i for i, c in enumerate(classes)}
+    counts: dict[tuple[str, str], int] = {}
+    for r in cm.itertuples(index=False):
+        counts[(r.label, r.prediction)] = counts.get((r.label, r.prediction), 0) + int(r.n)
+    plan = {cell: rows for cell, rows in plan.items() if cell[0] in index and cell[1] in index}
+    matrix: tuple[MatrixRow, ...] | None = None
+    top: tuple[TopConfusion, ...] = ()
+    off = 0
+    if len(classes) <= MATRIX_MAX_CLASSES:
+        matrix = _matrix(classes, counts, plan)
+    else:
+        top, off = _top_confusions(classes, counts, plan)
+    galleries = []
+    has_images = thumbs is not None and run.images is not None
+    if thumbs is not None and run.images is not None:
+        spur = (pd.to_numeric(run.images["spurious_share"], errors="coerce").fillna(-1.0).to_numpy()
+                if "spurious_share" in run.images else np.full(len(run.images), -1.0))
+        for label in classes:
+            cells = [(label, pred) for pred in classes if (label, pred) in plan]
+            # The cell with the worst offender first.
+            cells.sort(key=lambda c: (-max(spur[r] for r in plan[c]), c[0] == c[1], index[c[1]]))
+            if cells:
+                galleries.append(ClassGallery(label, tuple(
+                    CellGallery(_anchor(index, c), c[0], c[1], counts.get(c, len(plan[c])), thumbs.figures(plan[c]))
+                    for c in cells)))
+    return Confusion(note=note, classes=tuple(classes), matrix=matrix, top=top, off_diagonal=off, has_images=has_images,
+                     per_cell=max((len(v) for v in plan.values()), default=0), galleries=tuple(galleries))
+
+
+# ---------------------------------------------------------------------------------------------
+# Saliency
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaliencyRow:
+    cls: Any
+    images: str
+    with_regions: str
+    core: str
+    spurious: str
+    outside: str
+    enrichment: str
+    pointing: str
+    flagged_fraction: str
+    mark: Badge
+
+
+@dataclass(frozen=True)
+class Gallery:
+    title: str
+    figures: tuple[Figure, ...]
+
+
+@dataclass(frozen=True)
+class Saliency:
+    skipped: str = ""
+    gates: GatesLine | None = None
+    bars: ClassBars | None = None
+    rows: tuple[SaliencyRow, ...] = ()
+    table_skipped: str = ""  # images.parquet without saliency_by_class.parquet
+    per_class: int = 0
+    galleries: tuple[Gallery, ...] = ()
+
+
+def saliency(run: RunTables, thumbs: Thumbs | None, plan: dict[str, list[int]]) -> Saliency:
+    sc = run.saliency_by_class
+    if sc is None and run.images is None:
+        return Saliency(skipped=_skip_message(run, "saliency", "saliency_by_class.parquet or images.parquet"))
+    bars: ClassBars | None = None
+    rows: tuple[SaliencyRow, ...] = ()
+    if sc is not None and len(sc):
+        ordered = sc.assign(_f=pd.to_numeric(sc["flagged_fraction"], errors="coerce")).sort_values(
+            ["_f", "class"], ascending=[False, True], na_position="last", kind="stable")
+        items = [(str(r["class"]), None if is_missing(r["_f"]) else float(r["_f"]),
+                  bool(r["flagged"]) if "flagged" in r and not is_missing(r["flagged"]) else False)
+                 for _, r in ordered.iterrows()]
+        bars = class_bars(items, threshold=_threshold(run, "saliency", "flagged"),
+                          label="fraction of the class's images flagged as shortcut-driven")
+        rows = tuple(
+            SaliencyRow(r["class"], count(r.get("images")), count(r.get("images_with_regions")),
+                        pct(r.get("mean_core_share")), pct(r.get("mean_spurious_share")),
+                        pct(r.get("mean_outside_share")), num(r.get("mean_spurious_enrichment"), 2),
+                        pct(r.get("pointing_accuracy")), pct(r.get("flagged_fraction")),
+                        _badge(not bool(r.get("flagged")), yes="ok", no="flagged"))
+            for _, r in ordered.iterrows()
+        )
+    galleries = tuple(Gallery(c, thumbs.figures(r)) for c, r in plan.items()) if thumbs is not None else ()
+    return Saliency(
+        gates=_gates_line(run, "saliency"), bars=bars, rows=rows,
+        table_skipped=_skip_message(run, "saliency", "saliency_by_class.parquet") if sc is None else "",
+        per_class=max((len(v) for v in plan.values()), default=0), galleries=galleries,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Quarantine
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    manifest: Any
+    row_number: str
+    stage: Any
+    reason: Any
+    given: str  # the other columns as `name=value; ...`
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    title: str
+    skipped: str = ""
+    total: int = 0
+    rows: tuple[QuarantineRow, ...] = ()
+
+
+_QUARANTINE_FIXED = ("manifest", "row_number", "stage", "reason")
+
+
+def quarantine(run: RunTables) -> Quarantine:
+    q = run.quarantine_head
+    if q is None:
+        status = run.check_status("ingest")
+        return Quarantine("Quarantine", skipped=(
+            "ingest check not configured / skipped (no quarantine.parquet in this run)"
+            if status in (None, "skipped") else "no quarantine.parquet in this run folder"))
+    extra = [c for c in q.columns if c not in _QUARANTINE_FIXED]
+    rows = tuple(
+        QuarantineRow(r.get("manifest"), count(r.get("row_number")), r.get("stage"), r.get("reason"),
+                      "; ".join(f"{c}={clip(r[c])}" for c in extra if not is_missing(r[c]) and str(r[c]) != ""))
+        for _, r in q.iterrows()
+    )
+    return Quarantine(f"Quarantine ({run.quarantine_total:,})", total=run.quarantine_total, rows=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole page
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything `report.html.j2` draws."""
+
+    title: str
+    verdict: Verdict
+    summary: Summary
+    cooccurrence: Cooccurrence
+    subgroups: Subgroups
+    confusion: Confusion
+    saliency: Saliency
+    quarantine: Quarantine
+    core_colour: str
+    spurious_colour: str
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def report(run: RunTables, *, previous: RunDigest | None, max_gallery: int, thumb_size: int,
+           opener: Callable[[str], IO[bytes]] | None = None) -> Report:
+    """The views of every section (reads the sampled CAMs and, through `opener`, thumbnail sources)."""
+    headline = history.headline_metrics(run.saliency_by_class, run.subgroups, run.cooccurrence)
+    thumbs = None
+    cm_plan: dict[tuple[str, str], list[int]] = {}
+    sal_plan: dict[str, list[int]] = {}
+    if run.images is not None and len(run.images):
+        if {"label", "prediction"} <= set(run.images.columns):
+            cm_plan = confusion_plan(run.images, max_gallery)
+        sal_plan = saliency_plan(run.images, max_gallery)
+        wanted = [r for rows in cm_plan.values() for r in rows] + [r for rows in sal_plan.values() for r in rows]
+        thumbs = Thumbs(run.images, read_cams(run.run_dir / "images.parquet", wanted), thumb_size, opener)
+    top = verdict(run)
+    return Report(
+        title=f"{top.word} \u00b7 audit {run.run_id}",
+        verdict=top,
+        summary=summary(run, previous, headline),
+        cooccurrence=cooccurrence(run),
+        subgroups=subgroups(run),
+        confusion=confusion(run, thumbs, cm_plan),
+        saliency=saliency(run, thumbs, sal_plan),
+        quarantine=quarantine(run),
+        core_colour=_hex(CORE_COLOUR),
+        spurious_colour=_hex(SPURIOUS_COLOUR),
+    )
