@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bind_storage", "is_remote", "publish_run", "storage_root"]
+__all__ = ["bind_storage", "is_remote_uri", "publish_run", "storage_root"]
 
 #: Published in this order: tables first, then the report, and summary.json last, because the
 #: "Dataset audits" page lists a run as soon as its summary.json exists.
 _LAST = ("report.html", "summary.json")
 
 
-def is_remote(uri: str) -> bool:
+def is_remote_uri(uri: str) -> bool:
     """True for object-store URIs; plain paths and file:// URIs are local."""
     return "://" in uri and not uri.startswith("file://")
 
@@ -35,7 +35,7 @@ def storage_root(uri: str, conn_id: str | None = None) -> Any:
     A scheme no installed Airflow provider serves (say `memory://`, or `s3://` without the Amazon provider)
     falls back to a plain fsspec `UPath`, whose credentials come from fsspec's own configuration.
     """
-    if not is_remote(uri):
+    if not is_remote_uri(uri):
         return Path(uri.removeprefix("file://"))
     from airflow.sdk import ObjectStoragePath
 

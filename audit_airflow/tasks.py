@@ -199,15 +199,12 @@ def audit_summary() -> dict[str, Any]:
 def train_model_placeholder(summary: Mapping[str, Any]) -> dict[str, Any]:
     """PLACEHOLDER: replace with your training job. It only logs what it would train on.
 
-    `summary` is the passing audit's summary.json (run_id, counts, report path) plus any
-    recommended sample weights the audit produced (key `sample_weights`, if present).
+    `summary` is the passing audit's summary.json (run_id, counts, report path).
     """
-    weights = summary.get("sample_weights") or summary.get("recommended_sample_weights")
     plan = {
         "audit_run_id": summary.get("run_id"),
         "report": summary.get("report"),
         "counts": summary.get("counts", {}),
-        "sample_weights": weights,
     }
     log.warning("PLACEHOLDER training task: would retrain on the audited catalog with %s", plan)
     return plan
@@ -238,9 +235,8 @@ def _config_and_run_id() -> tuple[AuditConfig, str]:
 
 
 def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:
-    for key in ("report", "report_path"):
-        if summary.get(key):
-            return str(summary[key])
+    if summary.get("report"):
+        return str(summary["report"])
     return str(_str_or_none(run_folder / "report.html"))
 
 

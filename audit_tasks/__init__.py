@@ -7,7 +7,6 @@ from audit_tasks.config import AuditConfig, load_config
 from audit_tasks.errors import (
     AuditError,
     ConfigError,
-    GateFailure,
     ImageError,
     ManifestError,
     ModelError,
@@ -19,7 +18,6 @@ __all__ = [
     "AuditConfig",
     "AuditError",
     "ConfigError",
-    "GateFailure",
     "GateResult",
     "ImageError",
     "ManifestError",

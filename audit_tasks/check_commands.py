@@ -14,17 +14,17 @@ from typing import Sequence
 import pandas as pd
 
 from audit_tasks import schemas
+from audit_tasks.catalog import CATALOG_COLUMNS
 from audit_tasks.config import AuditConfig, CooccurrenceCheck, SubgroupCheck, default_checks
 from audit_tasks.errors import ManifestError
 from audit_tasks.gates import GateResult, Verdict, gates_frame, verdict
 from audit_tasks.storage import StoragePath
 from audit_tasks.tables import write_table
 
-#: Columns that are never subgroup attributes when attributes are inferred from a table.
-RESERVED_COLUMNS = frozenset({
-    "image_uri", "image_id", "image_path", "label", "prediction", "tags", "regions", "confidence", "score",
-    "scores", "correct", "target_class", "width", "height", "run_id", "ingest_date", "manifest",
-    "row_number", "content_sha256",
+#: Columns that are never subgroup attributes when attributes are inferred from a table: the catalog's
+#: own columns and a model's outputs.
+NON_ATTRIBUTE_COLUMNS = frozenset(CATALOG_COLUMNS) | frozenset({
+    "prediction", "confidence", "score", "scores", "correct", "target_class",
 })
 
 
@@ -39,7 +39,7 @@ class CheckOutcome:
 
 def infer_attributes(columns: Sequence[str]) -> tuple[str, ...]:
     """Without a configured attribute list, every non-reserved column is a subgroup attribute."""
-    return tuple(c for c in columns if c not in RESERVED_COLUMNS and not c.startswith("_"))
+    return tuple(c for c in columns if c not in NON_ATTRIBUTE_COLUMNS and not c.startswith("_"))
 
 
 def run_cooccurrence_check(manifest: StoragePath, config: AuditConfig | None, out_dir: StoragePath) -> CheckOutcome:

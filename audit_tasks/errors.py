@@ -25,12 +25,3 @@ class ImageError(AuditError):
 
 class PathEscapeError(AuditError):
     """A path or URI points outside the root it must stay under."""
-
-
-class GateFailure(AuditError):
-    """Raised by shells (e.g. Airflow) when the audit's gates failed; carries the failed gates' names."""
-
-    def __init__(self, message: str, failed_gates: list[str], report_path: str | None = None) -> None:
-        super().__init__(message)
-        self.failed_gates = failed_gates
-        self.report_path = report_path

@@ -4,10 +4,10 @@ Every row of every manifest ends in exactly one of `accepted` or `quarantined`, 
 latter. Order per row: parse, resolve the image path under the root, probe the image, validate with Great
 Expectations, hash the content, de-duplicate (against the catalog's other runs and earlier rows of this run).
 
-Crash safety and idempotence come from the order of writes: the run's catalog part is written (atomically)
-first and the ledger (atomically) last, and readers trust only catalog parts whose run is in the ledger.
-A crash in between leaves an orphan part that nothing reads and the manifests still pending; re-running the
-same run id reprocesses exactly the manifests the ledger lists for it and rewrites its part identically.
+The catalog itself (parts, ledger, lock) is `audit_tasks.catalog`. Crash safety and idempotence come from
+its order of writes: the run's part first, the ledger last. A crash in between leaves the manifests still
+pending; re-running the same run id reprocesses exactly the manifests the ledger lists for it and rewrites
+its part identically.
 """
 
 from __future__ import annotations
@@ -21,70 +21,38 @@ from typing import Any, Sequence
 import pandas as pd
 import pyarrow as pa
 
+from audit_tasks.catalog import (
+    CATALOG_COLUMNS,
+    STATUS_FAILED,
+    STATUS_INGESTED,
+    catalog_frame,
+    catalog_lock,
+    commit_run,
+    read_catalog_table,
+    read_ledger,
+    write_part,
+)
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ImageError, ManifestError, PathEscapeError
 from audit_tasks.gates import GateResult
 from audit_tasks.images import content_hash, probe_image
-from audit_tasks.manifest import ROW_ERROR, parse_regions, read_manifest, regions_json
-from audit_tasks.paths import resolve_under, safe_child
+from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, read_manifest, regions_json
+from audit_tasks.paths import resolve_under
 from audit_tasks.run_ids import check_run_id
-from audit_tasks.storage import (
-    StoragePath,
-    exclusive_lock,
-    filesystem,
-    is_remote,
-    parquet_schema,
-    public_uri,
-    read_parquet,
-    storage_path,
-)
-from audit_tasks.tables import write_table
-from audit_tasks.validation import is_missing, validate_rows
+from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri, storage_path
+from audit_tasks.validation import is_empty_cell, validate_rows
 
-LEDGER_NAME = "_ledger.parquet"
-_LOCK_NAME = ".ingest.lock"
-STATUS_INGESTED = "ingested"
-STATUS_FAILED = "failed"
 #: Columns the ingest fills itself; a manifest may not carry them (it would be silently overwritten).
-RESERVED_COLUMNS = (
+INGEST_RECORDED_COLUMNS = (
     "run_id", "ingest_date", "manifest", "row_number", "image_path", "content_sha256", "width", "height",
     "reason", "stage",
 )
 _REQUIRED = ("image_uri", "label")
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "~")
-#: The catalog's row order (and the columns `read_catalog` always reads).
-_ORDER = ("ingest_date", "run_id", "manifest", "row_number")
 
 log = logging.getLogger(__name__)
 
-CATALOG_FIELDS = [
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("ingest_date", pa.string(), nullable=False),
-    pa.field("manifest", pa.string(), nullable=False),
-    pa.field("row_number", pa.int64(), nullable=False),
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("image_uri", pa.string(), nullable=False),
-    pa.field("image_path", pa.string(), nullable=False),
-    pa.field("content_sha256", pa.string(), nullable=False),
-    pa.field("label", pa.string()),
-    pa.field("tags", pa.list_(pa.string())),
-    pa.field("regions", pa.string()),
-    pa.field("width", pa.int64(), nullable=False),
-    pa.field("height", pa.int64(), nullable=False),
-]
-LEDGER_SCHEMA = pa.schema([
-    pa.field("manifest", pa.string()),
-    pa.field("sha256", pa.string()),
-    pa.field("run_id", pa.string()),
-    pa.field("ingest_date", pa.string()),
-    pa.field("status", pa.string()),
-    pa.field("rows", pa.int64()),
-    pa.field("accepted", pa.int64()),
-    pa.field("quarantined", pa.int64()),
-    pa.field("reason", pa.string()),
-])
 MANIFEST_COLUMNS = ["manifest", "sha256", "rows", "accepted", "quarantined", "status", "reason"]
-QUARANTINE_TAIL = ["manifest", "row_number", "reason", "stage"]
 
 
 @dataclass(frozen=True)
@@ -121,8 +89,7 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     dataset = config.require_dataset()
     check_run_id(run_id)
     catalog = storage_path(dataset.catalog)
-    # Two ingests at once would both read the ledger before either commits, and land the same manifests twice.
-    with exclusive_lock(catalog, _LOCK_NAME):
+    with catalog_lock(catalog):
         return _ingest(config, run_id, catalog, today)
 
 
@@ -149,8 +116,9 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
         done = set(ledger["sha256"].dropna())
         selected = [f for f in files if hashes[f] is None or hashes[f] not in done]
 
-    others = _committed_parts(catalog, ledger, exclude=run_id)
-    known = _read_parts(others, columns=["run_id", "manifest", "row_number", "image_id", "content_sha256"])
+    known = read_catalog_table(
+        catalog, columns=["run_id", "manifest", "row_number", "image_id", "content_sha256"], exclude_run=run_id,
+    ).to_pandas()
     classes = list(config.model.classes) if config.model is not None else None
     work = _Run(
         run_id=run_id, ingest_date=ingest_date, image_root=storage_path(dataset.image_root),
@@ -165,52 +133,9 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
 
     part = None
     if len(selected) or len(mine):
-        part = _write_part(catalog, run_id, ingest_date, result.accepted)
-        _write_ledger(catalog, ledger, run_id, ingest_date, result.manifests)  # last: commits the run
+        part = write_part(catalog, run_id, ingest_date, result.accepted)
+        commit_run(catalog, ledger, run_id, ingest_date, result.manifests)  # last: commits the run
     return IngestResult(run_id, ingest_date, result.accepted, result.quarantined, result.manifests, part)
-
-
-def read_catalog(catalog: StoragePath, *, run_id: str | None = None,
-                 columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """The catalog's rows (every committed run, or one run's), ordered by ingest date, run, manifest, row.
-
-    `columns` reads only those columns (plus the ordering keys), e.g. tags and attributes for co-occurrence;
-    a named column no part has is simply absent, as in a catalog that never had it.
-    """
-    catalog = storage_path(catalog)
-    ledger = read_ledger(catalog)
-    parts = _committed_parts(catalog, ledger, exclude=None)
-    if run_id is not None:
-        parts = [p for p in parts if _part_run(p) == run_id]
-    wanted = None if columns is None else list(dict.fromkeys([*_ORDER, *columns]))
-    frame = _read_parts(parts, wanted)
-    if frame.empty:
-        empty = pa.schema(CATALOG_FIELDS).empty_table()
-        return _to_pandas(empty if wanted is None else empty.select([n for n in wanted if n in empty.column_names]))
-    return frame.sort_values(list(_ORDER), kind="stable").reset_index(drop=True)
-
-
-def read_catalog_table(catalog: StoragePath, *, columns: Sequence[str] | None = None,
-                       dictionary: Sequence[str] = ()) -> pa.Table:
-    """The committed catalog as one Arrow table, in part order, for whole-catalog checks over millions of rows
-    (no pandas conversion, no Python list per row); `columns` only, when given.
-
-    `dictionary` names string columns (or `tags`) to read dictionary-encoded: few distinct values over
-    millions of rows then cost one small dictionary per part instead of a string per cell.
-    """
-    catalog = storage_path(catalog)
-    return _parts_table(_committed_parts(catalog, read_ledger(catalog), exclude=None), columns, dictionary=dictionary)
-
-
-def read_ledger(catalog: StoragePath) -> pd.DataFrame:
-    """The ledger: one row per manifest content ever ingested or refused, with its run and counts."""
-    path = storage_path(catalog) / LEDGER_NAME
-    if not path.exists():
-        return LEDGER_SCHEMA.empty_table().to_pandas()
-    try:
-        return read_parquet(path).to_pandas()
-    except (pa.ArrowException, OSError) as exc:
-        raise ManifestError(f"the ingest ledger {path} cannot be read ({exc}); restore it from backup") from exc
 
 
 def ingest_gate(result: IngestResult, check: IngestCheck) -> list[GateResult]:
@@ -291,7 +216,7 @@ class _Run:
 
     def _check_columns(self, frame: pd.DataFrame, name: str) -> None:
         present = set(frame.columns)
-        reserved = sorted(present & set(RESERVED_COLUMNS))
+        reserved = sorted(present & set(INGEST_RECORDED_COLUMNS))
         if reserved:
             raise ManifestError(
                 f"{name}: column(s) {', '.join(reserved)} are reserved for what the ingest records; rename them"
@@ -309,7 +234,7 @@ class _Run:
     def _locate(self, row: dict[str, Any], values: dict[str, Any]) -> str | None:
         """Resolve and probe the row's image; return a reason, or None and fill path/size/hash."""
         uri = values.get("image_uri")
-        if is_missing(uri):
+        if is_empty_cell(uri):
             return "image_uri is empty"
         try:
             path = resolve_under(self.image_root, str(uri), allowed_schemes=self.allowed_schemes)
@@ -350,7 +275,7 @@ class _Run:
             if row["reason"] is not None:
                 continue
             given = row["values"].get("image_id")
-            image_id = row["sha256"][:16] if is_missing(given) else str(given).strip()
+            image_id = row["sha256"][:16] if is_empty_cell(given) else str(given).strip()
             where = f"manifest {row['manifest']} row {row['row_number']}"
             if row["sha256"] in by_sha:
                 row["reason"] = f"duplicate image content of {by_sha[row['sha256']]}"
@@ -381,8 +306,7 @@ class _Run:
         return _Outcome(self._accepted_frame(accepted), self._quarantine_frame(refused), manifests)
 
     def _extra_columns(self) -> list[str]:
-        fixed = {f.name for f in CATALOG_FIELDS}
-        return [c for c in self.columns if c not in fixed]
+        return [c for c in self.columns if c not in CATALOG_COLUMNS]
 
     def _accepted_frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         extras = self._extra_columns()
@@ -390,7 +314,7 @@ class _Run:
         for r in rows:
             v = r["values"]
             raw_regions = v.get("regions")
-            regions = regions_json(parse_regions(raw_regions)) if not is_missing(raw_regions) else None
+            regions = regions_json(parse_region_boxes(raw_regions)) if not is_empty_cell(raw_regions) else None
             record = {
                 "run_id": self.run_id, "ingest_date": self.ingest_date, "manifest": r["manifest"],
                 "row_number": r["row_number"], "image_id": r["image_id"], "image_uri": str(v["image_uri"]).strip(),
@@ -399,8 +323,7 @@ class _Run:
             }
             record.update({c: _stripped(v.get(c)) for c in extras})
             records.append(record)
-        schema = catalog_schema(extras)
-        return _to_pandas(pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table())
+        return catalog_frame(records, extras)
 
     def _quarantine_frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         columns = list(self.columns)
@@ -418,11 +341,6 @@ class _Run:
         return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)  # row_number may be null
 
 
-def catalog_schema(extra_columns: Sequence[str]) -> pa.Schema:
-    """The catalog part's schema: the fixed columns, then every other manifest column as string."""
-    return pa.schema(CATALOG_FIELDS + [pa.field(c, pa.string()) for c in extra_columns])
-
-
 def quarantine_schema(manifest_columns: Sequence[str]) -> pa.Schema:
     """Quarantine rows: every manifest column as given (string), then manifest, row_number, reason, stage."""
     return pa.schema(
@@ -433,7 +351,7 @@ def quarantine_schema(manifest_columns: Sequence[str]) -> pa.Schema:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: landing scan, catalog parts, ledger
+# Files: the landing scan
 # ---------------------------------------------------------------------------------------------
 
 
@@ -474,90 +392,9 @@ def _manifest_hash(path: StoragePath) -> str | None:
         return None
 
 
-def _part_path(catalog: StoragePath, run_id: str, ingest_date: str) -> StoragePath:
-    name = f"ingest_date={ingest_date}/run-{run_id}.parquet"
-    return safe_child(catalog, name)
-
-
-def _part_run(path: StoragePath) -> str:
-    return path.stem[len("run-"):]
-
-
-def _all_parts(catalog: StoragePath) -> list[StoragePath]:
-    if not catalog.is_dir():
-        return []
-    return sorted(p for p in catalog.glob("ingest_date=*/run-*.parquet") if p.is_file())
-
-
-def _committed_parts(catalog: StoragePath, ledger: pd.DataFrame, *, exclude: str | None) -> list[StoragePath]:
-    """Catalog parts of runs the ledger lists (an orphan part from a crashed run is never read)."""
-    committed = {(str(r), str(d)) for r, d in zip(ledger["run_id"], ledger["ingest_date"]) if r != exclude}
-    return [p for p in _all_parts(catalog) if (_part_run(p), p.parent.name.split("=", 1)[1]) in committed]
-
-
-def _read_parts(parts: Sequence[StoragePath], columns: Sequence[str] | None = None) -> pd.DataFrame:
-    return _to_pandas(_parts_table(parts, columns))
-
-
-def _parts_table(parts: Sequence[StoragePath], columns: Sequence[str] | None = None, *,
-                 dictionary: Sequence[str] = ()) -> pa.Table:
-    """The parts concatenated in order (a column some parts lack is null there); `columns` only, when given.
-
-    String columns named in `dictionary` (for `tags`: its elements) are read dictionary-encoded.
-    """
-    if not parts:
-        names = list(columns) if columns else [f.name for f in CATALOG_FIELDS]
-        return pa.schema([f for f in CATALOG_FIELDS if f.name in names]).empty_table()
-    tables = []
-    for part in parts:
-        schema = parquet_schema(part)
-        present = set(schema.names) if columns else set()
-        encoded = [("tags.list.element" if name == "tags" else name) for name in dictionary if name in schema.names]
-        table = read_parquet(part, [c for c in columns if c in present] if columns else None, partitioning=None,
-                             read_dictionary=encoded or None)
-        if "ingest_date" in table.column_names:
-            position = table.schema.get_field_index("ingest_date")
-            table = table.set_column(position, "ingest_date", table.column(position).cast(pa.string()))
-        tables.append(table)
-    return pa.concat_tables(tables, promote_options="default")
-
-
-def _write_part(catalog: StoragePath, run_id: str, ingest_date: str, accepted: pd.DataFrame) -> StoragePath | None:
-    """Write this run's catalog part (replacing any earlier attempt of the same run), or remove it if empty."""
-    target = _part_path(catalog, run_id, ingest_date)
-    written = None
-    if len(accepted):
-        extras = [c for c in accepted.columns if c not in {f.name for f in CATALOG_FIELDS}]
-        table = pa.Table.from_pandas(accepted, schema=catalog_schema(extras), preserve_index=False)
-        # Dictionary-typed like the hive partition key, so `pq.read_table(catalog)` can merge the two.
-        position = table.schema.get_field_index("ingest_date")
-        table = table.set_column(position, pa.field("ingest_date", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-                                 table.column(position).dictionary_encode())
-        written = write_table(table, target, name="catalog")
-    for stale in _all_parts(catalog):  # an earlier attempt of this run under another date, or now empty
-        if _part_run(stale) == run_id and stale != written:
-            stale.unlink()
-    return written
-
-
-def _write_ledger(catalog: StoragePath, ledger: pd.DataFrame, run_id: str, ingest_date: str, manifests: pd.DataFrame) -> None:
-    mine = manifests.assign(run_id=run_id, ingest_date=ingest_date)[LEDGER_SCHEMA.names]
-    kept = ledger[ledger["run_id"] != run_id]
-    merged = pd.concat([kept, mine], ignore_index=True) if len(kept) else mine.reset_index(drop=True)
-    write_table(merged, storage_path(catalog) / LEDGER_NAME, name="ingest_ledger", schema=LEDGER_SCHEMA)
-
-
 # ---------------------------------------------------------------------------------------------
 # Cell helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    """Arrow -> pandas with `tags` as Python lists (as `read_manifest` gives them), not NumPy arrays."""
-    frame = table.to_pandas()
-    if "tags" in frame.columns:
-        frame["tags"] = pd.Series([[] if t is None else list(t) for t in frame["tags"]], index=frame.index, dtype=object)
-    return frame
 
 
 def _stripped(value: Any) -> str | None:

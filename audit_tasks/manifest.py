@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -163,8 +162,9 @@ def parse_tags(value: Any) -> list[str]:
     return list(seen)
 
 
-def parse_regions(raw: Any, *, width: int | None = None, height: int | None = None) -> list[dict[str, Any]]:
-    """Parse a regions value (JSON text or an already-parsed list) into `[{"kind", "name", "box"}]`.
+def parse_region_boxes(raw: Any, *, width: int | None = None, height: int | None = None) -> list[dict[str, Any]]:
+    """Parse and validate a manifest's regions value (JSON text or an already-parsed list) into
+    `[{"kind", "name", "box"}]`, boxes in pixels of the original image.
 
     Boxes are `[x0, y0, x1, y1]` in pixels with x0 < x1 and y0 < y1, all >= 0; when `width`/`height` are
     given the box must also lie inside the image (x1 <= width, y1 <= height). None/NaN/"" mean no regions.

@@ -90,7 +90,8 @@ def _skip_check(config: AuditConfig, run_id: str, check: str, tables: tuple[str,
 
 def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
     """Ingest new manifests, write the run's quarantine and the rows to audit."""
-    from audit_tasks.ingest import ingest, ingest_gate, read_catalog
+    from audit_tasks.catalog import read_catalog
+    from audit_tasks.ingest import ingest, ingest_gate
 
     dataset = config.require_dataset()
     result = ingest(config, run_id)
@@ -271,7 +272,7 @@ def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.Dat
 def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Co-occurrence balance over the whole catalog's tags and attributes (no image is touched)."""
     from audit_tasks.cooccurrence import check_cooccurrence
-    from audit_tasks.ingest import read_catalog_table
+    from audit_tasks.catalog import read_catalog_table
 
     check = config.checks.cooccurrence
     rd = run_dir(config, run_id)

@@ -82,14 +82,14 @@ class SaliencySummary:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_regions(value: Any, *, where: str = "regions") -> list[dict[str, Any]]:
-    """A row's regions (JSON text, list of dicts, or empty/None) as validated {kind, name, box} dicts.
+def row_regions(value: Any, *, where: str = "regions") -> list[dict[str, Any]]:
+    """A row's regions (JSON text, list of dicts, or empty/None) as validated {kind, name, box} dicts, or an
+    ImageError naming `where`, so the scoring stage can reject that one row.
 
-    The manifest's own parser decides what is valid; a failure becomes an ImageError naming `where`,
-    so the scoring stage can reject that one row.
+    What is valid is `manifest.parse_region_boxes`'s rule (boxes are not checked against the image size here).
     """
     try:
-        return manifest.parse_regions(value)
+        return manifest.parse_region_boxes(value)
     except ValueError as exc:
         raise ImageError(f"{where}: {exc}") from exc
 
@@ -105,7 +105,7 @@ def region_metrics(cams: Tensor, regions: Sequence[Sequence[Mapping[str, Any]]],
                    samples_per_cell: int | None = None) -> pd.DataFrame:
     """Per-image region metrics (columns METRIC_COLUMNS) for (N, h, w) maps on any device.
 
-    `regions[i]` are image i's parsed regions (see `parse_regions`), `sizes[i]` its original
+    `regions[i]` are image i's parsed regions (see `row_regions`), `sizes[i]` its original
     (width, height) in pixels. All per-cell work is batched tensor code on the maps' device; results
     come to the host once.
     """

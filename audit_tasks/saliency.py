@@ -90,7 +90,7 @@ def normalize_per_image(cams: Tensor, eps: float = 1e-7) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class LayerCam:
+class CamEngine:
     """Shared machinery of layer CAM methods; a subclass defines `_combine(A, dY/dA) -> map`.
 
     Args:
@@ -308,7 +308,7 @@ class LayerCam:
 # ---------------------------------------------------------------------------------------------
 
 
-class GradCAM(LayerCam):
+class GradCAM(CamEngine):
     """Grad-CAM (Selvaraju et al.): channel weights are the spatial mean of dY/dA."""
 
     def _combine(self, activation: Tensor, gradient: Tensor) -> Tensor:
@@ -316,21 +316,21 @@ class GradCAM(LayerCam):
         return torch.einsum("nk,nkhw->nhw", alpha, activation)
 
 
-class HiResCAM(LayerCam):
+class HiResCAM(CamEngine):
     """HiResCAM (Draelos & Carin): element-wise gradient x activation, summed over channels."""
 
     def _combine(self, activation: Tensor, gradient: Tensor) -> Tensor:
         return (gradient * activation).sum(dim=1)
 
 
-class LayerCAM(LayerCam):
+class LayerCAM(CamEngine):
     """LayerCAM (Jiang et al.): element-wise positive gradient x activation, summed over channels."""
 
     def _combine(self, activation: Tensor, gradient: Tensor) -> Tensor:
         return (gradient.clamp_min(0) * activation).sum(dim=1)
 
 
-class GradCAMPlusPlus(LayerCam):
+class GradCAMPlusPlus(CamEngine):
     """Grad-CAM++ (Chattopadhyay et al.), with pytorch-grad-cam's exponential-score approximation."""
 
     eps = 1e-6

@@ -24,7 +24,7 @@ from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
-from audit_tasks.regions import flag_images, parse_regions, region_metrics
+from audit_tasks.regions import flag_images, region_metrics, row_regions
 from audit_tasks.saliency import GradCAM
 
 #: The images table's columns before the attributes, and after them (docs/ARCHITECTURE.md).
@@ -134,7 +134,7 @@ def _prepare_rows(rows: pd.DataFrame, class_index: dict[str, int], target: str,
                 rejected.append((position, image_id, UNKNOWN_LABEL.format(label=label, classes=", ".join(class_index))))
                 continue
         try:
-            regions = parse_regions(raw_regions, where=f"row {position} ({image_id})")
+            regions = row_regions(raw_regions, where=f"row {position} ({image_id})")
         except ImageError as exc:
             rejected.append((position, image_id, str(exc)))
             continue

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
-from audit_tasks.manifest import parse_regions
+from audit_tasks.manifest import parse_region_boxes
 
 #: Values that mean "missing" in an attribute cell, case-insensitively, besides null and blank text.
 MISSING_TEXT = frozenset({"nan", "none", "null"})
@@ -60,8 +60,9 @@ def validate_rows(frame: pd.DataFrame, *, classes: Sequence[str] | None, attribu
     return pd.Series(["; ".join(r) if r else None for r in reasons], index=frame.index, dtype=object)
 
 
-def is_missing(value: Any) -> bool:
-    """True for None, NaN, blank text and text such as 'nan'/'None'/'null' that exports write for nothing."""
+def is_empty_cell(value: Any) -> bool:
+    """Whether a manifest cell holds nothing: None, NaN, blank text, or text such as 'nan'/'None'/'null'
+    that exports write for nothing."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -103,15 +104,15 @@ def _helper_frame(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFram
 def _text_column(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame.columns:
         return pd.Series([None] * len(frame), dtype=object)
-    values = [None if is_missing(v) else str(v).strip() for v in frame[column].tolist()]
+    values = [None if is_empty_cell(v) else str(v).strip() for v in frame[column].tolist()]
     return pd.Series(values, dtype=object)
 
 
 def _regions_error(raw: Any, width: Any, height: Any) -> str | None:
-    w = None if is_missing(width) else int(width)
-    h = None if is_missing(height) else int(height)
+    w = None if is_empty_cell(width) else int(width)
+    h = None if is_empty_cell(height) else int(height)
     try:
-        parse_regions(raw, width=w, height=h)
+        parse_region_boxes(raw, width=w, height=h)
     except ValueError as exc:
         return str(exc)
     return None

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from audit_tasks.config import IngestCheck
-from audit_tasks.ingest import IngestResult, ingest, ingest_gate, read_catalog
+from audit_tasks.catalog import read_catalog
+from audit_tasks.ingest import IngestResult, ingest, ingest_gate
 from fixtures_ingest import (
     make_config,
     regions,

@@ -1,4 +1,4 @@
-"""Ingest: catalog, quarantine and ledger; idempotence, crash safety, de-duplication, the gate."""
+"""Ingest: what lands in the catalog, quarantine and ledger; idempotence, crash safety, de-duplication, the gate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ManifestError
-from audit_tasks.ingest import LEDGER_NAME, ingest, ingest_gate, read_catalog, read_catalog_table, read_ledger
+from audit_tasks.catalog import LEDGER_NAME, read_catalog, read_ledger
+from audit_tasks.ingest import ingest, ingest_gate
 from audit_tasks.tables import table_metadata
 from fixtures_ingest import make_config, regions, write_csv, write_jpeg, write_jsonl, write_parquet
 
@@ -109,63 +110,6 @@ def test_manifests_are_read_in_name_order_skipping_hidden_and_temp_files(config:
     assert result.manifests["manifest"].tolist() == ["a.csv", "b.csv"]
 
 
-def test_read_catalog_returns_every_committed_run(config: AuditConfig) -> None:
-    uris = images(config, 1, 2, 3)
-    write_csv(landing(config) / "m1.csv", rows(uris[:2]))
-    ingest(config, "r1", today=DAY)
-    write_csv(landing(config) / "m2.csv", rows(uris[2:]))
-    ingest(config, "r2", today=date(2025, 3, 2))
-    catalog = read_catalog(config.dataset.catalog)
-    assert catalog["run_id"].tolist() == ["r1", "r1", "r2"]
-    assert read_catalog(config.dataset.catalog, run_id="r2")["image_uri"].tolist() == ["img3.jpg"]
-
-
-def test_read_catalog_with_columns_reads_only_those_and_the_order_keys(config: AuditConfig) -> None:
-    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2)))
-    ingest(config, "r1", today=DAY)
-    catalog = read_catalog(config.dataset.catalog, columns=["tags", "no_such_column"])
-    assert list(catalog.columns) == ["ingest_date", "run_id", "manifest", "row_number", "tags"]
-    assert catalog["row_number"].tolist() == [1, 2]
-
-
-def test_read_catalog_table_holds_the_same_rows_as_read_catalog(config: AuditConfig) -> None:
-    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2)))
-    ingest(config, "r1", today=DAY)
-    write_csv(landing(config) / "m2.csv", rows(images(config, 3)))
-    ingest(config, "r2", today=date(2025, 3, 2))
-    table = read_catalog_table(config.dataset.catalog, columns=["image_id", "tags"])
-    frame = read_catalog(config.dataset.catalog)
-    assert table.column_names == ["image_id", "tags"]
-    assert sorted(table.column("image_id").to_pylist()) == sorted(frame["image_id"])
-    assert sorted(map(tuple, table.column("tags").to_pylist())) == sorted(map(tuple, frame["tags"]))
-
-
-def test_read_catalog_table_reads_named_columns_dictionary_encoded(config: AuditConfig) -> None:
-    import pyarrow as pa
-
-    write_csv(landing(config) / "m1.csv", rows(images(config, 1, 2), tags="a|b"))
-    ingest(config, "r1", today=DAY)
-    table = read_catalog_table(config.dataset.catalog, columns=["tags", "gender"], dictionary=["tags", "gender"])
-    assert pa.types.is_dictionary(table.schema.field("gender").type)
-    assert pa.types.is_dictionary(table.schema.field("tags").type.value_type)
-    assert table.to_pylist() == [{"tags": ["a", "b"], "gender": "f"}, {"tags": ["a", "b"], "gender": "m"}]
-
-
-def test_catalog_folder_reads_as_one_hive_partitioned_dataset(config: AuditConfig) -> None:
-    uris = images(config, 1, 2)
-    write_csv(landing(config) / "m1.csv", rows(uris[:1]))
-    ingest(config, "r1", today=DAY)
-    write_csv(landing(config) / "m2.csv", rows(uris[1:]))
-    ingest(config, "r2", today=date(2025, 3, 2))
-    table = pq.read_table(config.dataset.catalog)  # the ledger's leading underscore keeps it out
-    assert sorted(table.column("ingest_date").to_pylist()) == ["2025-03-01", "2025-03-02"]
-
-
-def test_read_catalog_of_an_empty_catalog_has_the_columns(config: AuditConfig) -> None:
-    catalog = read_catalog(config.dataset.catalog)
-    assert catalog.empty and {"image_id", "content_sha256", "tags"} <= set(catalog.columns)
-
-
 # ---------------------------------------------------------------------------------------------
 # Ledger and idempotence
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +203,7 @@ def test_ledger_is_written_after_the_catalog_part(config: AuditConfig, monkeypat
     def crash(*args, **kwargs):
         raise RuntimeError("killed between the catalog write and the ledger write")
 
-    monkeypatch.setattr(module, "_write_ledger", crash)
+    monkeypatch.setattr(module, "commit_run", crash)
     with pytest.raises(RuntimeError):
         ingest(config, "r1", today=DAY)
     assert not (config.dataset.catalog / LEDGER_NAME).exists()
@@ -274,7 +218,7 @@ def test_crashed_run_rerun_with_its_id_completes(config: AuditConfig, monkeypatc
     import audit_tasks.ingest as module
 
     write_csv(landing(config) / "m.csv", rows(images(config, 1)))
-    monkeypatch.setattr(module, "_write_ledger", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr(module, "commit_run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError):
         ingest(config, "r1", today=DAY)
     monkeypatch.undo()
@@ -302,14 +246,14 @@ def test_unreadable_manifest_is_refused_and_retried_next_run(config: AuditConfig
 
 
 def test_bad_run_id_is_refused(config: AuditConfig) -> None:
-    with pytest.raises(ConfigError, match="cannot name a file"):
+    with pytest.raises(ConfigError, match="run id '../escape' is not usable as a folder name"):
         ingest(config, "../escape", today=DAY)
 
 
 def test_airflow_style_run_id_is_accepted(config: AuditConfig) -> None:
     write_csv(landing(config) / "m.csv", rows(images(config, 1)))
-    result = ingest(config, "scheduled__2025-03-01T00:00:00+00:00", today=DAY)
-    assert result.catalog_part.name == "run-scheduled__2025-03-01T00:00:00+00:00.parquet"
+    result = ingest(config, "scheduled__2025-03-01T00_00_00_00_00", today=DAY)  # as compat.audit_run_id makes it
+    assert result.catalog_part.name == "run-scheduled__2025-03-01T00_00_00_00_00.parquet"
 
 
 # ---------------------------------------------------------------------------------------------

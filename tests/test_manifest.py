@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit_tasks.errors import ManifestError
-from audit_tasks.manifest import ROW_ERROR, parse_regions, parse_tags, read_manifest, read_manifest_table, regions_json
+from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, parse_tags, read_manifest, read_manifest_table, regions_json
 from fixtures_ingest import write_csv, write_jsonl, write_parquet
 
 ROWS = [
@@ -236,9 +236,9 @@ def test_parse_tags_of_any_text_is_idempotent(text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_parse_regions_reads_core_and_spurious_boxes() -> None:
+def test_parse_region_boxes_reads_core_and_spurious_boxes() -> None:
     raw = '[{"kind": "core", "name": "face", "box": [1, 2, 10, 20]}, {"kind": "spurious", "name": "wm", "box": [0, 0, 5.5, 5]}]'
-    assert parse_regions(raw, width=10, height=20) == [
+    assert parse_region_boxes(raw, width=10, height=20) == [
         {"kind": "core", "name": "face", "box": [1, 2, 10, 20]},
         {"kind": "spurious", "name": "wm", "box": [0, 0, 5.5, 5]},
     ]
@@ -246,7 +246,7 @@ def test_parse_regions_reads_core_and_spurious_boxes() -> None:
 
 @pytest.mark.parametrize("raw", [None, math.nan, "", "  ", "[]"])
 def test_absent_regions_parse_to_an_empty_list(raw) -> None:
-    assert parse_regions(raw) == []
+    assert parse_region_boxes(raw) == []
 
 
 @pytest.mark.parametrize("raw,message", [
@@ -264,20 +264,20 @@ def test_absent_regions_parse_to_an_empty_list(raw) -> None:
     ('[{"kind": "core", "name": "f", "box": [5, 0, 1, 1]}]', "region 0 (f) box [5, 0, 1, 1] is empty or inverted (need x0 < x1 and y0 < y1)"),
     ('[{"kind": "core", "name": "f", "box": [0, 0, 11, 1]}]', "region 0 (f) box [0, 0, 11, 1] lies outside the 10x10 image"),
 ])
-def test_parse_regions_rejects_with_a_precise_message(raw: str, message: str) -> None:
+def test_parse_region_boxes_rejects_with_a_precise_message(raw: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
-        parse_regions(raw, width=10, height=10)
+        parse_region_boxes(raw, width=10, height=10)
     assert str(info.value) == message
 
 
 def test_deeply_nested_regions_are_a_value_error() -> None:
     with pytest.raises(ValueError, match="nested too deeply"):
-        parse_regions("[" * 100_000 + "]" * 100_000)
+        parse_region_boxes("[" * 100_000 + "]" * 100_000)
 
 
 def test_regions_json_normalises_and_drops_empty() -> None:
     assert regions_json([]) is None
-    parsed = parse_regions('[ {"name": "f", "box": [0,0,1,1], "kind": "core"} ]')
+    parsed = parse_region_boxes('[ {"name": "f", "box": [0,0,1,1], "kind": "core"} ]')
     assert regions_json(parsed) == '[{"kind": "core", "name": "f", "box": [0, 0, 1, 1]}]'
 
 
@@ -289,15 +289,15 @@ _JSONISH = st.recursive(
 
 
 @given(st.one_of(st.text(max_size=60), _JSONISH))
-def test_parse_regions_raises_nothing_but_value_error(raw) -> None:
+def test_parse_region_boxes_raises_nothing_but_value_error(raw) -> None:
     try:
-        parse_regions(raw, width=50, height=50)
+        parse_region_boxes(raw, width=50, height=50)
     except ValueError:
         pass
 
 
 @given(st.data())
-def test_parse_regions_accepts_every_box_inside_the_image(data) -> None:
+def test_parse_region_boxes_accepts_every_box_inside_the_image(data) -> None:
     width = data.draw(st.integers(1, 5000))
     height = data.draw(st.integers(1, 5000))
     x0 = data.draw(st.integers(0, width - 1))
@@ -306,7 +306,7 @@ def test_parse_regions_accepts_every_box_inside_the_image(data) -> None:
     y1 = data.draw(st.integers(y0 + 1, height))
     kind = data.draw(st.sampled_from(["core", "spurious"]))
     raw = json.dumps([{"kind": kind, "name": "r", "box": [x0, y0, x1, y1]}])
-    assert parse_regions(raw, width=width, height=height)[0]["box"] == [x0, y0, x1, y1]
+    assert parse_region_boxes(raw, width=width, height=height)[0]["box"] == [x0, y0, x1, y1]
 
 
 # ---------------------------------------------------------------------------------------------

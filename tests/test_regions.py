@@ -16,8 +16,8 @@ from audit_tasks.regions import (
     BY_CLASS_COLUMNS,
     METRIC_COLUMNS,
     flag_images,
-    parse_regions,
     region_metrics,
+    row_regions,
     summarize_saliency,
 )
 
@@ -110,12 +110,12 @@ def test_peak_location_and_pointing_game_tolerance():
     assert m["pointing_hit"].tolist() == [True, True, False]
 
 
-def test_parse_regions_accepts_json_and_rejects_malformed():
-    assert parse_regions('[{"kind": "core", "name": "a", "box": [0, 0, 1, 1]}]')[0]["box"] == [0.0, 0.0, 1.0, 1.0]
-    assert parse_regions(None) == [] and parse_regions("") == []
+def test_row_regions_accepts_json_and_rejects_malformed_as_an_image_error():
+    assert row_regions('[{"kind": "core", "name": "a", "box": [0, 0, 1, 1]}]')[0]["box"] == [0.0, 0.0, 1.0, 1.0]
+    assert row_regions(None) == [] and row_regions("") == []
     for bad in ("not json", '[{"kind": "other", "box": [0,0,1,1]}]', '[{"kind": "core", "box": [0, 0, 1]}]', '{"a": 1}'):
         with pytest.raises(ImageError):
-            parse_regions(bad, where="row 3")
+            row_regions(bad, where="row 3")
 
 
 # ---------------------------------------------------------------------------------------------

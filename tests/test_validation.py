@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from audit_tasks.validation import is_missing, validate_rows
+from audit_tasks.validation import is_empty_cell, validate_rows
 
 CLASSES = ["doctor", "nurse"]
 
@@ -123,5 +123,5 @@ def test_a_thousand_rows_validate_quickly() -> None:
 
 
 @pytest.mark.parametrize("value,missing", [(None, True), ("", True), (" nan ", True), ("NA", False), ("0", False), (0, False)])
-def test_is_missing(value, missing: bool) -> None:
-    assert is_missing(value) is missing
+def test_is_empty_cell(value, missing: bool) -> None:
+    assert is_empty_cell(value) is missing
