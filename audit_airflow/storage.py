@@ -8,7 +8,6 @@ credentials come from the usual Airflow connection (`conn_id`), with no code cha
 from __future__ import annotations
 
 import logging
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,13 +71,14 @@ def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig
 
     dataset = config.dataset
     if dataset is not None:
-        dataset = dataclasses.replace(dataset, landing=bind(dataset.landing), catalog=bind(dataset.catalog),
-                                      image_root=bind(dataset.image_root))
+        # model_copy does not re-validate: the sections keep the ObjectStoragePaths as given.
+        dataset = dataset.model_copy(update={"landing": bind(dataset.landing), "catalog": bind(dataset.catalog),
+                                             "image_root": bind(dataset.image_root)})
     model = config.model
     if model is not None:
-        model = dataclasses.replace(model, checkpoint=bind(model.checkpoint))
-    output = dataclasses.replace(config.output, dir=bind(config.output.dir))
-    return dataclasses.replace(config, dataset=dataset, model=model, output=output)
+        model = model.model_copy(update={"checkpoint": bind(model.checkpoint)})
+    output = config.output.model_copy(update={"dir": bind(config.output.dir)})
+    return config.model_copy(update={"dataset": dataset, "model": model, "output": output})
 
 
 def publish_run(run_folder: Path, target_uri: str, conn_id: str | None = None) -> str:

@@ -6,7 +6,6 @@ output folder, so a data team can run a check on a manifest before anything is i
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -77,7 +76,7 @@ def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: S
     checks = config.checks if config is not None else default_checks()
     check = checks.subgroups or SubgroupCheck()
     if not check.attributes:
-        check = dataclasses.replace(check, attributes=infer_attributes(list(frame.columns)))
+        check = check.model_copy(update={"attributes": infer_attributes(list(frame.columns))})
     missing = [a for a in check.attributes if a not in frame.columns]
     if missing:
         raise ManifestError(f"{predictions}: configured attribute column(s) missing: {', '.join(missing)}")

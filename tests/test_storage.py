@@ -6,7 +6,6 @@ disk, so a rename-based or `os`-based shortcut would fail here as it would on a 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 import uuid
@@ -222,7 +221,7 @@ def test_a_checkpoint_on_object_storage_loads_and_its_errors_name_the_uri(tmp_pa
     torch.save({"fc.weight": torch.zeros(2, 2), "payload": _NotATensor()}, local)  # refused by weights_only
     evil.write_bytes(local.read_bytes())
     with pytest.raises(ModelError, match=f"refused to load {evil}"):
-        load_model(dataclasses.replace(config.model, checkpoint=evil))
+        load_model(config.model.model_copy(update={"checkpoint": evil}))
 
 
 def test_a_landing_area_in_a_bucket_that_does_not_exist_is_a_config_error(tmp_path, bucket):
@@ -243,7 +242,7 @@ def test_a_connection_id_in_the_image_root_stays_out_of_the_catalog(tmp_path, bu
     from airflow.sdk import ObjectStoragePath
 
     with_conn = ObjectStoragePath(f"memory://my_conn@{bucket}/images")  # a connection written into the URI
-    result = ingest(dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, image_root=with_conn)),
+    result = ingest(config.model_copy(update={"dataset": config.dataset.model_copy(update={"image_root": with_conn})}),
                     "night-1")
     assert len(result.accepted) == 2
     assert not result.accepted["image_path"].str.contains("my_conn").any()
@@ -282,4 +281,4 @@ def test_a_checkpoint_in_the_store_that_is_not_an_archive_is_a_model_error_namin
     broken = UPath(f"memory://{bucket}/models/broken.pt2")
     broken.write_bytes(b"not a torch.export archive")
     with pytest.raises(ModelError, match=f"checkpoint {broken}"):
-        load_model(dataclasses.replace(config.model, checkpoint=broken, allow_scripted=True))
+        load_model(config.model.model_copy(update={"checkpoint": broken, "allow_scripted": True}))
