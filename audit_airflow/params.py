@@ -32,8 +32,8 @@ __all__ = [
     "write_field_schemas",
 ]
 
-#: Same rule as audit_tasks.pipeline.check_run_id: a plain folder name.
-RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+#: audit_tasks.run_ids.RUN_ID_PATTERN, mirrored: DAG parsing may not import audit_tasks (a test holds them equal).
+RUN_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 
 #: The JSON-schema keywords a threshold param takes from its config field (not title, default, ...).
 _VALIDATION_KEYWORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",

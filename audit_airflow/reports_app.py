@@ -29,11 +29,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from audit_airflow import compat
-from audit_airflow.params import RUN_ID_PATTERN
 from audit_airflow.storage import storage_root
 from audit_tasks.gates import FAILED, INCONCLUSIVE, PASSED
 from audit_tasks.report import CSP as REPORT_DOCUMENT_CSP
 from audit_tasks.report import render as render_template
+from audit_tasks.run_ids import is_run_id
 
 __all__ = [
     "AUDIT_DAG_ID",
@@ -81,7 +81,6 @@ REPORT_CSP = f"sandbox; {REPORT_DOCUMENT_CSP}"
 PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
 _ALWAYS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
-_RUN_ID = re.compile(RUN_ID_PATTERN)
 #: Airflow run ids hold ':' and '+' (`manual__2026-01-01T00:00:00+00:00`), so they get their own check;
 #: they are never used as paths (compat.audit_run_id maps them to a folder name).
 _AIRFLOW_RUN_ID = re.compile(r"^[^/\\\x00-\x1f]{1,250}$")
@@ -195,11 +194,6 @@ class _Entry:
         return self.root / self.run_id
 
 
-def _is_run_id(name: str) -> bool:
-    """Same rule as audit_tasks.pipeline.check_run_id: a plain folder name, no `..`."""
-    return bool(_RUN_ID.match(name)) and ".." not in name
-
-
 def _stays_inside(path: Path, base: Path) -> bool:
     """Whether `path`, with every symlink followed, is an existing path inside `base` (itself resolved)."""
     try:
@@ -240,7 +234,7 @@ def _local_entries(root: Path) -> list[_Entry]:
         listing = list(os.scandir(base))
     except OSError:
         return []
-    found = (_local_entry(base, item.name, item.is_symlink()) for item in listing if _is_run_id(item.name))
+    found = (_local_entry(base, item.name, item.is_symlink()) for item in listing if is_run_id(item.name))
     return [entry for entry in found if entry is not None]
 
 
@@ -270,7 +264,7 @@ def _remote_entries(root: Any) -> list[_Entry]:
     entries = []
     for name, info in listing.items():
         parts = name[len(prefix):].split("/") if name.startswith(prefix) else []
-        if len(parts) == 2 and parts[1] == SUMMARY and _is_run_id(parts[0]):
+        if len(parts) == 2 and parts[1] == SUMMARY and is_run_id(parts[0]):
             entries.append(_Entry(root, parts[0], _info_mtime(info)))
     return entries
 
@@ -351,7 +345,7 @@ def list_runs(root: Any, *, offset: int = 0, limit: int | None = None) -> RunPag
 
 
 def _check_run_id(run_id: str) -> None:
-    if not _is_run_id(run_id):
+    if not is_run_id(run_id):
         raise HTTPException(status_code=400, detail="invalid run id")
 
 
@@ -412,7 +406,7 @@ def find_dag_run(root: Any, dag_id: str, dag_run_id: str) -> str | None:
         raise HTTPException(status_code=400, detail="not a usable run id")
     wanted = (dag_id, dag_run_id)
     direct_id = compat.audit_run_id(dag_run_id)
-    direct = _direct_entry(root, direct_id) if _is_run_id(direct_id) else None
+    direct = _direct_entry(root, direct_id) if is_run_id(direct_id) else None
     if direct is not None and _summary_ids(direct) in (None, wanted):
         return direct.run_id
     return next((e.run_id for e in _entries(root) if _summary_ids(e) == wanted), None)

@@ -1,7 +1,7 @@
 """retrain_on_clean_audit: runs when dataset_audit emits its asset, i.e. only after every gate passed.
 
 The training task is a PLACEHOLDER: replace audit_airflow.tasks.train_model_placeholder (or the task
-below) with your training job; it receives the audit summary, report path and any sample weights.
+below) with your training job; it receives the audit summary and the report path.
 """
 
 from __future__ import annotations

@@ -305,3 +305,21 @@ def test_latest_event_extra_prefers_the_triggering_event_over_inlet_history():
     assert latest_event_extra({"triggering_asset_events": {}, "inlet_events": context["inlet_events"]},
                               AUDIT_CLEAN) == {"run_id": "latest-ever"}
     assert latest_event_extra({"triggering_asset_events": {}, "inlet_events": {AUDIT_CLEAN: []}}, AUDIT_CLEAN) is None
+
+
+def test_the_run_id_param_uses_the_core_run_id_rule():
+    from audit_airflow.params import RUN_ID_PATTERN
+    from audit_tasks.run_ids import RUN_ID_PATTERN as CORE_PATTERN
+
+    assert RUN_ID_PATTERN == CORE_PATTERN
+
+
+@pytest.mark.parametrize("airflow_run_id", [
+    "manual__2026-01-01T00:00:00+00:00", "scheduled__2026-01-01T02:00:00.123456+00:00", "..", "../../etc/passwd",
+    "a" * 400, "trigger/with/slashes", "\u00e9t\u00e9 run", "-._",
+])
+def test_every_airflow_run_id_maps_to_a_valid_audit_run_id(airflow_run_id):
+    from audit_airflow.compat import audit_run_id
+    from audit_tasks.run_ids import is_run_id
+
+    assert is_run_id(audit_run_id(airflow_run_id))
