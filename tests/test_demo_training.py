@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from audit_tasks.demo.build import build_demo
+from audit_tasks.demo.story import PLANTED_FAILURES, split_gate_name, story_holds, within_planted_story
 from audit_tasks.demo.train import TrainSpec, build_model, fingerprint, is_cached, predict, train_classifier, train_cached
 from audit_tasks.demo.world import CLASSES, SplitSpec, WorldSpec, render_array, sample_split, swap_cue
 
@@ -110,18 +111,57 @@ def test_same_seed_trains_the_same_weights():
     assert _digest(first) != _digest(other)
 
 
-@pytest.mark.slow
-def test_small_demo_audits_fail_exactly_the_planted_checks(demo):
-    """Ground truth for the lead's Airflow end-to-end test: which checks fail for which subjects."""
+@pytest.fixture(scope="module")
+def demo_audits(demo):
     from audit_tasks.config import load_config
     from audit_tasks.pipeline import run_audit
 
-    biased = run_audit(load_config(demo.biased_config), "demo-biased")
+    return (run_audit(load_config(demo.biased_config), "demo-biased"),
+            run_audit(load_config(demo.debiased_config), "demo-debiased"))
+
+
+@pytest.mark.slow
+def test_biased_demo_audit_fails_every_planted_check(demo_audits):
+    biased, _ = demo_audits
     failed = {(g.check, g.subject) for g in biased.verdict.failed}
-    assert failed == {("cooccurrence", "laptop -> mouse"), ("cooccurrence", "lantern -> lighting=night"),
-                      ("cooccurrence", "all pairs"), ("saliency", "wolf"), ("subgroups", "fur_tone=dark")}
-    debiased = run_audit(load_config(demo.debiased_config), "demo-debiased")
-    assert debiased.verdict.passed, debiased.verdict.describe()
+    assert PLANTED_FAILURES <= failed, biased.verdict.describe()
+
+
+@pytest.mark.slow
+def test_biased_demo_audit_fails_nothing_outside_the_planted_story(demo_audits):
+    biased, _ = demo_audits
+    unexpected = [g.name for g in biased.verdict.failed if not within_planted_story(g.check, g.subject)]
+    assert unexpected == [], biased.verdict.describe()
+
+
+@pytest.mark.slow
+def test_debiased_demo_audit_passes_with_evidence(demo_audits):
+    _, debiased = demo_audits
+    assert debiased.verdict.status == "passed", debiased.verdict.describe()
+    assert debiased.summary["checks"] == {"ingest": "ran", "cooccurrence": "ran", "saliency": "ran",
+                                          "subgroups": "ran"}
+
+
+@pytest.mark.parametrize(("check", "subject", "allowed"), [
+    ("subgroups", "fur_tone&lighting=dark&night", True),
+    ("subgroups", "fur_tone&lighting=light&night", False),
+    ("subgroups", "lighting=night", False),
+    ("subgroups", "fur_tone=light", False),
+    ("saliency", "husky", False),
+    ("cooccurrence", "ball -> bowl", False),
+    ("class_balance", "labels", False),
+])
+def test_the_planted_story_allows_only_dark_fur_intersections_beyond_the_planted_gates(check, subject, allowed):
+    assert within_planted_story(check, subject) is allowed
+
+
+def test_story_holds_needs_every_planted_gate_and_a_clean_debiased_run():
+    planted = [f"{check}/{subject}/m" for check, subject in PLANTED_FAILURES]
+    assert story_holds(planted + ["subgroups/fur_tone&lighting=dark&day/accuracy"], [])
+    assert not story_holds(planted[1:], [])
+    assert not story_holds(planted + ["saliency/husky/flagged_fraction"], [])
+    assert not story_holds(planted, ["saliency/wolf/flagged_fraction"])
+    assert split_gate_name("cooccurrence/a/b -> c/p_b_given_a") == ("cooccurrence", "a/b -> c")
 
 
 @pytest.mark.slow

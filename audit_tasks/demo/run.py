@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit_tasks.config import load_config
+from audit_tasks.demo.story import story_holds
 from audit_tasks.errors import AuditError
 
 
@@ -65,10 +66,17 @@ def run_demo(out: Path, *, use_airflow: bool = True, scale: str = "full") -> lis
         for gate in run.failed_gates:
             print(f"   failed gate: {gate}")
         print(f"   report: {run.report}")
-    story = all(run.ok for run in runs)
-    print("\ndemo: " + ("the biased model turned the audit red and the debiased one green, as planted"
+    story = came_out_as_planted(runs)
+    print("\ndemo: " + ("the biased model failed every planted check and nothing else, the debiased one passed"
                         if story else "UNEXPECTED: the audits did not come out as the planted truth says"))
     return runs
+
+
+def came_out_as_planted(runs: list[DemoRun]) -> bool:
+    """The biased audit failed every planted check and nothing outside the story; the debiased one passed."""
+    by_name = {run.name: run for run in runs}
+    return (all(run.ok for run in runs)
+            and story_holds(by_name["biased"].failed_gates, by_name["debiased"].failed_gates))
 
 
 def _read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) -> DemoRun:

@@ -89,6 +89,23 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def _reproducible(threads: int) -> Iterator[None]:
+    """A fixed thread count and torch's deterministic algorithms inside the block, restored after.
+
+    Seeded training then gives the same weights on every run of one machine. Across CPUs, other vector
+    kernels still round differently, so the demo's planted effects keep a wide margin to every threshold
+    (see audit_tasks.demo.build) instead of relying on exact weights.
+    """
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    with _torch_threads(threads):
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+
+
 def build_model(arch: str) -> torch.nn.Module:
     """The untrained two-class torchvision model, built the way the audit's model loader builds it."""
     return torchvision.models.get_model(arch, weights=None, num_classes=2)
@@ -113,7 +130,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if sample_weights is not None and (len(sample_weights) != len(labels) or np.any(sample_weights < 0)):
         raise ValueError("sample_weights must be one non-negative weight per image")
-    with _torch_threads(spec.threads):
+    with _reproducible(spec.threads):
         torch.manual_seed(spec.seed)
         rng = np.random.default_rng(spec.seed)
         model = build_model(spec.arch)
