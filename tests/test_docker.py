@@ -159,3 +159,16 @@ def test_dockerfile_builds_on_official_airflow_image_with_pinned_torch():
     copied = [path for source in sources for path in source.split()]
     assert copied  # the pattern still matches the Dockerfile's COPY lines
     assert [path for path in copied if not (REPO / path).exists()] == []
+
+
+def test_image_installs_the_package_with_its_dependencies_pinned_by_the_lock():
+    """The package goes in like a provider (entry points, declared dependencies), not copied in by hand."""
+    dockerfile = (DOCKER / "Dockerfile").read_text(encoding="utf-8")
+    runs = [" ".join(block.split()) for block in re.findall(r"^RUN (.+?)(?<!\\)$", dockerfile, re.M | re.S)]
+    installs = [run for run in runs if re.search(r"pip install [^&]*/tmp/audit/src", run)]
+    assert len(installs) == 1, runs
+    assert "--no-deps" not in installs[0] and "-c /tmp/audit/requirements.txt" in installs[0]
+    assert "pip check" in installs[0] and "airflow providers get audit-tasks" in installs[0]
+    assert "grep -v -E '^apache-airflow' /tmp/audit/requirements.lock > /tmp/audit/requirements.txt" in dockerfile
+    copied = re.findall(r"^COPY --chown=\S+ (.+) (\S+)$", dockerfile, re.M)
+    assert not [target for _, target in copied if target.startswith("/opt/airflow/plugins")]

@@ -1,7 +1,16 @@
-"""The package is the product: importable and usable without Airflow."""
+"""The package is the product: importable and usable without Airflow, installable with what it needs."""
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRAS = {"gpu", "s3", "gcs", "timm", "huggingface", "coco", "datasets"}
 
 
 def test_importing_audit_tasks_does_not_import_airflow():
@@ -18,3 +27,64 @@ def test_public_api_is_named_in_the_package():
 
     for name in ("load_config", "AuditConfig", "AuditError", "ConfigError", "GateResult", "Verdict"):
         assert name in audit_tasks.__all__ and hasattr(audit_tasks, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# packaging: pyproject.toml declares what the locks pin
+# ---------------------------------------------------------------------------------------------
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _pins(lock: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO / lock).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"{lock}: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_every_declared_dependency_is_pinned_in_the_lock_within_its_range():
+    pins = _pins("requirements.lock")
+    declared = [Requirement(text) for text in _pyproject()["project"]["dependencies"]]
+    assert len(declared) >= 10
+    for requirement in declared:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} is declared but requirements.lock does not pin it (make lock)"
+        assert requirement.specifier.contains(pins[name]), f"{requirement} does not admit the locked {pins[name]}"
+
+
+def test_dev_lock_keeps_every_runtime_pin():
+    runtime, dev = _pins("requirements.lock"), _pins("requirements-dev.lock")
+    assert {name: dev.get(name) for name in runtime} == runtime
+    for tool in ("pytest", "ruff", "mypy", "statsmodels"):
+        assert tool in dev, tool
+
+
+def test_optional_extras_are_declared_but_not_locked():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert set(extras) == EXTRAS
+    assert extras["gpu"] == []  # the torch wheels are CUDA builds already (see the comment in pyproject.toml)
+    dev = _pins("requirements-dev.lock")
+    for extra, requirements in extras.items():
+        for text in requirements:
+            assert canonicalize_name(Requirement(text).name) not in dev, f"[{extra}] {text} is installed by make"
+
+
+def test_version_has_one_source():
+    import audit_tasks
+
+    project = _pyproject()
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "audit_tasks.__version__"}
+    assert str(Version(audit_tasks.__version__)) == audit_tasks.__version__
+
+
+def test_package_declares_the_airflow_entry_points():
+    entry_points = _pyproject()["project"]["entry-points"]
+    assert entry_points["airflow.plugins"] == {"audit_reports": "audit_airflow.plugin:AuditReportsPlugin"}
+    assert entry_points["apache_airflow_provider"] == {"provider_info": "audit_airflow.provider:get_provider_info"}
