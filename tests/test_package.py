@@ -88,3 +88,36 @@ def test_package_declares_the_airflow_entry_points():
     entry_points = _pyproject()["project"]["entry-points"]
     assert entry_points["airflow.plugins"] == {"audit_reports": "audit_airflow.plugin:AuditReportsPlugin"}
     assert entry_points["apache_airflow_provider"] == {"provider_info": "audit_airflow.provider:get_provider_info"}
+
+
+def _third_party_imports(package: str) -> set[str]:
+    import ast
+
+    found = set()
+    for path in (REPO / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m not in ("audit_tasks", "audit_airflow")}
+
+
+def test_every_third_party_import_of_the_core_is_a_declared_dependency():
+    """A module the core imports must come from a declared dependency, or a clean install breaks on it."""
+    from importlib.metadata import packages_distributions
+
+    declared = {canonicalize_name(Requirement(text).name) for text in _pyproject()["project"]["dependencies"]}
+    providers = packages_distributions()
+    undeclared = {
+        module: providers.get(module)
+        for module in _third_party_imports("audit_tasks")
+        if not declared & {canonicalize_name(d) for d in providers.get(module, [])}
+    }
+    assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_report_templates_ship_in_the_wheel():
+    data = _pyproject()["tool"]["setuptools"]["package-data"]
+    templates = sorted(p.name for p in (REPO / "audit_tasks" / "report" / "templates").iterdir())
+    assert templates and data["audit_tasks.report"] == ["templates/*"]
