@@ -36,8 +36,18 @@ __all__ = [
 RUN_ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 
 #: The JSON-schema keywords a threshold param takes from its config field (not title, default, ...).
-_VALIDATION_KEYWORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                        "minLength", "maxLength", "pattern", "multipleOf")
+_VALIDATION_KEYWORDS = (
+    "type",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "multipleOf",
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,7 @@ def write_field_schemas(path: Path | None = None) -> Path:
     target.write_text(
         '"""JSON schemas of the config\'s thresholds, generated from audit_tasks.config\'s models: do not edit.\n\n'
         "The DAG params are built from them (see audit_airflow.params). Regenerate:\n"
-        "python -c \"from audit_airflow.params import write_field_schemas; write_field_schemas()\"\n"
+        'python -c "from audit_airflow.params import write_field_schemas; write_field_schemas()"\n'
         '"""\n\n'
         "from typing import Any\n\n"
         f"FIELD_SCHEMAS: dict[str, dict[str, Any]] = {{\n{body}}}\n",

@@ -263,7 +263,7 @@ def _remote_entries(root: Any) -> list[_Entry]:
         return []
     entries = []
     for name, info in listing.items():
-        parts = name[len(prefix):].split("/") if name.startswith(prefix) else []
+        parts = name[len(prefix) :].split("/") if name.startswith(prefix) else []
         if len(parts) == 2 and parts[1] == SUMMARY and is_run_id(parts[0]):
             entries.append(_Entry(root, parts[0], _info_mtime(info)))
     return entries
@@ -340,7 +340,7 @@ def list_runs(root: Any, *, offset: int = 0, limit: int | None = None) -> RunPag
     `root` is a local `Path` or an `ObjectStoragePath`/`UPath` (see audit_airflow.storage).
     """
     entries = _entries(root)
-    chosen = entries[offset:] if limit is None else entries[offset:offset + limit]
+    chosen = entries[offset:] if limit is None else entries[offset : offset + limit]
     return RunPage(tuple(_audit_run(e) for e in chosen), len(entries), offset)
 
 
@@ -469,22 +469,29 @@ def create_reports_app(reports_root: Callable[[], Any] | None = None) -> FastAPI
     def dag_run_report(dag_id: str, dag_run_id: str) -> Response:
         """The report of one DAG run: the target of the plugin's `dag_run` external view."""
         if dag_id != AUDIT_DAG_ID:
-            return _message_page(404, "No audit report",
-                                 f"Only the {AUDIT_DAG_ID} DAG writes audit reports; DAG {dag_id} has none.")
+            return _message_page(
+                404, "No audit report", f"Only the {AUDIT_DAG_ID} DAG writes audit reports; DAG {dag_id} has none."
+            )
         root = root_of()
         try:
             run_id = find_dag_run(root, dag_id, dag_run_id)
         except HTTPException:
             return _message_page(400, "No audit report", f"{dag_run_id!r} is not a usable run id.")
         if run_id is None:
-            return _message_page(404, "No audit report yet",
-                                 f"No audit run was found for DAG run {dag_run_id}: its gate task has not "
-                                 "written summary.json yet, or the run wrote to another reports folder.")
+            return _message_page(
+                404,
+                "No audit report yet",
+                f"No audit run was found for DAG run {dag_run_id}: its gate task has not "
+                "written summary.json yet, or the run wrote to another reports folder.",
+            )
         try:
             return _report_response(report_file(root, run_id))
         except HTTPException as missing:
-            return _message_page(missing.status_code, "No audit report yet",
-                                 f"Audit run {run_id} has no report.html yet: its report task has not finished.")
+            return _message_page(
+                missing.status_code,
+                "No audit report yet",
+                f"Audit run {run_id} has no report.html yet: its report task has not finished.",
+            )
 
     return app
 
@@ -535,8 +542,9 @@ def _pager(listing: RunPage, page_size: int) -> _Pager | None:
 
 def render_index(listing: RunPage, *, page_size: int) -> str:
     """The index page of one page of runs: a table, coloured by verdict, and links to the other pages."""
-    return render_template("reports_index.html.j2", runs=listing.runs, labels=_LABELS, colours=_COLOURS,
-                           pager=_pager(listing, page_size))
+    return render_template(
+        "reports_index.html.j2", runs=listing.runs, labels=_LABELS, colours=_COLOURS, pager=_pager(listing, page_size)
+    )
 
 
 def _message_page(status: int, title: str, text: str) -> HTMLResponse:

@@ -42,8 +42,10 @@ def storage_root(uri: str, conn_id: str | None = None) -> Any:
     if not _airflow_serves(located.protocol, located.conn_id):
         from upath import UPath
 
-        log.info("no Airflow filesystem for %s:// (install its provider to use connections); using fsspec directly",
-                 located.protocol)
+        log.info(
+            "no Airflow filesystem for %s:// (install its provider to use connections); using fsspec directly",
+            located.protocol,
+        )
         return UPath(uri)
     return located
 
@@ -72,8 +74,13 @@ def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig
     dataset = config.dataset
     if dataset is not None:
         # model_copy does not re-validate: the sections keep the ObjectStoragePaths as given.
-        dataset = dataset.model_copy(update={"landing": bind(dataset.landing), "catalog": bind(dataset.catalog),
-                                             "image_root": bind(dataset.image_root)})
+        dataset = dataset.model_copy(
+            update={
+                "landing": bind(dataset.landing),
+                "catalog": bind(dataset.catalog),
+                "image_root": bind(dataset.image_root),
+            }
+        )
     model = config.model
     if model is not None:
         model = model.model_copy(update={"checkpoint": bind(model.checkpoint)})

@@ -164,8 +164,10 @@ def gate(report_location: str | None = None) -> str:
 def inconclusive_message(summary: Mapping[str, Any], report_path: str) -> str:
     """The skipped run's message: why there is no verdict, and that nothing downstream runs."""
     reason = summary.get("inconclusive_reason") or "nothing was judged"
-    return (f"Audit {summary.get('run_id', '?')} INCONCLUSIVE: {reason}. No clean-audit asset is emitted, "
-            f"so retraining does not start.\nReport: {report_path}")
+    return (
+        f"Audit {summary.get('run_id', '?')} INCONCLUSIVE: {reason}. No clean-audit asset is emitted, "
+        f"so retraining does not start.\nReport: {report_path}"
+    )
 
 
 def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
@@ -226,8 +228,9 @@ def _config_and_run_id() -> tuple[AuditConfig, str]:
     if overrides:
         log.info("threshold overrides from params: %s", overrides)
     try:
-        config = bind_storage(load_config(params["config"], overrides),
-                              compat.audit_setting("storage_conn_id", "") or None)
+        config = bind_storage(
+            load_config(params["config"], overrides), compat.audit_setting("storage_conn_id", "") or None
+        )
         run_id = check_run_id(params.get("run_id") or compat.audit_run_id(context["run_id"]))
     except ConfigError as exc:  # a bad config will not fix itself: fail now, no retries
         raise compat.AirflowFailException(f"unusable audit config: {exc}") from exc
@@ -242,9 +245,7 @@ def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:
 
 def _gate_name(gate_entry: Any) -> str:
     if isinstance(gate_entry, Mapping):
-        name = gate_entry.get("name") or "/".join(
-            str(gate_entry.get(k, "?")) for k in ("check", "subject", "metric")
-        )
+        name = gate_entry.get("name") or "/".join(str(gate_entry.get(k, "?")) for k in ("check", "subject", "metric"))
         detail = gate_entry.get("detail")
         return f"{name}: {detail}" if detail else str(name)
     return str(gate_entry)

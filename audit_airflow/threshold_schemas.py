@@ -7,113 +7,113 @@ python -c "from audit_airflow.params import write_field_schemas; write_field_sch
 from typing import Any
 
 FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
-    'checks.cooccurrence.max_conditional': {
-        'description': 'Largest allowed P(b | a) for a tag or attribute pair.',
-        'exclusiveMinimum': 0,
-        'maximum': 1,
-        'type': 'number',
+    "checks.cooccurrence.max_conditional": {
+        "description": "Largest allowed P(b | a) for a tag or attribute pair.",
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "type": "number",
     },
-    'checks.cooccurrence.min_support': {
-        'description': 'Pairs seen fewer times than this are not judged.',
-        'minimum': 1,
-        'type': 'integer',
+    "checks.cooccurrence.min_support": {
+        "description": "Pairs seen fewer times than this are not judged.",
+        "minimum": 1,
+        "type": "integer",
     },
-    'checks.cooccurrence.min_lift': {
-        'description': 'A pair is flagged only when its lift is at least this.',
-        'minimum': 1,
-        'type': 'number',
+    "checks.cooccurrence.min_lift": {
+        "description": "A pair is flagged only when its lift is at least this.",
+        "minimum": 1,
+        "type": "number",
     },
-    'checks.cooccurrence.confidence': {
-        'description': 'Confidence level of the co-occurrence interval.',
-        'exclusiveMaximum': 1,
-        'exclusiveMinimum': 0,
-        'type': 'number',
+    "checks.cooccurrence.confidence": {
+        "description": "Confidence level of the co-occurrence interval.",
+        "exclusiveMaximum": 1,
+        "exclusiveMinimum": 0,
+        "type": "number",
     },
-    'checks.cooccurrence.target_share': {
-        'description': "Curator's goal for 'a without b' when suggesting images to add.",
-        'exclusiveMaximum': 1,
-        'exclusiveMinimum': 0,
-        'type': 'number',
+    "checks.cooccurrence.target_share": {
+        "description": "Curator's goal for 'a without b' when suggesting images to add.",
+        "exclusiveMaximum": 1,
+        "exclusiveMinimum": 0,
+        "type": "number",
     },
-    'checks.cooccurrence.max_class_imbalance': {
-        'description': 'Largest allowed ratio of the biggest to the smallest class.',
-        'minimum': 1,
-        'type': 'number',
+    "checks.cooccurrence.max_class_imbalance": {
+        "description": "Largest allowed ratio of the biggest to the smallest class.",
+        "minimum": 1,
+        "type": "number",
     },
-    'checks.saliency.max_spurious_share': {
-        'description': 'Largest allowed share of Grad-CAM energy on spurious regions.',
-        'maximum': 1,
-        'minimum': 0,
-        'type': 'number',
+    "checks.saliency.max_spurious_share": {
+        "description": "Largest allowed share of Grad-CAM energy on spurious regions.",
+        "maximum": 1,
+        "minimum": 0,
+        "type": "number",
     },
-    'checks.saliency.min_spurious_enrichment': {
-        'description': 'A spurious region is suspicious when its share exceeds its area this many times.',
-        'exclusiveMinimum': 0,
-        'type': 'number',
+    "checks.saliency.min_spurious_enrichment": {
+        "description": "A spurious region is suspicious when its share exceeds its area this many times.",
+        "exclusiveMinimum": 0,
+        "type": "number",
     },
-    'checks.saliency.min_core_share': {
-        'description': 'Smallest acceptable share of Grad-CAM energy on the object itself.',
-        'maximum': 1,
-        'minimum': 0,
-        'type': 'number',
+    "checks.saliency.min_core_share": {
+        "description": "Smallest acceptable share of Grad-CAM energy on the object itself.",
+        "maximum": 1,
+        "minimum": 0,
+        "type": "number",
     },
-    'checks.saliency.max_flagged_fraction': {
-        'description': "Largest allowed fraction of a class's images flagged as shortcuts.",
-        'maximum': 1,
-        'minimum': 0,
-        'type': 'number',
+    "checks.saliency.max_flagged_fraction": {
+        "description": "Largest allowed fraction of a class's images flagged as shortcuts.",
+        "maximum": 1,
+        "minimum": 0,
+        "type": "number",
     },
-    'checks.saliency.min_images': {
-        'description': 'Classes with fewer audited images are not judged.',
-        'minimum': 1,
-        'type': 'integer',
+    "checks.saliency.min_images": {
+        "description": "Classes with fewer audited images are not judged.",
+        "minimum": 1,
+        "type": "integer",
     },
-    'checks.subgroups.metric': {
-        'description': 'Metric compared across subgroups.',
-        'enum': ['accuracy', 'recall', 'tpr', 'fpr', 'precision', 'macro_recall', 'macro_precision'],
-        'type': 'string',
+    "checks.subgroups.metric": {
+        "description": "Metric compared across subgroups.",
+        "enum": ["accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"],
+        "type": "string",
     },
-    'checks.subgroups.max_gap': {
-        'description': 'Largest allowed metric gap between a group and the best group.',
-        'maximum': 1,
-        'minimum': 0,
-        'type': 'number',
+    "checks.subgroups.max_gap": {
+        "description": "Largest allowed metric gap between a group and the best group.",
+        "maximum": 1,
+        "minimum": 0,
+        "type": "number",
     },
-    'checks.subgroups.min_group_size': {
-        'description': 'Groups smaller than this are reported but not judged.',
-        'minimum': 1,
-        'type': 'integer',
+    "checks.subgroups.min_group_size": {
+        "description": "Groups smaller than this are reported but not judged.",
+        "minimum": 1,
+        "type": "integer",
     },
-    'checks.subgroups.confidence': {
-        'description': 'Confidence level of the subgroup intervals.',
-        'exclusiveMaximum': 1,
-        'exclusiveMinimum': 0,
-        'type': 'number',
+    "checks.subgroups.confidence": {
+        "description": "Confidence level of the subgroup intervals.",
+        "exclusiveMaximum": 1,
+        "exclusiveMinimum": 0,
+        "type": "number",
     },
-    'checks.subgroups.positive_class': {
-        'anyOf': [{'minLength': 1, 'type': 'string'}, {'type': 'null'}],
-        'description': 'Class whose recall/TPR/FPR/precision is judged (one of model.classes).',
+    "checks.subgroups.positive_class": {
+        "anyOf": [{"minLength": 1, "type": "string"}, {"type": "null"}],
+        "description": "Class whose recall/TPR/FPR/precision is judged (one of model.classes).",
     },
-    'checks.subgroups.multiple_comparisons': {
-        'description': 'bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.',
-        'enum': ['bonferroni', 'none'],
-        'type': 'string',
+    "checks.subgroups.multiple_comparisons": {
+        "description": "bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.",
+        "enum": ["bonferroni", "none"],
+        "type": "string",
     },
-    'checks.subgroups.n_bootstrap': {
-        'description': "Bootstrap resamples per group for the macro metrics' intervals.",
-        'maximum': 100000,
-        'minimum': 100,
-        'type': 'integer',
+    "checks.subgroups.n_bootstrap": {
+        "description": "Bootstrap resamples per group for the macro metrics' intervals.",
+        "maximum": 100000,
+        "minimum": 100,
+        "type": "integer",
     },
-    'checks.ingest.max_quarantine_fraction': {
-        'description': 'Largest allowed fraction of input rows sent to quarantine.',
-        'maximum': 1,
-        'minimum': 0,
-        'type': 'number',
+    "checks.ingest.max_quarantine_fraction": {
+        "description": "Largest allowed fraction of input rows sent to quarantine.",
+        "maximum": 1,
+        "minimum": 0,
+        "type": "number",
     },
-    'checks.min_audited': {
-        'description': 'Fewer audited images than this make the run inconclusive (never green, no retraining).',
-        'minimum': 0,
-        'type': 'integer',
+    "checks.min_audited": {
+        "description": "Fewer audited images than this make the run inconclusive (never green, no retraining).",
+        "minimum": 0,
+        "type": "integer",
     },
 }

@@ -49,17 +49,19 @@ CATALOG_FIELDS = [
 ]
 #: The names of CATALOG_FIELDS, in order.
 CATALOG_COLUMNS = tuple(f.name for f in CATALOG_FIELDS)
-LEDGER_SCHEMA = pa.schema([
-    pa.field("manifest", pa.string()),
-    pa.field("sha256", pa.string()),
-    pa.field("run_id", pa.string()),
-    pa.field("ingest_date", pa.string()),
-    pa.field("status", pa.string()),
-    pa.field("rows", pa.int64()),
-    pa.field("accepted", pa.int64()),
-    pa.field("quarantined", pa.int64()),
-    pa.field("reason", pa.string()),
-])
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("manifest", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("ingest_date", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("rows", pa.int64()),
+        pa.field("accepted", pa.int64()),
+        pa.field("quarantined", pa.int64()),
+        pa.field("reason", pa.string()),
+    ]
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +69,9 @@ LEDGER_SCHEMA = pa.schema([
 # ---------------------------------------------------------------------------------------------
 
 
-def read_catalog(catalog: StoragePath, *, run_id: str | None = None,
-                 columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read_catalog(
+    catalog: StoragePath, *, run_id: str | None = None, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     """The catalog's rows (every committed run, or one run's), ordered by ingest date, run, manifest, row.
 
     `columns` reads only those columns (plus the ordering keys), e.g. tags and attributes for co-occurrence;
@@ -86,8 +89,13 @@ def read_catalog(catalog: StoragePath, *, run_id: str | None = None,
     return frame.sort_values(list(_ORDER), kind="stable").reset_index(drop=True)
 
 
-def read_catalog_table(catalog: StoragePath, *, columns: Sequence[str] | None = None,
-                       dictionary: Sequence[str] = (), exclude_run: str | None = None) -> pa.Table:
+def read_catalog_table(
+    catalog: StoragePath,
+    *,
+    columns: Sequence[str] | None = None,
+    dictionary: Sequence[str] = (),
+    exclude_run: str | None = None,
+) -> pa.Table:
     """The committed catalog as one Arrow table, in part order, for whole-catalog checks over millions of rows
     (no pandas conversion, no Python list per row); `columns` only, when given.
 
@@ -147,8 +155,11 @@ def write_part(catalog: StoragePath, run_id: str, ingest_date: str, rows: pd.Dat
         table = pa.Table.from_pandas(rows, schema=catalog_schema(extras), preserve_index=False)
         # Dictionary-typed like the hive partition key, so `pq.read_table(catalog)` can merge the two.
         position = table.schema.get_field_index("ingest_date")
-        table = table.set_column(position, pa.field("ingest_date", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-                                 table.column(position).dictionary_encode())
+        table = table.set_column(
+            position,
+            pa.field("ingest_date", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+            table.column(position).dictionary_encode(),
+        )
         written = write_table(table, target, name="catalog")
     for stale in _all_parts(catalog):  # an earlier attempt of this run under another date, or now empty
         if _part_run(stale) == run_id and stale != written:
@@ -156,8 +167,9 @@ def write_part(catalog: StoragePath, run_id: str, ingest_date: str, rows: pd.Dat
     return written
 
 
-def commit_run(catalog: StoragePath, ledger: pd.DataFrame, run_id: str, ingest_date: str,
-               manifests: pd.DataFrame) -> None:
+def commit_run(
+    catalog: StoragePath, ledger: pd.DataFrame, run_id: str, ingest_date: str, manifests: pd.DataFrame
+) -> None:
     """Replace the run's rows of `ledger` (as read before the run) with `manifests` and write it: the
     last write of a run, which makes its catalog part visible to readers.
 
@@ -175,7 +187,7 @@ def commit_run(catalog: StoragePath, ledger: pd.DataFrame, run_id: str, ingest_d
 
 
 def _part_run(path: StoragePath) -> str:
-    return path.stem[len("run-"):]
+    return path.stem[len("run-") :]
 
 
 def _all_parts(catalog: StoragePath) -> list[StoragePath]:
@@ -190,8 +202,9 @@ def _committed_parts(catalog: StoragePath, ledger: pd.DataFrame, *, exclude: str
     return [p for p in _all_parts(catalog) if (_part_run(p), p.parent.name.split("=", 1)[1]) in committed]
 
 
-def _parts_table(parts: Sequence[StoragePath], columns: Sequence[str] | None = None, *,
-                 dictionary: Sequence[str] = ()) -> pa.Table:
+def _parts_table(
+    parts: Sequence[StoragePath], columns: Sequence[str] | None = None, *, dictionary: Sequence[str] = ()
+) -> pa.Table:
     """The parts concatenated in order (a column some parts lack is null there); `columns` only, when given.
 
     String columns named in `dictionary` (for `tags`: its elements) are read dictionary-encoded.
@@ -204,8 +217,12 @@ def _parts_table(parts: Sequence[StoragePath], columns: Sequence[str] | None = N
         schema = parquet_schema(part)
         present = set(schema.names) if columns else set()
         encoded = [("tags.list.element" if name == "tags" else name) for name in dictionary if name in schema.names]
-        table = read_parquet(part, [c for c in columns if c in present] if columns else None, partitioning=None,
-                             read_dictionary=encoded or None)
+        table = read_parquet(
+            part,
+            [c for c in columns if c in present] if columns else None,
+            partitioning=None,
+            read_dictionary=encoded or None,
+        )
         if "ingest_date" in table.column_names:
             position = table.schema.get_field_index("ingest_date")
             table = table.set_column(position, "ingest_date", table.column(position).cast(pa.string()))
@@ -217,5 +234,7 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     """Arrow -> pandas with `tags` as Python lists (as `read_manifest` gives them), not NumPy arrays."""
     frame = table.to_pandas()
     if "tags" in frame.columns:
-        frame["tags"] = pd.Series([[] if t is None else list(t) for t in frame["tags"]], index=frame.index, dtype=object)
+        frame["tags"] = pd.Series(
+            [[] if t is None else list(t) for t in frame["tags"]], index=frame.index, dtype=object
+        )
     return frame

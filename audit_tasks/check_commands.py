@@ -22,9 +22,16 @@ from audit_tasks.tables import write_table
 
 #: Columns that are never subgroup attributes when attributes are inferred from a table: the catalog's
 #: own columns and a model's outputs.
-NON_ATTRIBUTE_COLUMNS = frozenset(CATALOG_COLUMNS) | frozenset({
-    "prediction", "confidence", "score", "scores", "correct", "target_class",
-})
+NON_ATTRIBUTE_COLUMNS = frozenset(CATALOG_COLUMNS) | frozenset(
+    {
+        "prediction",
+        "confidence",
+        "score",
+        "scores",
+        "correct",
+        "target_class",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -216,31 +216,39 @@ class CooccurrenceCheck(_Section):
     """Thresholds of the co-occurrence balance check (see audit_tasks.cooccurrence for the rule)."""
 
     max_conditional: float = Field(
-        default=0.9, gt=0, le=1, description="Largest allowed P(b | a) for a tag or attribute pair.")
+        default=0.9, gt=0, le=1, description="Largest allowed P(b | a) for a tag or attribute pair."
+    )
     min_support: int = Field(default=30, ge=1, description="Pairs seen fewer times than this are not judged.")
     attributes: Names | None = Field(
-        default=None, description="Attribute columns paired with the tags; default: the subgroup check's.")
+        default=None, description="Attribute columns paired with the tags; default: the subgroup check's."
+    )
     min_lift: float = Field(default=1.5, ge=1, description="A pair is flagged only when its lift is at least this.")
-    confidence: float = Field(
-        default=0.95, gt=0, lt=1, description="Confidence level of the co-occurrence interval.")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of the co-occurrence interval.")
     target_share: float = Field(
-        default=0.2, gt=0, lt=1, description="Curator's goal for 'a without b' when suggesting images to add.")
+        default=0.2, gt=0, lt=1, description="Curator's goal for 'a without b' when suggesting images to add."
+    )
     max_class_imbalance: float = Field(
-        default=10.0, ge=1, description="Largest allowed ratio of the biggest to the smallest class.")
+        default=10.0, ge=1, description="Largest allowed ratio of the biggest to the smallest class."
+    )
 
 
 class SaliencyCheck(_Section):
     """Thresholds of the saliency (shortcut) check (see audit_tasks.regions for the rule)."""
 
     max_spurious_share: float = Field(
-        default=0.5, ge=0, le=1, description="Largest allowed share of Grad-CAM energy on spurious regions.")
+        default=0.5, ge=0, le=1, description="Largest allowed share of Grad-CAM energy on spurious regions."
+    )
     min_spurious_enrichment: float = Field(
-        default=3.0, gt=0,
-        description="A spurious region is suspicious when its share exceeds its area this many times.")
+        default=3.0,
+        gt=0,
+        description="A spurious region is suspicious when its share exceeds its area this many times.",
+    )
     min_core_share: float = Field(
-        default=0.3, ge=0, le=1, description="Smallest acceptable share of Grad-CAM energy on the object itself.")
+        default=0.3, ge=0, le=1, description="Smallest acceptable share of Grad-CAM energy on the object itself."
+    )
     max_flagged_fraction: float = Field(
-        default=0.25, ge=0, le=1, description="Largest allowed fraction of a class's images flagged as shortcuts.")
+        default=0.25, ge=0, le=1, description="Largest allowed fraction of a class's images flagged as shortcuts."
+    )
     min_images: int = Field(default=20, ge=1, description="Classes with fewer audited images are not judged.")
 
 
@@ -251,28 +259,32 @@ class SubgroupCheck(_Section):
     intersections: bool = Field(default=True, description="Also compare the groups of every pair of attributes.")
     metric: SubgroupMetric = Field(default="accuracy", description="Metric compared across subgroups.")
     max_gap: float = Field(
-        default=0.05, ge=0, le=1, description="Largest allowed metric gap between a group and the best group.")
-    min_group_size: int = Field(
-        default=30, ge=1, description="Groups smaller than this are reported but not judged.")
+        default=0.05, ge=0, le=1, description="Largest allowed metric gap between a group and the best group."
+    )
+    min_group_size: int = Field(default=30, ge=1, description="Groups smaller than this are reported but not judged.")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of the subgroup intervals.")
     # Default: the second of model.classes.
     positive_class: Name | None = Field(
-        default=None, description="Class whose recall/TPR/FPR/precision is judged (one of model.classes).")
+        default=None, description="Class whose recall/TPR/FPR/precision is judged (one of model.classes)."
+    )
     # bonferroni: the gap test's confidence is shared by every pair of judgeable groups (no false alarm from
     # testing many groups); none: each comparison at `confidence` (more alarms).
     multiple_comparisons: Literal["bonferroni", "none"] = Field(
         default="bonferroni",
-        description="bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.")
+        description="bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.",
+    )
     # More resamples: steadier intervals, slower.
     n_bootstrap: int = Field(
-        default=2000, ge=100, le=100_000, description="Bootstrap resamples per group for the macro metrics' intervals.")
+        default=2000, ge=100, le=100_000, description="Bootstrap resamples per group for the macro metrics' intervals."
+    )
 
 
 class IngestCheck(_Section):
     """Thresholds on the ingest itself: too much bad input fails the audit."""
 
     max_quarantine_fraction: float = Field(
-        default=0.1, ge=0, le=1, description="Largest allowed fraction of input rows sent to quarantine.")
+        default=0.1, ge=0, le=1, description="Largest allowed fraction of input rows sent to quarantine."
+    )
 
 
 class ChecksConfig(_Section):
@@ -284,8 +296,10 @@ class ChecksConfig(_Section):
     ingest: IngestCheck | None = None
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.
     min_audited: int = Field(
-        default=1, ge=0,
-        description="Fewer audited images than this make the run inconclusive (never green, no retraining).")
+        default=1,
+        ge=0,
+        description="Fewer audited images than this make the run inconclusive (never green, no retraining).",
+    )
 
     def cooccurrence_attributes(self) -> tuple[str, ...]:
         """Attributes for the co-occurrence check: its own list, else the subgroup check's."""
@@ -312,10 +326,17 @@ class AuditConfig(_Section):
     @model_validator(mode="after")
     def _positive_class_is_a_class(self) -> AuditConfig:
         subgroups = self.checks.subgroups
-        if (subgroups is not None and subgroups.positive_class is not None and self.model is not None
-                and subgroups.positive_class not in self.model.classes):
-            raise _problem("{value} is not one of model.classes", key="checks.subgroups.positive_class",
-                           value=repr(subgroups.positive_class))
+        if (
+            subgroups is not None
+            and subgroups.positive_class is not None
+            and self.model is not None
+            and subgroups.positive_class not in self.model.classes
+        ):
+            raise _problem(
+                "{value} is not one of model.classes",
+                key="checks.subgroups.positive_class",
+                value=repr(subgroups.positive_class),
+            )
         return self
 
     def require_dataset(self) -> DatasetConfig:
@@ -389,8 +410,9 @@ def field_schema(key: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, *,
-                checks_only: bool = False) -> AuditConfig:
+def load_config(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, *, checks_only: bool = False
+) -> AuditConfig:
     """Read, parse and validate a YAML config; `overrides` maps dotted keys to values (Airflow params).
 
     With `checks_only`, only the `checks` section is parsed (the standalone check commands need no
@@ -538,7 +560,7 @@ def _unknown_key(key: str, section: type[BaseModel] | None) -> str:
 
 
 def _bounds_phrase(bounds: Mapping[str, Any]) -> str:
-    """"a fraction in [0, 1]", "strictly between 0 and 1", "positive", ">= 1", "between 100 and 100000"."""
+    """ "a fraction in [0, 1]", "strictly between 0 and 1", "positive", ">= 1", "between 100 and 100000"."""
     ge, gt, le, lt = (bounds.get(name) for name in ("ge", "gt", "le", "lt"))
     if le == 1 and lt is None and (ge == 0 or gt == 0):
         return f"a fraction in {'[' if ge == 0 else '('}0, 1]"

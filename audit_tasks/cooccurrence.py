@@ -61,8 +61,21 @@ UNKNOWN = "unknown"
 TAG_SEPARATOR = "|"
 
 PAIR_COLUMNS = [
-    "tag_a", "tag_b", "n_a", "n_b", "n_ab", "n_a_only", "n_b_only", "p_b_given_a", "ci_low", "ci_high",
-    "lift", "npmi", "flagged", "message", "suggested_additions",
+    "tag_a",
+    "tag_b",
+    "n_a",
+    "n_b",
+    "n_ab",
+    "n_a_only",
+    "n_b_only",
+    "p_b_given_a",
+    "ci_low",
+    "ci_high",
+    "lift",
+    "npmi",
+    "flagged",
+    "message",
+    "suggested_additions",
 ]
 CLASS_BALANCE_COLUMNS = ["label", "n", "share"]
 
@@ -123,8 +136,10 @@ def check_cooccurrence(
     gates = [
         GateResult("cooccurrence", f"{a} -> {b}", "p_b_given_a", float(p), check.max_conditional, False, msg)
         for a, b, p, msg in zip(
-            pairs["tag_a"][pairs["flagged"]], pairs["tag_b"][pairs["flagged"]],
-            pairs["p_b_given_a"][pairs["flagged"]], pairs["message"][pairs["flagged"]],
+            pairs["tag_a"][pairs["flagged"]],
+            pairs["tag_b"][pairs["flagged"]],
+            pairs["p_b_given_a"][pairs["flagged"]],
+            pairs["message"][pairs["flagged"]],
         )
     ]
     n_flagged = len(gates)
@@ -137,8 +152,11 @@ def check_cooccurrence(
     judged = bool(n_flagged) or bool(np.any(np.asarray(pairs["n_a"]) >= check.min_support))
     if not judged:
         summary = f"too few to judge: no tag appears in {check.min_support:,} images (min_support) among {n_rows:,}"
-    gates.append(GateResult("cooccurrence", "all pairs", "flagged_pairs", float(n_flagged), 0.0, n_flagged == 0,
-                            summary, judged=judged))
+    gates.append(
+        GateResult(
+            "cooccurrence", "all pairs", "flagged_pairs", float(n_flagged), 0.0, n_flagged == 0, summary, judged=judged
+        )
+    )
 
     class_balance = _empty_class_balance()
     if with_label:
@@ -156,7 +174,9 @@ def _as_table(data: pa.Table | pd.DataFrame, wanted: Sequence[str]) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if not isinstance(data, pd.DataFrame):
-        raise ManifestError(f"co-occurrence check: expected a pyarrow Table or pandas DataFrame, got {type(data).__name__}")
+        raise ManifestError(
+            f"co-occurrence check: expected a pyarrow Table or pandas DataFrame, got {type(data).__name__}"
+        )
     columns: dict[str, pa.Array] = {}
     for name in dict.fromkeys(wanted):
         try:
@@ -212,8 +232,7 @@ def _tag_matrix(column: pa.ChunkedArray, n_rows: int, name: str) -> tuple[np.nda
         arr = pc.split_pattern(arr, TAG_SEPARATOR)
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
         raise ManifestError(
-            f"co-occurrence check: column '{name}' must be a list of strings or a '|'-separated string; "
-            f"got {arr.type}"
+            f"co-occurrence check: column '{name}' must be a list of strings or a '|'-separated string; got {arr.type}"
         )
     codes, names = _encode(pc.list_flatten(arr), empty_as=None)
     # list_flatten concatenates the non-null lists in order, so the lists' lengths give CSR row pointers.
@@ -228,8 +247,11 @@ def _tag_matrix(column: pa.ChunkedArray, n_rows: int, name: str) -> tuple[np.nda
         codes = codes[keep]
     index_type = np.int32 if len(names) < 2**31 and len(codes) < 2**31 else np.int64
     matrix = sp.csr_matrix(
-        (np.ones(len(codes), dtype=np.int32), codes.astype(index_type, copy=False),
-         indptr.astype(index_type, copy=False)),
+        (
+            np.ones(len(codes), dtype=np.int32),
+            codes.astype(index_type, copy=False),
+            indptr.astype(index_type, copy=False),
+        ),
         shape=(n_rows, len(names)),
     )
     matrix.sum_duplicates()
@@ -258,8 +280,9 @@ _DENSE_CELLS = 1 << 22
 _KEYS_PER_CHUNK = 1 << 22
 
 
-def _count_pairs(x_tags: sp.csr_matrix, attr_codes: np.ndarray, n_attr_items: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _count_pairs(
+    x_tags: sp.csr_matrix, attr_codes: np.ndarray, n_attr_items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a, b, n_ab) for every ordered pair with n_ab > 0, a != b; b indexes tags then attribute items."""
     n_tags = x_tags.shape[1]
     n_items = n_tags + n_attr_items
@@ -298,11 +321,11 @@ def _dense_counts(x_tags: sp.csr_matrix, attr_codes: np.ndarray, n_attr_items: i
     group_end = np.cumsum(per_length)
     upper = np.zeros(n_tags * n_tags, dtype=np.int64)
     for length in np.flatnonzero(per_length[2:]) + 2:
-        starts = indptr[by_length[group_end[length] - per_length[length]:group_end[length]]]
+        starts = indptr[by_length[group_end[length] - per_length[length] : group_end[length]]]
         p, q = np.triu_indices(int(length), 1)
         step = max(1, _KEYS_PER_CHUNK // len(p))  # bounds the keys held at once
         for first in range(0, len(starts), step):
-            block = indices[starts[first:first + step, None] + np.arange(length)]
+            block = indices[starts[first : first + step, None] + np.arange(length)]
             keys = (block[:, p] * key_type(n_tags) + block[:, q]).ravel()
             upper += np.bincount(keys, minlength=n_tags * n_tags)
     upper = upper.reshape(n_tags, n_tags)
@@ -317,14 +340,22 @@ def _dense_counts(x_tags: sp.csr_matrix, attr_codes: np.ndarray, n_attr_items: i
     return np.hstack([tag_tag, tag_attr.reshape(n_tags, n_attr_items)])
 
 
-def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray, attr_codes: np.ndarray,
-           n_rows: int, check: CooccurrenceCheck) -> pd.DataFrame:
+def _pairs(
+    tag_names: np.ndarray,
+    x_tags: sp.csr_matrix,
+    attr_names: np.ndarray,
+    attr_codes: np.ndarray,
+    n_rows: int,
+    check: CooccurrenceCheck,
+) -> pd.DataFrame:
     """All co-occurring ordered pairs with their statistics and flags, flagged first then by npmi."""
     item_names = np.concatenate([tag_names, attr_names])
-    item_counts = np.concatenate([
-        np.bincount(x_tags.indices, minlength=len(tag_names)),
-        np.bincount(attr_codes.ravel(), minlength=len(attr_names)),
-    ]).astype(np.int64)
+    item_counts = np.concatenate(
+        [
+            np.bincount(x_tags.indices, minlength=len(tag_names)),
+            np.bincount(attr_codes.ravel(), minlength=len(attr_names)),
+        ]
+    ).astype(np.int64)
     a, b, n_ab = _count_pairs(x_tags, attr_codes, len(attr_names))
     n_a = item_counts[a]
     n_b = item_counts[b]
@@ -338,8 +369,7 @@ def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray,
         npmi = np.where(p_ab < 1, np.log(lift) / -np.log(p_ab), 0.0)
     floor = min(check.max_conditional, 1.0 - check.target_share)
     flagged = (
-        (n_a >= check.min_support) & (p >= check.max_conditional) & (ci_low >= floor - 1e-12)
-        & (lift >= check.min_lift)
+        (n_a >= check.min_support) & (p >= check.max_conditional) & (ci_low >= floor - 1e-12) & (lift >= check.min_lift)
     )
     # Pairs arrive sorted by (a, b) codes, which follow the sorted names: stable sorts keep that as the tie-break.
     order = np.argsort(-npmi, kind="stable")
@@ -352,18 +382,36 @@ def _pairs(tag_names: np.ndarray, x_tags: sp.csr_matrix, attr_names: np.ndarray,
     messages = [""]
     for i in range(n_flagged):
         suggested[i] = suggested_additions(int(n_a[i]), int(n_a_only[i]), check.target_share)
-        messages.append(curator_message(str(tag_names[a[i]]), str(item_names[b[i]]), int(n_a[i]),
-                                        int(n_a_only[i]), int(suggested[i]), check.target_share))
+        messages.append(
+            curator_message(
+                str(tag_names[a[i]]),
+                str(item_names[b[i]]),
+                int(n_a[i]),
+                int(n_a_only[i]),
+                int(suggested[i]),
+                check.target_share,
+            )
+        )
     message_index = np.zeros(len(a), dtype=np.int32)
     message_index[:n_flagged] = np.arange(1, n_flagged + 1)
     message = pa.DictionaryArray.from_arrays(message_index, pa.array(messages, type=pa.string()))
     names = pa.array(item_names.tolist(), type=pa.string())
     return pa.table(
         {
-            "tag_a": names.take(a), "tag_b": names.take(b),
-            "n_a": n_a, "n_b": n_b, "n_ab": n_ab, "n_a_only": n_a_only, "n_b_only": n_b - n_ab,
-            "p_b_given_a": p, "ci_low": ci_low, "ci_high": ci_high, "lift": lift, "npmi": npmi,
-            "flagged": np.arange(len(a)) < n_flagged, "message": message.cast(pa.string()),
+            "tag_a": names.take(a),
+            "tag_b": names.take(b),
+            "n_a": n_a,
+            "n_b": n_b,
+            "n_ab": n_ab,
+            "n_a_only": n_a_only,
+            "n_b_only": n_b - n_ab,
+            "p_b_given_a": p,
+            "ci_low": ci_low,
+            "ci_high": ci_high,
+            "lift": lift,
+            "npmi": npmi,
+            "flagged": np.arange(len(a)) < n_flagged,
+            "message": message.cast(pa.string()),
             "suggested_additions": suggested,
         }
     ).to_pandas(split_blocks=True)
@@ -420,5 +468,13 @@ def _class_balance_gate(balance: pd.DataFrame, max_ratio: float) -> GateResult:
         f"{smallest['label']} ({int(smallest['n']):,}); allowed up to {max_ratio:g}x"
     )
     # One label has no balance to judge.
-    return GateResult("class_balance", "labels", "imbalance_ratio", ratio, max_ratio, ratio <= max_ratio, detail,
-                      judged=len(balance) >= 2)
+    return GateResult(
+        "class_balance",
+        "labels",
+        "imbalance_ratio",
+        ratio,
+        max_ratio,
+        ratio <= max_ratio,
+        detail,
+        judged=len(balance) >= 2,
+    )

@@ -72,8 +72,16 @@ def gates_from_frame(frame: pd.DataFrame) -> list[GateResult]:
     """Read gates back from a gates table (a table written before `judged` existed counts as judged)."""
     judged = frame["judged"] if "judged" in frame.columns else pd.Series(True, index=frame.index)
     return [
-        GateResult(row.check, row.subject, row.metric, _optional_float(row.value), _optional_float(row.threshold),
-                   bool(row.passed), row.detail or "", bool(was_judged))
+        GateResult(
+            row.check,
+            row.subject,
+            row.metric,
+            _optional_float(row.value),
+            _optional_float(row.threshold),
+            bool(row.passed),
+            row.detail or "",
+            bool(was_judged),
+        )
         for row, was_judged in zip(frame.itertuples(index=False), judged)
     ]
 
@@ -120,11 +128,11 @@ def verdict(gates: Sequence[GateResult], *, audited: int | None = None, min_audi
     if failed:
         return Verdict(FAILED, failed)
     if audited is not None and audited < min_audited:
-        return Verdict(INCONCLUSIVE, (), f"{audited:,} image(s) audited; at least {min_audited:,} needed "
-                                          "(checks.min_audited)")
+        return Verdict(
+            INCONCLUSIVE, (), f"{audited:,} image(s) audited; at least {min_audited:,} needed (checks.min_audited)"
+        )
     if not any(g.judged for g in gates):
-        why = ("no check was configured" if not gates
-               else "every configured check had too little data to judge")
+        why = "no check was configured" if not gates else "every configured check had too little data to judge"
         return Verdict(INCONCLUSIVE, (), why)
     return Verdict(PASSED, ())
 

@@ -122,6 +122,7 @@ def _intersection_part(value: str) -> str:
 # Encoding
 # ---------------------------------------------------------------------------------------------
 
+
 def _series(values: Any, what: str, length: int | None) -> pd.Series:
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     if length is not None and len(series) != length:
@@ -133,8 +134,9 @@ def _row_name(series: pd.Series, position: int) -> str:
     return str(series.index[position])
 
 
-def _encode_classes(y_true: pd.Series, y_pred: pd.Series,
-                    classes: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _encode_classes(
+    y_true: pd.Series, y_pred: pd.Series, classes: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Integer class codes of labels and predictions (vectorised: factorise, then map the few uniques)."""
     factorised = []
     for what, series in (("label", y_true), ("prediction", y_pred)):
@@ -158,8 +160,11 @@ def _encode_classes(y_true: pd.Series, y_pred: pd.Series,
         bad = np.flatnonzero(lookup < 0)
         if bad.size:
             position = int(np.flatnonzero(codes == bad[0])[0])
-            raise ManifestError(MSG_NOT_A_CLASS.format(
-                what=what, value=names[bad[0]], row=_row_name(series, position), classes=", ".join(classes)))
+            raise ManifestError(
+                MSG_NOT_A_CLASS.format(
+                    what=what, value=names[bad[0]], row=_row_name(series, position), classes=", ".join(classes)
+                )
+            )
         out.append(lookup[codes] if lookup.size else codes)
     return out[0], out[1], classes
 
@@ -207,8 +212,9 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def _group_ids(codes: list[np.ndarray], sizes: list[int], n_rows: int,
-               cells_per_group: int) -> tuple[np.ndarray, int, bool]:
+def _group_ids(
+    codes: list[np.ndarray], sizes: list[int], n_rows: int, cells_per_group: int
+) -> tuple[np.ndarray, int, bool]:
     """Combine per-column codes into one group id per row: mixed radix, re-factorised when the space explodes.
 
     Returns (ids, size of the id space, whether ids were re-factorised and so no longer decode by radix).
@@ -232,6 +238,8 @@ def _group_ids(codes: list[np.ndarray], sizes: list[int], n_rows: int,
 def _compact(gid: np.ndarray) -> tuple[np.ndarray, int]:
     raw, uniques = pd.factorize(gid)
     return np.asarray(raw, dtype=np.int64), max(len(uniques), 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The general object
 # ---------------------------------------------------------------------------------------------
@@ -290,21 +298,39 @@ class GroupMetricFrame:
         if compacted:
             first = np.zeros(space, dtype=np.int64)
             first[gid] = np.arange(n_rows, dtype=np.int64)  # any row of a group carries its keys
-            keys = np.stack([c[first[observed]] for c in codes], axis=1) if codes else np.zeros((observed.size, 0), np.int64)
+            keys = (
+                np.stack([c[first[observed]] for c in codes], axis=1)
+                if codes
+                else np.zeros((observed.size, 0), np.int64)
+            )
         elif codes:
             keys = np.stack(np.unravel_index(observed, [max(len(lv), 1) for lv in levels]), axis=1).astype(np.int64)
         else:
             keys = np.zeros((observed.size, 0), np.int64)
         order = np.lexsort(keys.T[::-1]) if keys.shape[1] else np.arange(observed.size)
         self._init(
-            names=tuple(str(c) for c in features.columns), levels=tuple(levels), keys=keys[order],
-            counts=counts[observed[order]].astype(np.int64), classes=class_names, confidence=confidence,
-            n_bootstrap=n_bootstrap, random_state=random_state,
+            names=tuple(str(c) for c in features.columns),
+            levels=tuple(levels),
+            keys=keys[order],
+            counts=counts[observed[order]].astype(np.int64),
+            classes=class_names,
+            confidence=confidence,
+            n_bootstrap=n_bootstrap,
+            random_state=random_state,
         )
 
-    def _init(self, *, names: tuple[str, ...], levels: tuple[tuple[str, ...], ...], keys: np.ndarray,
-              counts: np.ndarray, classes: tuple[str, ...], confidence: float, n_bootstrap: int,
-              random_state: int) -> None:
+    def _init(
+        self,
+        *,
+        names: tuple[str, ...],
+        levels: tuple[tuple[str, ...], ...],
+        keys: np.ndarray,
+        counts: np.ndarray,
+        classes: tuple[str, ...],
+        confidence: float,
+        n_bootstrap: int,
+        random_state: int,
+    ) -> None:
         check_confidence(confidence)
         check_resamples(n_bootstrap, "n_bootstrap")
         self._names = names
@@ -321,8 +347,7 @@ class GroupMetricFrame:
             self._labels = tuple(levels[0][key[0]] for key in keys.tolist())
         elif names:
             parts = [[_intersection_part(v) for v in lv] for lv in levels]
-            self._labels = tuple(
-                SEPARATOR.join(parts[j][key[j]] for j in range(len(names))) for key in keys.tolist())
+            self._labels = tuple(SEPARATOR.join(parts[j][key[j]] for j in range(len(names))) for key in keys.tolist())
         else:
             self._labels = tuple(OVERALL_GROUP for _ in range(len(keys)))
 
@@ -351,8 +376,10 @@ class GroupMetricFrame:
     @property
     def group_keys(self) -> pd.DataFrame:
         """One column per sensitive feature, one row per group (aligned with `groups` and `by_group`)."""
-        return pd.DataFrame({name: [self._levels[j][c] for c in self._keys[:, j].tolist()]
-                             for j, name in enumerate(self._names)}, index=pd.RangeIndex(len(self._labels)))
+        return pd.DataFrame(
+            {name: [self._levels[j][c] for c in self._keys[:, j].tolist()] for j, name in enumerate(self._names)},
+            index=pd.RangeIndex(len(self._labels)),
+        )
 
     @property
     def counts(self) -> np.ndarray:
@@ -367,12 +394,14 @@ class GroupMetricFrame:
         """Non-zero confusion cells: columns group, label, prediction, n (groups in order, then classes)."""
         g, t, p = np.nonzero(self._counts)
         classes = np.array(self._classes, dtype=object)
-        return pd.DataFrame({
-            "group": pd.Series(np.array(self._labels, dtype=object)[g], dtype=str),
-            "label": pd.Series(classes[t], dtype=str),
-            "prediction": pd.Series(classes[p], dtype=str),
-            "n": self._counts[g, t, p].astype(np.int64),
-        })
+        return pd.DataFrame(
+            {
+                "group": pd.Series(np.array(self._labels, dtype=object)[g], dtype=str),
+                "label": pd.Series(classes[t], dtype=str),
+                "prediction": pd.Series(classes[p], dtype=str),
+                "n": self._counts[g, t, p].astype(np.int64),
+            }
+        )
 
     def marginal(self, names: Sequence[str]) -> GroupMetricFrame:
         """The frame over a subset of the sensitive features (summed counts; no pass over the rows)."""
@@ -391,9 +420,15 @@ class GroupMetricFrame:
         counts = np.zeros((len(keys),) + self._counts.shape[1:], dtype=np.int64)
         np.add.at(counts, inverse, self._counts)
         return GroupMetricFrame._from_parts(
-            names=tuple(self._names[i] for i in index), levels=tuple(self._levels[i] for i in index),
-            keys=keys, counts=counts, classes=self._classes, confidence=self._confidence,
-            n_bootstrap=self._n_bootstrap, random_state=self._seed)
+            names=tuple(self._names[i] for i in index),
+            levels=tuple(self._levels[i] for i in index),
+            keys=keys,
+            counts=counts,
+            classes=self._classes,
+            confidence=self._confidence,
+            n_bootstrap=self._n_bootstrap,
+            random_state=self._seed,
+        )
 
     # --- metrics -----------------------------------------------------------------------------
 
@@ -408,19 +443,27 @@ class GroupMetricFrame:
             raise ConfigError(MSG_NEEDS_POSITIVE.format(metric=metric, k=len(self._classes)))
         return len(self._classes) - 1
 
-    def by_group(self, metric: str, *, positive_class: str | None = None,
-                 confidence: float | None = None) -> pd.DataFrame:
+    def by_group(
+        self, metric: str, *, positive_class: str | None = None, confidence: float | None = None
+    ) -> pd.DataFrame:
         """One row per group: group, n, support, value, ci_low, ci_high, std_error (always this frame)."""
         return self._table(self._counts, self._labels, metric, positive_class, confidence, scope="groups")
 
-    def overall(self, metric: str, *, positive_class: str | None = None,
-                confidence: float | None = None) -> MetricEstimate:
+    def overall(
+        self, metric: str, *, positive_class: str | None = None, confidence: float | None = None
+    ) -> MetricEstimate:
         """The metric over all images of the frame."""
         total = self._counts.sum(axis=0, keepdims=True)
         row = self._table(total, (OVERALL_GROUP,), metric, positive_class, confidence, scope="overall").iloc[0]
-        return MetricEstimate(metric=metric, n=int(row["n"]), support=int(row["support"]), value=float(row["value"]),
-                              ci_low=float(row["ci_low"]), ci_high=float(row["ci_high"]),
-                              std_error=float(row["std_error"]))
+        return MetricEstimate(
+            metric=metric,
+            n=int(row["n"]),
+            support=int(row["support"]),
+            value=float(row["value"]),
+            ci_low=float(row["ci_low"]),
+            ci_high=float(row["ci_high"]),
+            std_error=float(row["std_error"]),
+        )
 
     def difference(self, metric: str, *, positive_class: str | None = None, min_support: int = 1) -> float:
         """Largest minus smallest group value among groups with the metric defined on >= min_support images."""
@@ -434,8 +477,9 @@ class GroupMetricFrame:
             return math.nan
         return float(values.min() / values.max())
 
-    def differences(self, metric: str, *, reference: str, positive_class: str | None = None,
-                    confidence: float | None = None) -> pd.DataFrame:
+    def differences(
+        self, metric: str, *, reference: str, positive_class: str | None = None, confidence: float | None = None
+    ) -> pd.DataFrame:
         """Per group: difference = value(reference) - value(group), with a two-sided interval at `confidence`.
 
         Newcombe's hybrid score interval for the proportions; reference +- z * combined bootstrap
@@ -450,14 +494,15 @@ class GroupMetricFrame:
         diff = value[ref] - value
         if metric in MACRO_METRICS:
             se = table["std_error"].to_numpy(float)
-            low, high = normal_interval(diff, np.sqrt(se[ref] ** 2 + se ** 2), conf)
+            low, high = normal_interval(diff, np.sqrt(se[ref] ** 2 + se**2), conf)
         else:
             s, t = self._proportion(self._counts, metric, self._positive_or_none(metric, positive_class))
             low, high = newcombe_interval(s[ref], t[ref], s, t, conf)
         low, high = np.asarray(low, float).copy(), np.asarray(high, float).copy()
         diff[ref] = low[ref] = high[ref] = 0.0 if not math.isnan(value[ref]) else math.nan
-        return pd.DataFrame({"group": pd.Series(self._labels, dtype=str), "difference": diff,
-                             "diff_low": low, "diff_high": high})
+        return pd.DataFrame(
+            {"group": pd.Series(self._labels, dtype=str), "difference": diff, "diff_low": low, "diff_high": high}
+        )
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -509,14 +554,26 @@ class GroupMetricFrame:
         hit, miss = self._macro_cells(counts, metric)
         k = hit.shape[1]
         rng = np.random.default_rng([self._seed, _METRIC_SEED[metric], 0 if scope == "groups" else 1])
-        out = multinomial_bootstrap(np.concatenate([hit, miss], axis=1), self._n_bootstrap,
-                                    lambda draws: self._macro_value(draws[..., :k], draws[..., k:]), rng)
+        out = multinomial_bootstrap(
+            np.concatenate([hit, miss], axis=1),
+            self._n_bootstrap,
+            lambda draws: self._macro_value(draws[..., :k], draws[..., k:]),
+            rng,
+        )
         out.flags.writeable = False
         self._replicates[key] = out
         return out
 
-    def _table(self, counts: np.ndarray, labels: Sequence[str], metric: str, positive_class: str | None,
-               confidence: float | None, *, scope: str) -> pd.DataFrame:
+    def _table(
+        self,
+        counts: np.ndarray,
+        labels: Sequence[str],
+        metric: str,
+        positive_class: str | None,
+        confidence: float | None,
+        *,
+        scope: str,
+    ) -> pd.DataFrame:
         check_metric(metric)
         conf = self._confidence if confidence is None else confidence
         n = counts.sum(axis=(1, 2)).astype(np.int64)
@@ -536,11 +593,18 @@ class GroupMetricFrame:
                 value = np.where(t > 0, s / np.where(t > 0, t, 1), np.nan)
                 se = np.sqrt(value * (1 - value) / t)
             low, high = wilson_interval(s, t, conf)
-        return pd.DataFrame({
-            "group": pd.Series(list(labels), dtype=str),
-            "n": n, "support": np.asarray(support, dtype=np.int64), "value": np.asarray(value, float),
-            "ci_low": np.asarray(low, float), "ci_high": np.asarray(high, float), "std_error": np.asarray(se, float),
-        }, columns=list(BY_GROUP_COLUMNS))
+        return pd.DataFrame(
+            {
+                "group": pd.Series(list(labels), dtype=str),
+                "n": n,
+                "support": np.asarray(support, dtype=np.int64),
+                "value": np.asarray(value, float),
+                "ci_low": np.asarray(low, float),
+                "ci_high": np.asarray(high, float),
+                "std_error": np.asarray(se, float),
+            },
+            columns=list(BY_GROUP_COLUMNS),
+        )
 
 
 def _feature_frame(features: Any, n_rows: int) -> pd.DataFrame:
@@ -555,4 +619,3 @@ def _feature_frame(features: Any, n_rows: int) -> pd.DataFrame:
     if len(frame) != n_rows:
         raise ManifestError(MSG_LENGTH.format(what="sensitive_features", got=len(frame), expected=n_rows))
     return frame
-

@@ -106,9 +106,7 @@ def read_headline(run_dir: StoragePath) -> dict[str, float | int | None]:
         path = storage_path(run_dir) / name
         return read_parquet(path).to_pandas() if path.is_file() else None
 
-    return headline_metrics(
-        load("saliency_by_class.parquet"), load("subgroups.parquet"), load("cooccurrence.parquet")
-    )
+    return headline_metrics(load("saliency_by_class.parquet"), load("subgroups.parquet"), load("cooccurrence.parquet"))
 
 
 def read_runs(output_dir: StoragePath) -> pd.DataFrame:
@@ -126,8 +124,9 @@ def read_runs(output_dir: StoragePath) -> pd.DataFrame:
     return _sorted(frame[RUNS_SCHEMA.names])
 
 
-def record_run(output_dir: StoragePath, summary: Mapping[str, Any],
-               headline: Mapping[str, Any] | None = None) -> StoragePath:
+def record_run(
+    output_dir: StoragePath, summary: Mapping[str, Any], headline: Mapping[str, Any] | None = None
+) -> StoragePath:
     """Upsert the run's row (keyed by summary['run_id']) into `<output_dir>/runs.parquet`; returns its path.
 
     `summary` is the run's summary.json payload; `headline` holds any of HEADLINE_FIELDS (or their

@@ -44,8 +44,16 @@ from audit_tasks.validation import is_empty_cell, validate_rows
 
 #: Columns the ingest fills itself; a manifest may not carry them (it would be silently overwritten).
 INGEST_RECORDED_COLUMNS = (
-    "run_id", "ingest_date", "manifest", "row_number", "image_path", "content_sha256", "width", "height",
-    "reason", "stage",
+    "run_id",
+    "ingest_date",
+    "manifest",
+    "row_number",
+    "image_path",
+    "content_sha256",
+    "width",
+    "height",
+    "reason",
+    "stage",
 )
 _REQUIRED = ("image_uri", "label")
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "~")
@@ -117,13 +125,20 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
         selected = [f for f in files if hashes[f] is None or hashes[f] not in done]
 
     known = read_catalog_table(
-        catalog, columns=["run_id", "manifest", "row_number", "image_id", "content_sha256"], exclude_run=run_id,
+        catalog,
+        columns=["run_id", "manifest", "row_number", "image_id", "content_sha256"],
+        exclude_run=run_id,
     ).to_pandas()
     classes = list(config.model.classes) if config.model is not None else None
     work = _Run(
-        run_id=run_id, ingest_date=ingest_date, image_root=storage_path(dataset.image_root),
-        allowed_schemes=dataset.allowed_schemes, max_pixels=dataset.max_image_pixels,
-        min_side=dataset.min_image_side, attributes=config.attribute_columns(), classes=classes,
+        run_id=run_id,
+        ingest_date=ingest_date,
+        image_root=storage_path(dataset.image_root),
+        allowed_schemes=dataset.allowed_schemes,
+        max_pixels=dataset.max_image_pixels,
+        min_side=dataset.min_image_side,
+        attributes=config.attribute_columns(),
+        classes=classes,
     )
     for path in selected:
         work.read(path, hashes[path])
@@ -146,17 +161,27 @@ def ingest_gate(result: IngestResult, check: IngestCheck) -> list[GateResult]:
     if rows:
         top = (
             result.quarantined["reason"].map(_reason_kind).value_counts().head(3)
-            if len(result.quarantined) else pd.Series(dtype=int)
+            if len(result.quarantined)
+            else pd.Series(dtype=int)
         )
         causes = "; ".join(f"{n} x {r}" for r, n in top.items())
-        detail = f"{quarantined} of {rows} rows quarantined ({fraction:.1%})" + (f"; most common: {causes}" if causes else "")
+        detail = f"{quarantined} of {rows} rows quarantined ({fraction:.1%})" + (
+            f"; most common: {causes}" if causes else ""
+        )
     else:
         detail = "no new rows to ingest"
-    return [GateResult(
-        check="ingest", subject="all manifests", metric="quarantine_fraction", value=float(fraction),
-        threshold=float(check.max_quarantine_fraction), passed=fraction <= check.max_quarantine_fraction,
-        detail=detail, judged=rows > 0,
-    )]
+    return [
+        GateResult(
+            check="ingest",
+            subject="all manifests",
+            metric="quarantine_fraction",
+            value=float(fraction),
+            threshold=float(check.max_quarantine_fraction),
+            passed=fraction <= check.max_quarantine_fraction,
+            detail=detail,
+            judged=rows > 0,
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +199,18 @@ class _Outcome:
 class _Run:
     """Collects rows across the run's manifests; rows carry (manifest order, row number) keys."""
 
-    def __init__(self, *, run_id: str, ingest_date: str, image_root: StoragePath, allowed_schemes: Sequence[str],
-                 max_pixels: int, min_side: int, attributes: Sequence[str], classes: list[str] | None) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        ingest_date: str,
+        image_root: StoragePath,
+        allowed_schemes: Sequence[str],
+        max_pixels: int,
+        min_side: int,
+        attributes: Sequence[str],
+        classes: list[str] | None,
+    ) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date
         self.image_root = image_root
@@ -316,10 +351,19 @@ class _Run:
             raw_regions = v.get("regions")
             regions = regions_json(parse_region_boxes(raw_regions)) if not is_empty_cell(raw_regions) else None
             record = {
-                "run_id": self.run_id, "ingest_date": self.ingest_date, "manifest": r["manifest"],
-                "row_number": r["row_number"], "image_id": r["image_id"], "image_uri": str(v["image_uri"]).strip(),
-                "image_path": r["path"], "content_sha256": r["sha256"], "label": _stripped(v.get("label")),
-                "tags": list(v.get("tags") or []), "regions": regions, "width": r["width"], "height": r["height"],
+                "run_id": self.run_id,
+                "ingest_date": self.ingest_date,
+                "manifest": r["manifest"],
+                "row_number": r["row_number"],
+                "image_id": r["image_id"],
+                "image_uri": str(v["image_uri"]).strip(),
+                "image_path": r["path"],
+                "content_sha256": r["sha256"],
+                "label": _stripped(v.get("label")),
+                "tags": list(v.get("tags") or []),
+                "regions": regions,
+                "width": r["width"],
+                "height": r["height"],
             }
             record.update({c: _stripped(v.get(c)) for c in extras})
             records.append(record)
@@ -345,8 +389,12 @@ def quarantine_schema(manifest_columns: Sequence[str]) -> pa.Schema:
     """Quarantine rows: every manifest column as given (string), then manifest, row_number, reason, stage."""
     return pa.schema(
         [pa.field(c, pa.string()) for c in manifest_columns]
-        + [pa.field("manifest", pa.string()), pa.field("row_number", pa.int64()),
-           pa.field("reason", pa.string()), pa.field("stage", pa.string())]
+        + [
+            pa.field("manifest", pa.string()),
+            pa.field("row_number", pa.int64()),
+            pa.field("reason", pa.string()),
+            pa.field("stage", pa.string()),
+        ]
     )
 
 

@@ -44,10 +44,20 @@ class ImageBatch:
     failures: list[tuple[int, str]]
 
 
-def iter_image_batches(rows: pd.DataFrame, *, input_size: int, mean: Sequence[float], std: Sequence[float],
-                       batch_size: int, num_workers: int = 0, device: str | torch.device = "cpu",
-                       max_pixels: int = MAX_IMAGE_PIXELS, gpu_decode: bool | None = None,
-                       prefetch: int = 2, opener: Callable[[str], IO[bytes]] | None = None) -> Iterator[ImageBatch]:
+def iter_image_batches(
+    rows: pd.DataFrame,
+    *,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    gpu_decode: bool | None = None,
+    prefetch: int = 2,
+    opener: Callable[[str], IO[bytes]] | None = None,
+) -> Iterator[ImageBatch]:
     """Yield ImageBatch objects for `rows` (an `image_path` column of files or URIs), in row order.
 
     `opener` opens an `image_path` for reading (default: local files, and URIs with fsspec's credentials);
@@ -64,11 +74,21 @@ def iter_image_batches(rows: pd.DataFrame, *, input_size: int, mean: Sequence[fl
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     use_gpu_decode = on_gpu if gpu_decode is None else gpu_decode
-    dataset = _Decode([str(p) for p in rows["image_path"]], input_size, max_pixels, raw_jpeg=use_gpu_decode,
-                      opener=opener or FileOpener())
+    dataset = _Decode(
+        [str(p) for p in rows["image_path"]],
+        input_size,
+        max_pixels,
+        raw_jpeg=use_gpu_decode,
+        opener=opener or FileOpener(),
+    )
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
-        pin_memory=on_gpu, prefetch_factor=prefetch if num_workers > 0 else None,
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=on_gpu,
+        prefetch_factor=prefetch if num_workers > 0 else None,
         persistent_workers=False,
     )
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
@@ -131,8 +151,9 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 class _Decode(Dataset):
     """Map-style dataset over file paths; only the path list is held, never decoded images."""
 
-    def __init__(self, paths: list[str], input_size: int, max_pixels: int, *, raw_jpeg: bool,
-                 opener: Callable[[str], IO[bytes]]) -> None:
+    def __init__(
+        self, paths: list[str], input_size: int, max_pixels: int, *, raw_jpeg: bool, opener: Callable[[str], IO[bytes]]
+    ) -> None:
         self.paths = paths
         self.input_size = input_size
         self.max_pixels = max_pixels
@@ -179,8 +200,9 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _decode_on_device(raw: list[tuple[int, Tensor]], input_size: int, device: torch.device,
-                      max_pixels: int) -> tuple[list[int], list[Tensor], list[tuple[int, str]]]:
+def _decode_on_device(
+    raw: list[tuple[int, Tensor]], input_size: int, device: torch.device, max_pixels: int
+) -> tuple[list[int], list[Tensor], list[tuple[int, str]]]:
     """Batch-decode JPEG bytes with nvjpeg, upright and resized whole; PIL takes any image nvjpeg refuses."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -206,14 +228,17 @@ def _decode_on_device(raw: list[tuple[int, Tensor]], input_size: int, device: to
             ok.append(position)
             tensors.append(image)
             continue
-        resized = F.interpolate(image[None].float(), size=(input_size, input_size), mode="bilinear",
-                                align_corners=False, antialias=True)
+        resized = F.interpolate(
+            image[None].float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True
+        )
         ok.append(position)
         tensors.append(resized[0].round_().clamp_(0, 255).to(torch.uint8))
     return ok, tensors, failures
 
 
-def _collate(items: list[tuple[str, int, Any]]) -> tuple[list[tuple[int, Tensor]], list[tuple[int, Tensor]], list[tuple[int, str]]]:
+def _collate(
+    items: list[tuple[str, int, Any]],
+) -> tuple[list[tuple[int, Tensor]], list[tuple[int, Tensor]], list[tuple[int, str]]]:
     decoded = [(p, t) for kind, p, t in items if kind == "ok"]
     raw = [(p, t) for kind, p, t in items if kind == "raw"]
     failures = [(p, t) for kind, p, t in items if kind == "fail"]

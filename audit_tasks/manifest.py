@@ -93,7 +93,8 @@ def read_manifest_table(path: StoragePath | str, *, required: Sequence[str] = ("
             table = pacsv.read_csv(
                 open_input(path),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=True,
                     null_values=[""],
                 ),
             )
@@ -210,7 +211,9 @@ def _parse_region(region: Any, i: int, width: int | None, height: int | None) ->
         raise ValueError(f"{where} must be an object with kind, name, box; got {_json_kind(region)}")
     unknown = set(region) - _REGION_KEYS
     if unknown:
-        raise ValueError(f"{where} has unknown key(s) {', '.join(sorted(map(str, unknown)))} (allowed: box, kind, name)")
+        raise ValueError(
+            f"{where} has unknown key(s) {', '.join(sorted(map(str, unknown)))} (allowed: box, kind, name)"
+        )
     missing = _REGION_KEYS - set(region)
     if missing:
         raise ValueError(f"{where} lacks key(s) {', '.join(sorted(missing))}")

@@ -73,9 +73,13 @@ def model_fingerprint(config: ModelConfig) -> str:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read model checkpoint {public_uri(location)}: {exc}") from exc
     recipe = {
-        "weights": weights, "arch": config.arch, "classes": list(config.classes),
-        "target_layer": config.target_layer, "input_size": config.input_size,
-        "mean": list(config.mean), "std": list(config.std),
+        "weights": weights,
+        "arch": config.arch,
+        "classes": list(config.classes),
+        "target_layer": config.target_layer,
+        "input_size": config.input_size,
+        "mean": list(config.mean),
+        "std": list(config.std),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 

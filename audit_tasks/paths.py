@@ -52,7 +52,7 @@ def resolve_under(root: StoragePath, uri: str, *, allowed_schemes: Sequence[str]
         prefix = root_path.rstrip("/") + "/"
         if not given.startswith(prefix):
             raise PathEscapeError(f"URI {uri!r} is not under the image root {public_uri(root)}")
-        return safe_child(root, given[len(prefix):])
+        return safe_child(root, given[len(prefix) :])
     if scheme == "file":
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
@@ -105,9 +105,7 @@ def _confine(root: Path, candidate: Path, shown: str) -> Path:
         raise PathEscapeError(f"path {shown!r} leaves the image root {root} (resolves to {lexical})")
     real = Path(os.path.realpath(lexical))
     if not (real == real_root or real.is_relative_to(real_root)):
-        raise PathEscapeError(
-            f"path {shown!r} leaves the image root {root} through a symlink (real path {real})"
-        )
+        raise PathEscapeError(f"path {shown!r} leaves the image root {root} through a symlink (real path {real})")
     return real
 
 

@@ -122,8 +122,11 @@ def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
         _write_gates(config, run_id, "ingest", ingest_gate(result, config.checks.ingest))
     else:
         _clear_gates(config, run_id, "ingest")
-    log.info("ingest: %(manifests)d manifest(s), %(ingested)d row(s) accepted, "
-             "%(quarantined_at_ingest)d quarantined, %(to_audit)d to audit", counts)
+    log.info(
+        "ingest: %(manifests)d manifest(s), %(ingested)d row(s) accepted, "
+        "%(quarantined_at_ingest)d quarantined, %(to_audit)d to audit",
+        counts,
+    )
     return result
 
 
@@ -149,8 +152,13 @@ def choose_audit_scope(config: AuditConfig, run_id: str) -> AuditScope:
     if configured == "catalog":
         return AuditScope("catalog", "", fingerprint, previous)
     if fingerprint is not None and previous is not None and fingerprint != previous:
-        return AuditScope("catalog", f"the model changed since the last run ({previous} -> {fingerprint}): "
-                                     "auditing the whole catalog with the new model", fingerprint, previous)
+        return AuditScope(
+            "catalog",
+            f"the model changed since the last run ({previous} -> {fingerprint}): "
+            "auditing the whole catalog with the new model",
+            fingerprint,
+            previous,
+        )
     return AuditScope("run", "", fingerprint, previous)
 
 
@@ -188,8 +196,9 @@ def _shard_paths(config: AuditConfig, run_id: str, shard: int, num_shards: int) 
     return stages / f"images_{stem}.parquet", stages / f"rejected_{stem}.parquet"
 
 
-def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
-                   num_shards: int | None = None) -> StoragePath | None:
+def stage_saliency(
+    config: AuditConfig, run_id: str, shard: int | None = None, num_shards: int | None = None
+) -> StoragePath | None:
     """Run the model and Grad-CAM over (one shard of) the audit rows.
 
     Without a shard this is the whole single-process stage: it scores every row and merges at once.
@@ -209,15 +218,26 @@ def stage_saliency(config: AuditConfig, run_id: str, shard: int | None = None,
     model = load_model(model_config)
     progress = _progress_logger(f"saliency shard {shard + 1}/{num_shards}", len(rows))
     result = score_images(
-        model, rows, model_config=model_config, saliency_config=config.saliency,
-        attributes=config.attribute_columns(), run_id=run_id, progress=progress,
-        check=config.checks.saliency, opener=_image_opener(config),
+        model,
+        rows,
+        model_config=model_config,
+        saliency_config=config.saliency,
+        attributes=config.attribute_columns(),
+        run_id=run_id,
+        progress=progress,
+        check=config.checks.saliency,
+        opener=_image_opener(config),
     )
     rejected = _rejected_rows(rows, result.rejected)
     write_table(result.images, images_path, name="images_shard")
     write_table(schemas.to_strings(rejected), rejected_path, name="rejected_shard")
-    log.info("saliency shard %d/%d: %d image(s) scored, %d rejected", shard + 1, num_shards,
-             len(result.images), len(rejected))
+    log.info(
+        "saliency shard %d/%d: %d image(s) scored, %d rejected",
+        shard + 1,
+        num_shards,
+        len(result.images),
+        len(rejected),
+    )
     return images_path
 
 
@@ -246,13 +266,16 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Sto
     images = images.sort_values("image_id", kind="stable").reset_index(drop=True)
     rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame()
     rd = run_dir(config, run_id)
-    target = write_table(images, rd / "images.parquet", name="images",
-                         schema=schemas.images_schema(images))
+    target = write_table(images, rd / "images.parquet", name="images", schema=schemas.images_schema(images))
     _write_quarantine(config, run_id, scoring_rejected=rejected)
     if config.checks.saliency is not None:
         summary = summarize_saliency(images, config.checks.saliency)
-        write_table(summary.by_class, rd / "saliency_by_class.parquet", name="saliency_by_class",
-                    schema=schemas.SALIENCY_BY_CLASS)
+        write_table(
+            summary.by_class,
+            rd / "saliency_by_class.parquet",
+            name="saliency_by_class",
+            schema=schemas.SALIENCY_BY_CLASS,
+        )
         _write_gates(config, run_id, "saliency", summary.gates)
     else:
         _skip_check(config, run_id, "saliency", ("saliency_by_class.parquet",))
@@ -265,8 +288,9 @@ def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.Dat
     if scoring_rejected is not None and not scoring_rejected.empty:
         frames.append(scoring_rejected)
     quarantine = pd.concat(frames, ignore_index=True) if len(frames) > 1 else ingest_part
-    return write_table(schemas.quarantine_frame(quarantine), run_dir(config, run_id) / "quarantine.parquet",
-                       name="quarantine")
+    return write_table(
+        schemas.quarantine_frame(quarantine), run_dir(config, run_id) / "quarantine.parquet", name="quarantine"
+    )
 
 
 def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
@@ -291,10 +315,10 @@ def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
 
 def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
     """Write a CooccurrenceResult's tables into `out_dir` (shared by `audit` and `check-cooccurrence`)."""
-    write_table(result.class_balance, out_dir / "class_balance.parquet", name="class_balance",
-                schema=schemas.CLASS_BALANCE)
-    return write_table(result.pairs, out_dir / "cooccurrence.parquet", name="cooccurrence",
-                       schema=schemas.COOCCURRENCE)
+    write_table(
+        result.class_balance, out_dir / "class_balance.parquet", name="class_balance", schema=schemas.CLASS_BALANCE
+    )
+    return write_table(result.pairs, out_dir / "cooccurrence.parquet", name="cooccurrence", schema=schemas.COOCCURRENCE)
 
 
 def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
@@ -313,8 +337,9 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     present = set(parquet_schema(images_path).names)
     wanted = ["label", "prediction", *check.attributes]
     images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
-    result = check_subgroups(images, check=check, classes=config.require_model().classes,
-                             positive_class=check.positive_class)
+    result = check_subgroups(
+        images, check=check, classes=config.require_model().classes, positive_class=check.positive_class
+    )
     target = write_subgroup_tables(result, rd)
     _write_gates(config, run_id, "subgroups", result.gates)
     return target
@@ -376,8 +401,9 @@ def _counts(config: AuditConfig, run_id: str) -> dict[str, int]:
     return counts
 
 
-def _summary(config: AuditConfig, run_id: str, result: Verdict, gates: list[GateResult],
-             counts: dict[str, int]) -> dict[str, Any]:
+def _summary(
+    config: AuditConfig, run_id: str, result: Verdict, gates: list[GateResult], counts: dict[str, int]
+) -> dict[str, Any]:
     rd = run_dir(config, run_id)
     configured = {
         "ingest": config.checks.ingest is not None,

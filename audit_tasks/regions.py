@@ -58,12 +58,28 @@ from audit_tasks.gates import GateResult
 
 #: Columns `region_metrics` returns, in this order.
 METRIC_COLUMNS = (
-    "core_share", "spurious_share", "outside_share", "core_enrichment", "spurious_enrichment",
-    "spurious_detail", "peak_x", "peak_y", "pointing_hit", "has_regions",
+    "core_share",
+    "spurious_share",
+    "outside_share",
+    "core_enrichment",
+    "spurious_enrichment",
+    "spurious_detail",
+    "peak_x",
+    "peak_y",
+    "pointing_hit",
+    "has_regions",
 )
 BY_CLASS_COLUMNS = (
-    "class", "images", "images_with_regions", "mean_core_share", "mean_spurious_share", "mean_outside_share",
-    "mean_spurious_enrichment", "pointing_accuracy", "flagged_fraction", "flagged",
+    "class",
+    "images",
+    "images_with_regions",
+    "mean_core_share",
+    "mean_spurious_share",
+    "mean_outside_share",
+    "mean_spurious_enrichment",
+    "pointing_accuracy",
+    "flagged_fraction",
+    "flagged",
 )
 POINTING_TOLERANCE_PX = 15.0
 TOO_FEW = "too few images to judge (n={n} < min_images={min_images})"
@@ -99,10 +115,14 @@ def row_regions(value: Any, *, where: str = "regions") -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def region_metrics(cams: Tensor, regions: Sequence[Sequence[Mapping[str, Any]]],
-                   sizes: Sequence[tuple[int, int]], *,
-                   pointing_tolerance_px: float = POINTING_TOLERANCE_PX,
-                   samples_per_cell: int | None = None) -> pd.DataFrame:
+def region_metrics(
+    cams: Tensor,
+    regions: Sequence[Sequence[Mapping[str, Any]]],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    pointing_tolerance_px: float = POINTING_TOLERANCE_PX,
+    samples_per_cell: int | None = None,
+) -> pd.DataFrame:
     """Per-image region metrics (columns METRIC_COLUMNS) for (N, h, w) maps on any device.
 
     `regions[i]` are image i's parsed regions (see `row_regions`), `sizes[i]` its original
@@ -194,7 +214,10 @@ def _axis_coverage(lo: Tensor, hi: Tensor, cells: int) -> Tensor:
 
 def _union_coverage(boxes: Tensor, box_group: Tensor, groups: int, h: int, w: int, s: int) -> Tensor:
     """(G, h, w) fraction of each CAM cell covered by each group's union of boxes."""
-    cover = _axis_coverage(boxes[:, 1], boxes[:, 3], h * s)[:, :, None] * _axis_coverage(boxes[:, 0], boxes[:, 2], w * s)[:, None, :]
+    cover = (
+        _axis_coverage(boxes[:, 1], boxes[:, 3], h * s)[:, :, None]
+        * _axis_coverage(boxes[:, 0], boxes[:, 2], w * s)[:, None, :]
+    )
     union = torch.zeros(groups, h * s * w * s, device=boxes.device)
     index = box_group[:, None].expand(-1, h * s * w * s)
     union.scatter_reduce_(0, index, cover.flatten(1), reduce="amax", include_self=True)
@@ -202,22 +225,35 @@ def _union_coverage(boxes: Tensor, box_group: Tensor, groups: int, h: int, w: in
     return torch.nn.functional.avg_pool2d(union, s)[:, 0] if s > 1 else union[:, 0]
 
 
-def _pointing(peak_x: Tensor, peak_y: Tensor, sizes: Tensor, plan: _GroupPlan, device: torch.device,
-              tolerance: float) -> Tensor:
+def _pointing(
+    peak_x: Tensor, peak_y: Tensor, sizes: Tensor, plan: _GroupPlan, device: torch.device, tolerance: float
+) -> Tensor:
     n = peak_x.shape[0]
     if not plan.core_boxes_px:
         return torch.zeros(n, dtype=torch.bool, device=device)
     image = torch.as_tensor([i for i, _ in plan.core_boxes_px], device=device)
     box = torch.as_tensor([b for _, b in plan.core_boxes_px], dtype=torch.float32, device=device)
     px, py = peak_x[image] * sizes[image, 0], peak_y[image] * sizes[image, 1]
-    inside = ((px >= box[:, 0] - tolerance) & (px <= box[:, 2] + tolerance)
-              & (py >= box[:, 1] - tolerance) & (py <= box[:, 3] + tolerance))
+    inside = (
+        (px >= box[:, 0] - tolerance)
+        & (px <= box[:, 2] + tolerance)
+        & (py >= box[:, 1] - tolerance)
+        & (py <= box[:, 3] + tolerance)
+    )
     counts = torch.zeros(n, dtype=torch.int32, device=device).index_add_(0, image, inside.to(torch.int32))
     return counts > 0
 
 
-def _assemble(n: int, plan: _GroupPlan, energy: np.ndarray, peak_x: np.ndarray, peak_y: np.ndarray,
-              share: np.ndarray, enrichment: np.ndarray, hit: np.ndarray) -> pd.DataFrame:
+def _assemble(
+    n: int,
+    plan: _GroupPlan,
+    energy: np.ndarray,
+    peak_x: np.ndarray,
+    peak_y: np.ndarray,
+    share: np.ndarray,
+    enrichment: np.ndarray,
+    hit: np.ndarray,
+) -> pd.DataFrame:
     nan = float("nan")
     cols: dict[str, list[Any]] = {c: [] for c in METRIC_COLUMNS}
     per_image: dict[int, dict[tuple[str, str], tuple[float, float]]] = {}
@@ -237,8 +273,11 @@ def _assemble(n: int, plan: _GroupPlan, energy: np.ndarray, peak_x: np.ndarray, 
             cols["spurious_detail"].append("{}")
             continue
         core, spurious, every = groups[("core", "")], groups[("spurious", "")], groups[("all", "")]
-        detail = {name: {"share": round(s, 6), "enrichment": None if math.isnan(e) else round(e, 6)}
-                  for (role, name), (s, e) in groups.items() if role == "region"}
+        detail = {
+            name: {"share": round(s, 6), "enrichment": None if math.isnan(e) else round(e, 6)}
+            for (role, name), (s, e) in groups.items()
+            if role == "region"
+        }
         enrichments = [e for (role, _), (_, e) in groups.items() if role == "region" and not math.isnan(e)]
         cols["core_share"].append(core[0])
         cols["spurious_share"].append(spurious[0])
@@ -270,8 +309,9 @@ def flag_images(metrics: pd.DataFrame, check: SaliencyCheck) -> pd.Series:
 
 def _judgeable(metrics: pd.DataFrame) -> pd.Series:
     """Images the flag can judge: regions, positive energy, and at least one spurious region of some area."""
-    return (metrics["has_regions"].astype(bool) & metrics["spurious_share"].notna()
-            & metrics["spurious_enrichment"].notna())
+    return (
+        metrics["has_regions"].astype(bool) & metrics["spurious_share"].notna() & metrics["spurious_enrichment"].notna()
+    )
 
 
 def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySummary:
@@ -281,8 +321,9 @@ def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySu
     """
     if images.empty:
         return SaliencySummary(pd.DataFrame(columns=list(BY_CLASS_COLUMNS)), [])
-    frame = images.assign(_flag=flag_images(images, check), _judged=_judgeable(images),
-                          _has_core=images["core_enrichment"].notna())
+    frame = images.assign(
+        _flag=flag_images(images, check), _judged=_judgeable(images), _has_core=images["core_enrichment"].notna()
+    )
     rows, gates = [], []
     labels = frame["label"].astype(object).where(frame["label"].notna(), "(no label)").astype(str)
     for label, part in frame.groupby(labels, sort=True):
@@ -293,26 +334,39 @@ def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySu
         fraction = float(judged["_flag"].mean()) if n_judged else float("nan")
         enough = n_judged >= check.min_images
         flagged = bool(enough and fraction > check.max_flagged_fraction)
-        rows.append({
-            "class": label,
-            "images": len(part),
-            "images_with_regions": len(with_regions),
-            "mean_core_share": _mean(with_regions["core_share"]),
-            "mean_spurious_share": _mean(judged["spurious_share"]),
-            "mean_outside_share": _mean(with_regions["outside_share"]),
-            "mean_spurious_enrichment": _mean(judged["spurious_enrichment"]),
-            "pointing_accuracy": _mean(cored["pointing_hit"].astype(float)),
-            "flagged_fraction": fraction,
-            "flagged": flagged,
-        })
+        rows.append(
+            {
+                "class": label,
+                "images": len(part),
+                "images_with_regions": len(with_regions),
+                "mean_core_share": _mean(with_regions["core_share"]),
+                "mean_spurious_share": _mean(judged["spurious_share"]),
+                "mean_outside_share": _mean(with_regions["outside_share"]),
+                "mean_spurious_enrichment": _mean(judged["spurious_enrichment"]),
+                "pointing_accuracy": _mean(cored["pointing_hit"].astype(float)),
+                "flagged_fraction": fraction,
+                "flagged": flagged,
+            }
+        )
         if enough:
-            detail = (f"{int(judged['_flag'].sum())} of {n_judged} images lean on a spurious region "
-                      f"(flagged fraction {fraction:.3f} vs max {check.max_flagged_fraction})")
+            detail = (
+                f"{int(judged['_flag'].sum())} of {n_judged} images lean on a spurious region "
+                f"(flagged fraction {fraction:.3f} vs max {check.max_flagged_fraction})"
+            )
         else:
             detail = TOO_FEW.format(n=n_judged, min_images=check.min_images)
-        gates.append(GateResult(check="saliency", subject=label, metric="flagged_fraction",
-                                value=fraction if n_judged else None, threshold=check.max_flagged_fraction,
-                                passed=not flagged, detail=detail, judged=enough))
+        gates.append(
+            GateResult(
+                check="saliency",
+                subject=label,
+                metric="flagged_fraction",
+                value=fraction if n_judged else None,
+                threshold=check.max_flagged_fraction,
+                passed=not flagged,
+                detail=detail,
+                judged=enough,
+            )
+        )
     by_class = pd.DataFrame(rows, columns=list(BY_CLASS_COLUMNS)).astype({"flagged": bool})
     return SaliencySummary(by_class=by_class, gates=gates)
 

@@ -109,9 +109,18 @@ class CamEngine:
     engine work on a private deep copy (a snapshot of the weights at construction).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, closed_form: bool | None = None,
-                 precision: Precision = "fp32", channels_last: bool = False, fuse_batchnorm: bool = False,
-                 compile: bool = False, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str | nn.Module,
+        *,
+        closed_form: bool | None = None,
+        precision: Precision = "fp32",
+        channels_last: bool = False,
+        fuse_batchnorm: bool = False,
+        compile: bool = False,
+        device: str | torch.device | None = None,
+    ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {precision!r}")
         self.layer_path = _layer_path(model, target_layer)
@@ -121,8 +130,9 @@ class CamEngine:
         scripted = isinstance(model, torch.jit.ScriptModule)
         private = not scripted and (channels_last or fuse_batchnorm or compile or device is not None)
         if private:
-            model = _private_copy(model, self.layer_path, fuse_batchnorm=fuse_batchnorm,
-                                  channels_last=channels_last, device=device)
+            model = _private_copy(
+                model, self.layer_path, fuse_batchnorm=fuse_batchnorm, channels_last=channels_last, device=device
+            )
         self.model = model
         self.layer = model.get_submodule(self.layer_path)
         self._private = private
@@ -168,7 +178,9 @@ class CamEngine:
                     if result is not None:
                         return result
                 elif self.closed_form is True:
-                    raise ModelError(CLOSED_FORM_UNAVAILABLE.format(path=self.layer_path, why="the model has no Linear layer"))
+                    raise ModelError(
+                        CLOSED_FORM_UNAVAILABLE.format(path=self.layer_path, why="the model has no Linear layer")
+                    )
                 return self._generic(images, targets)
         finally:
             for store in self._compiled_seen.values():
@@ -410,11 +422,14 @@ def _resolve_targets(targets: Tensor | None, logits: Tensor) -> Tensor:
 def _recorder(store: list[Any], *, output: bool, version: bool = True) -> Any:
     """A forward hook appending (layer output, its version) or (the module's input, its output)."""
     if output:
+
         def record(_m: nn.Module, _i: Any, out: Any) -> None:
             store.append((out, out._version if version and isinstance(out, Tensor) else None))
     else:
+
         def record(_m: nn.Module, inp: Any, out: Any) -> None:
             store.append((inp[0] if inp else None, out))
+
     return record
 
 
@@ -450,8 +465,9 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _private_copy(model: nn.Module, layer_path: str, *, fuse_batchnorm: bool, channels_last: bool,
-                  device: str | torch.device | None) -> nn.Module:
+def _private_copy(
+    model: nn.Module, layer_path: str, *, fuse_batchnorm: bool, channels_last: bool, device: str | torch.device | None
+) -> nn.Module:
     """The engine's own eval-mode copy: the caller's model keeps its weights, format, device and hooks."""
     clone = copy.deepcopy(model).eval()
     for p in clone.parameters():

@@ -14,7 +14,9 @@ import pandas as pd
 import pyarrow as pa
 
 
-def _f(name: str, type_: pa.DataType, nullable: bool = True, unit: str | None = None, doc: str | None = None) -> pa.Field:
+def _f(
+    name: str, type_: pa.DataType, nullable: bool = True, unit: str | None = None, doc: str | None = None
+) -> pa.Field:
     meta = {}
     if unit:
         meta["unit"] = unit
@@ -27,74 +29,86 @@ SHARE = "fraction of the image's positive Grad-CAM energy (0..1)"
 ENRICH = "share divided by the region's fraction of the image area (uniform map = 1)"
 PROB = "probability (0..1)"
 
-GATES = pa.schema([
-    _f("check", pa.string(), False, doc="ingest | cooccurrence | class_balance | saliency | subgroups"),
-    _f("subject", pa.string(), False, doc="what the gate judges: a class, a group, a tag pair"),
-    _f("metric", pa.string(), False),
-    _f("value", pa.float64()),
-    _f("threshold", pa.float64()),
-    _f("passed", pa.bool_(), False),
-    _f("detail", pa.string()),
-    _f("judged", pa.bool_(), False, doc="false: passed only because there was too little data to judge"),
-])
+GATES = pa.schema(
+    [
+        _f("check", pa.string(), False, doc="ingest | cooccurrence | class_balance | saliency | subgroups"),
+        _f("subject", pa.string(), False, doc="what the gate judges: a class, a group, a tag pair"),
+        _f("metric", pa.string(), False),
+        _f("value", pa.float64()),
+        _f("threshold", pa.float64()),
+        _f("passed", pa.bool_(), False),
+        _f("detail", pa.string()),
+        _f("judged", pa.bool_(), False, doc="false: passed only because there was too little data to judge"),
+    ]
+)
 
-COOCCURRENCE = pa.schema([
-    _f("tag_a", pa.string(), False),
-    _f("tag_b", pa.string(), False, doc="a tag, or attribute=value"),
-    _f("n_a", pa.int64(), False, unit="images"),
-    _f("n_b", pa.int64(), False, unit="images"),
-    _f("n_ab", pa.int64(), False, unit="images"),
-    _f("n_a_only", pa.int64(), unit="images", doc="images with a but without b"),
-    _f("n_b_only", pa.int64(), unit="images", doc="images with b but without a"),
-    _f("p_b_given_a", pa.float64(), False, unit=PROB),
-    _f("ci_low", pa.float64(), unit=PROB),
-    _f("ci_high", pa.float64(), unit=PROB),
-    _f("lift", pa.float64(), unit="ratio P(a,b)/(P(a)P(b))"),
-    _f("npmi", pa.float64(), unit="normalised PMI (-1..1)"),
-    _f("flagged", pa.bool_(), False),
-    _f("message", pa.string()),
-    _f("suggested_additions", pa.int64(), unit="images"),
-])
+COOCCURRENCE = pa.schema(
+    [
+        _f("tag_a", pa.string(), False),
+        _f("tag_b", pa.string(), False, doc="a tag, or attribute=value"),
+        _f("n_a", pa.int64(), False, unit="images"),
+        _f("n_b", pa.int64(), False, unit="images"),
+        _f("n_ab", pa.int64(), False, unit="images"),
+        _f("n_a_only", pa.int64(), unit="images", doc="images with a but without b"),
+        _f("n_b_only", pa.int64(), unit="images", doc="images with b but without a"),
+        _f("p_b_given_a", pa.float64(), False, unit=PROB),
+        _f("ci_low", pa.float64(), unit=PROB),
+        _f("ci_high", pa.float64(), unit=PROB),
+        _f("lift", pa.float64(), unit="ratio P(a,b)/(P(a)P(b))"),
+        _f("npmi", pa.float64(), unit="normalised PMI (-1..1)"),
+        _f("flagged", pa.bool_(), False),
+        _f("message", pa.string()),
+        _f("suggested_additions", pa.int64(), unit="images"),
+    ]
+)
 
-CLASS_BALANCE = pa.schema([
-    _f("label", pa.string(), False),
-    _f("n", pa.int64(), False, unit="images"),
-    _f("share", pa.float64(), unit="fraction of labelled images"),
-])
+CLASS_BALANCE = pa.schema(
+    [
+        _f("label", pa.string(), False),
+        _f("n", pa.int64(), False, unit="images"),
+        _f("share", pa.float64(), unit="fraction of labelled images"),
+    ]
+)
 
-SALIENCY_BY_CLASS = pa.schema([
-    _f("class", pa.string(), False),
-    _f("images", pa.int64(), False, unit="images"),
-    _f("images_with_regions", pa.int64(), unit="images"),
-    _f("mean_core_share", pa.float64(), unit=SHARE),
-    _f("mean_spurious_share", pa.float64(), unit=SHARE),
-    _f("mean_outside_share", pa.float64(), unit=SHARE),
-    _f("mean_spurious_enrichment", pa.float64(), unit=ENRICH),
-    _f("pointing_accuracy", pa.float64(), unit="fraction of images whose CAM peak hits a core region"),
-    _f("flagged_fraction", pa.float64(), unit="fraction of region-bearing images flagged"),
-    _f("flagged", pa.bool_(), False),
-])
+SALIENCY_BY_CLASS = pa.schema(
+    [
+        _f("class", pa.string(), False),
+        _f("images", pa.int64(), False, unit="images"),
+        _f("images_with_regions", pa.int64(), unit="images"),
+        _f("mean_core_share", pa.float64(), unit=SHARE),
+        _f("mean_spurious_share", pa.float64(), unit=SHARE),
+        _f("mean_outside_share", pa.float64(), unit=SHARE),
+        _f("mean_spurious_enrichment", pa.float64(), unit=ENRICH),
+        _f("pointing_accuracy", pa.float64(), unit="fraction of images whose CAM peak hits a core region"),
+        _f("flagged_fraction", pa.float64(), unit="fraction of region-bearing images flagged"),
+        _f("flagged", pa.bool_(), False),
+    ]
+)
 
-SUBGROUPS = pa.schema([
-    _f("attribute", pa.string(), False, doc="an attribute, or attributes joined by & for an intersection"),
-    _f("group", pa.string(), False, doc="a value, or values joined by & for an intersection"),
-    _f("n", pa.int64(), False, unit="images"),
-    _f("metric", pa.string(), False),
-    _f("value", pa.float64(), unit=PROB),
-    _f("ci_low", pa.float64(), unit=PROB),
-    _f("ci_high", pa.float64(), unit=PROB),
-    _f("gap", pa.float64(), unit="metric difference to the best group of the attribute"),
-    _f("flagged", pa.bool_(), False),
-    _f("status", pa.string(), doc="ok | gap | too small to judge"),
-])
+SUBGROUPS = pa.schema(
+    [
+        _f("attribute", pa.string(), False, doc="an attribute, or attributes joined by & for an intersection"),
+        _f("group", pa.string(), False, doc="a value, or values joined by & for an intersection"),
+        _f("n", pa.int64(), False, unit="images"),
+        _f("metric", pa.string(), False),
+        _f("value", pa.float64(), unit=PROB),
+        _f("ci_low", pa.float64(), unit=PROB),
+        _f("ci_high", pa.float64(), unit=PROB),
+        _f("gap", pa.float64(), unit="metric difference to the best group of the attribute"),
+        _f("flagged", pa.bool_(), False),
+        _f("status", pa.string(), doc="ok | gap | too small to judge"),
+    ]
+)
 
-CONFUSION = pa.schema([
-    _f("attribute", pa.string(), False, doc="__overall__ for the whole audit"),
-    _f("group", pa.string(), False),
-    _f("label", pa.string(), False),
-    _f("prediction", pa.string(), False),
-    _f("n", pa.int64(), False, unit="images"),
-])
+CONFUSION = pa.schema(
+    [
+        _f("attribute", pa.string(), False, doc="__overall__ for the whole audit"),
+        _f("group", pa.string(), False),
+        _f("label", pa.string(), False),
+        _f("prediction", pa.string(), False),
+        _f("n", pa.int64(), False, unit="images"),
+    ]
+)
 
 _IMAGES_FIXED = [
     _f("run_id", pa.string()),

@@ -28,11 +28,37 @@ from audit_tasks.regions import flag_images, region_metrics, row_regions
 from audit_tasks.saliency import GradCAM
 
 #: The images table's columns before the attributes, and after them (docs/ARCHITECTURE.md).
-HEAD_COLUMNS = ("run_id", "image_id", "image_uri", "image_path", "label", "prediction", "confidence", "correct",
-                "target_class", "width", "height")
-TAIL_COLUMNS = ("tags", "regions", "core_share", "spurious_share", "outside_share", "core_enrichment",
-                "spurious_enrichment", "spurious_detail", "peak_x", "peak_y", "pointing_hit", "has_regions",
-                "spurious_flag", "cam", "cam_height", "cam_width")
+HEAD_COLUMNS = (
+    "run_id",
+    "image_id",
+    "image_uri",
+    "image_path",
+    "label",
+    "prediction",
+    "confidence",
+    "correct",
+    "target_class",
+    "width",
+    "height",
+)
+TAIL_COLUMNS = (
+    "tags",
+    "regions",
+    "core_share",
+    "spurious_share",
+    "outside_share",
+    "core_enrichment",
+    "spurious_enrichment",
+    "spurious_detail",
+    "peak_x",
+    "peak_y",
+    "pointing_hit",
+    "has_regions",
+    "spurious_flag",
+    "cam",
+    "cam_height",
+    "cam_width",
+)
 REJECTED_COLUMNS = ("position", "image_id", "reason")
 UNKNOWN_LABEL = "label {label!r} is not one of the model's classes ({classes})"
 MISSING_LABEL = "row has no label, and saliency.target is 'label'"
@@ -65,11 +91,18 @@ def images_schema(attributes: Sequence[str], cam_cells: int) -> pa.Schema:
     return base.set(index, base.field(index).with_type(pa.list_(pa.float32(), cam_cells)))
 
 
-def score_images(model: nn.Module, rows: pd.DataFrame, *, model_config: ModelConfig,
-                 saliency_config: SaliencyConfig, attributes: Sequence[str], run_id: str,
-                 progress: Callable[[int, int], None] | None = None,
-                 check: SaliencyCheck | None = None,
-                 opener: Callable[[str], IO[bytes]] | None = None) -> ScoringResult:
+def score_images(
+    model: nn.Module,
+    rows: pd.DataFrame,
+    *,
+    model_config: ModelConfig,
+    saliency_config: SaliencyConfig,
+    attributes: Sequence[str],
+    run_id: str,
+    progress: Callable[[int, int], None] | None = None,
+    check: SaliencyCheck | None = None,
+    opener: Callable[[str], IO[bytes]] | None = None,
+) -> ScoringResult:
     """Predict, explain and measure every row; `check` sets the per-image flag's thresholds (defaults if None).
 
     `opener` opens each row's `image_path` (see `loader.iter_image_batches`).
@@ -83,15 +116,27 @@ def score_images(model: nn.Module, rows: pd.DataFrame, *, model_config: ModelCon
     rejected: list[tuple[int, Any, str]] = []
     prepared = _prepare_rows(rows, class_index, saliency_config.target, rejected)
     usable = sorted(prepared)
-    engine = GradCAM(model, model_config.target_layer, precision=saliency_config.precision,
-                     channels_last=True, fuse_batchnorm=True, compile=saliency_config.compile, device=device)
+    engine = GradCAM(
+        model,
+        model_config.target_layer,
+        precision=saliency_config.precision,
+        channels_last=True,
+        fuse_batchnorm=True,
+        compile=saliency_config.compile,
+        device=device,
+    )
     parts: list[pd.DataFrame] = []
     done = total - len(usable)
     if progress is not None and done:
         progress(done, total)
     batches = iter_image_batches(
-        rows.iloc[usable], input_size=model_config.input_size, mean=model_config.mean, std=model_config.std,
-        batch_size=saliency_config.batch_size, num_workers=saliency_config.num_workers, device=device,
+        rows.iloc[usable],
+        input_size=model_config.input_size,
+        mean=model_config.mean,
+        std=model_config.std,
+        batch_size=saliency_config.batch_size,
+        num_workers=saliency_config.num_workers,
+        device=device,
         opener=opener,
     )
     for batch in batches:
@@ -100,8 +145,20 @@ def score_images(model: nn.Module, rows: pd.DataFrame, *, model_config: ModelCon
             rejected.append((position, rows.at[position, "image_id"] if "image_id" in rows else None, reason))
         positions = [usable[local] for local in batch.positions]
         if positions:
-            parts.append(_score_batch(engine, batch.images, positions, rows, prepared, classes,
-                                      saliency_config.target, attributes, run_id, check))
+            parts.append(
+                _score_batch(
+                    engine,
+                    batch.images,
+                    positions,
+                    rows,
+                    prepared,
+                    classes,
+                    saliency_config.target,
+                    attributes,
+                    run_id,
+                    check,
+                )
+            )
         done += len(positions) + len(batch.failures)
         if progress is not None:
             progress(done, total)
@@ -117,13 +174,20 @@ class _Row:
     size: tuple[int, int]
 
 
-def _prepare_rows(rows: pd.DataFrame, class_index: dict[str, int], target: str,
-                  rejected: list[tuple[int, Any, str]]) -> dict[int, _Row]:
+def _prepare_rows(
+    rows: pd.DataFrame, class_index: dict[str, int], target: str, rejected: list[tuple[int, Any, str]]
+) -> dict[int, _Row]:
     """Check what the model and the metrics need from each row before any image is decoded."""
     prepared = {}
     n = len(rows)
-    columns = zip(range(n), _column(rows, "image_id", n), _column(rows, "label", n),
-                  _column(rows, "regions", n), _column(rows, "width", n), _column(rows, "height", n))
+    columns = zip(
+        range(n),
+        _column(rows, "image_id", n),
+        _column(rows, "label", n),
+        _column(rows, "regions", n),
+        _column(rows, "width", n),
+        _column(rows, "height", n),
+    )
     for position, image_id, raw_label, raw_regions, raw_width, raw_height in columns:
         label = _text(raw_label)
         if target == "label":
@@ -142,14 +206,22 @@ def _prepare_rows(rows: pd.DataFrame, class_index: dict[str, int], target: str,
         if regions and (width is None or height is None or width < 1 or height < 1):
             rejected.append((position, image_id, BAD_SIZE.format(width=raw_width, height=raw_height)))
             continue
-        prepared[position] = _Row(class_index[label] if target == "label" else None, regions,
-                                  (width or 1, height or 1))
+        prepared[position] = _Row(class_index[label] if target == "label" else None, regions, (width or 1, height or 1))
     return prepared
 
 
-def _score_batch(engine: GradCAM, images: torch.Tensor, positions: list[int], rows: pd.DataFrame,
-                 prepared: dict[int, _Row], classes: list[str], target: str, attributes: Sequence[str],
-                 run_id: str, check: SaliencyCheck) -> pd.DataFrame:
+def _score_batch(
+    engine: GradCAM,
+    images: torch.Tensor,
+    positions: list[int],
+    rows: pd.DataFrame,
+    prepared: dict[int, _Row],
+    classes: list[str],
+    target: str,
+    attributes: Sequence[str],
+    run_id: str,
+    check: SaliencyCheck,
+) -> pd.DataFrame:
     info = [prepared[p] for p in positions]
     targets = None if target == "prediction" else torch.tensor([r.target for r in info], dtype=torch.long)
     result = engine.attribute(images, targets)
@@ -158,25 +230,34 @@ def _score_batch(engine: GradCAM, images: torch.Tensor, positions: list[int], ro
     cams = result.cams
     n, h, w = cams.shape
     metrics = region_metrics(cams, [r.regions for r in info], [r.size for r in info])
-    packed = torch.cat([prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None],
-                        cams.flatten(1)], dim=1).cpu().numpy()  # one host transfer for the batch
+    packed = (
+        torch.cat(
+            [prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None], cams.flatten(1)], dim=1
+        )
+        .cpu()
+        .numpy()
+    )  # one host transfer for the batch
     pred_idx, target_idx = packed[:, 0].astype(np.int64), packed[:, 1].astype(np.int64)
     src = rows.iloc[positions]
     labels = [_text(v) for v in src["label"]] if "label" in src else [None] * n
-    frame = pd.DataFrame({
-        "run_id": run_id,
-        "image_id": _column(src, "image_id", n),
-        "image_uri": _column(src, "image_uri", n),
-        "image_path": [str(p) for p in src["image_path"]],
-        "label": labels,
-        "prediction": [classes[i] if i < len(classes) else str(i) for i in pred_idx],
-        "confidence": packed[:, 2].astype(np.float64),
-        "correct": [lab is not None and lab == (classes[i] if i < len(classes) else None)
-                    for lab, i in zip(labels, pred_idx)],
-        "target_class": [classes[i] if i < len(classes) else str(i) for i in target_idx],
-        "width": [r.size[0] if _int(v) is not None else None for r, v in zip(info, _column(src, "width", n))],
-        "height": [r.size[1] if _int(v) is not None else None for r, v in zip(info, _column(src, "height", n))],
-    })
+    frame = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "image_id": _column(src, "image_id", n),
+            "image_uri": _column(src, "image_uri", n),
+            "image_path": [str(p) for p in src["image_path"]],
+            "label": labels,
+            "prediction": [classes[i] if i < len(classes) else str(i) for i in pred_idx],
+            "confidence": packed[:, 2].astype(np.float64),
+            "correct": [
+                lab is not None and lab == (classes[i] if i < len(classes) else None)
+                for lab, i in zip(labels, pred_idx)
+            ],
+            "target_class": [classes[i] if i < len(classes) else str(i) for i in target_idx],
+            "width": [r.size[0] if _int(v) is not None else None for r, v in zip(info, _column(src, "width", n))],
+            "height": [r.size[1] if _int(v) is not None else None for r, v in zip(info, _column(src, "height", n))],
+        }
+    )
     for attribute in attributes:
         frame[attribute] = [_text(v) for v in _column(src, attribute, n)]
     frame["tags"] = [parse_tags(v) for v in _column(src, "tags", n)]

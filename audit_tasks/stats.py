@@ -172,8 +172,14 @@ def bootstrap_std_error(replicates: Any) -> np.ndarray:
         return np.nanstd(reps, axis=-1, ddof=1)
 
 
-def multinomial_bootstrap(cells: Any, n_resamples: int, statistic: Callable[[np.ndarray], np.ndarray],
-                          rng: np.random.Generator, *, chunk_cells: int = BOOTSTRAP_CHUNK_CELLS) -> np.ndarray:
+def multinomial_bootstrap(
+    cells: Any,
+    n_resamples: int,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    rng: np.random.Generator,
+    *,
+    chunk_cells: int = BOOTSTRAP_CHUNK_CELLS,
+) -> np.ndarray:
     """(rows, n_resamples) bootstrap replicates of `statistic`, one row per row of count `cells`.
 
     Resampling a group's n items with replacement and counting them into categories gives the same
@@ -191,7 +197,7 @@ def multinomial_bootstrap(cells: Any, n_resamples: int, statistic: Callable[[np.
     live = np.flatnonzero(n > 0)
     chunk = max(1, chunk_cells // max(1, b * cells.shape[1]))
     for start in range(0, live.size, chunk):  # chunks of rows (memory bound), never items
-        idx = live[start:start + chunk]
+        idx = live[start : start + chunk]
         pvals = cells[idx] / n[idx, None]
         draws = rng.multinomial(n[idx, None].astype(np.int64), pvals[:, None, :], size=(idx.size, b))
         out[idx] = statistic(draws)

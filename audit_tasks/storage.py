@@ -118,8 +118,9 @@ def _arrow_source(path: StoragePath) -> dict[str, Any]:
 def read_parquet(path: StoragePath, columns: Sequence[str] | None = None, **options: Any) -> pa.Table:
     """`pq.read_table` on a local or remote file (only `columns`, when given)."""
     source = _arrow_source(path)
-    return pq.read_table(source.pop("source"), columns=list(columns) if columns is not None else None,
-                         **source, **options)
+    return pq.read_table(
+        source.pop("source"), columns=list(columns) if columns is not None else None, **source, **options
+    )
 
 
 def parquet_schema(path: StoragePath) -> pa.Schema:
@@ -190,8 +191,10 @@ def _create_beside(target: Path) -> Path:
             continue
         os.close(fd)
         return candidate
-    raise FileExistsError(f"no free temporary name beside {target} after {tries} tries; "
-                          f"remove stale .{target.name}.*.tmp files from {target.parent}")
+    raise FileExistsError(
+        f"no free temporary name beside {target} after {tries} tries; "
+        f"remove stale .{target.name}.*.tmp files from {target.parent}"
+    )
 
 
 @contextmanager

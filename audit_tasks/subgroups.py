@@ -171,13 +171,20 @@ def check_subgroups(
     check_metric(check.metric)
     attributes = tuple(dict.fromkeys(check.attributes))
     for column, why in [(label_column, "labels"), (prediction_column, "predictions")] + [
-            (a, "attribute named in checks.subgroups.attributes") for a in attributes]:
+        (a, "attribute named in checks.subgroups.attributes") for a in attributes
+    ]:
         if column not in frame.columns:
-            raise ManifestError(MSG_MISSING_COLUMN.format(column=column, why=why,
-                                                          columns=", ".join(map(str, frame.columns))))
-    base = GroupMetricFrame(y_true=frame[label_column], y_pred=frame[prediction_column],
-                            sensitive_features=frame[list(attributes)], classes=classes,
-                            confidence=check.confidence, n_bootstrap=check.n_bootstrap)
+            raise ManifestError(
+                MSG_MISSING_COLUMN.format(column=column, why=why, columns=", ".join(map(str, frame.columns)))
+            )
+    base = GroupMetricFrame(
+        y_true=frame[label_column],
+        y_pred=frame[prediction_column],
+        sensitive_features=frame[list(attributes)],
+        classes=classes,
+        confidence=check.confidence,
+        n_bootstrap=check.n_bootstrap,
+    )
     if positive_class is not None and positive_class not in base.classes:
         raise ConfigError(MSG_BAD_POSITIVE.format(cls=positive_class, classes=", ".join(base.classes)))
 
@@ -198,12 +205,17 @@ def check_subgroups(
 
     groups = pd.concat(group_tables, ignore_index=True) if group_tables else _empty_groups()
     overall = _overall_table(base, positive_class)
-    return SubgroupResult(groups=groups[list(GROUPS_COLUMNS)], confusion=pd.concat(confusion, ignore_index=True),
-                          overall=overall, gates=gates)
+    return SubgroupResult(
+        groups=groups[list(GROUPS_COLUMNS)],
+        confusion=pd.concat(confusion, ignore_index=True),
+        overall=overall,
+        gates=gates,
+    )
 
 
-def _metric_variants(metric: str, frame: GroupMetricFrame,
-                     positive_class: str | None) -> list[tuple[str, str, str | None]]:
+def _metric_variants(
+    metric: str, frame: GroupMetricFrame, positive_class: str | None
+) -> list[tuple[str, str, str | None]]:
     """(name in tables, metric, positive class): one per class for per-class metrics of >2 classes."""
     if metric not in PER_CLASS_METRICS or not frame.classes:
         return [(metric, metric, None)]
@@ -212,8 +224,9 @@ def _metric_variants(metric: str, frame: GroupMetricFrame,
     return [(f"{metric}[{c}]", metric, c) for c in frame.classes]
 
 
-def _judge(gmf: GroupMetricFrame, attribute: str, label: str, metric: str, positive: str | None,
-           check: SubgroupCheck) -> tuple[pd.DataFrame, list[GateResult]]:
+def _judge(
+    gmf: GroupMetricFrame, attribute: str, label: str, metric: str, positive: str | None, check: SubgroupCheck
+) -> tuple[pd.DataFrame, list[GateResult]]:
     """Apply the gate rule to one attribute and metric."""
     table = gmf.by_group(metric, positive_class=positive)
     value = table["value"].to_numpy(float)
@@ -236,21 +249,42 @@ def _judge(gmf: GroupMetricFrame, attribute: str, label: str, metric: str, posit
             gap_low = (-diffs["diff_high"] if lower_better else diffs["diff_low"]).to_numpy(float)
     flagged = judgeable & (gap > check.max_gap) & (gap_low > check.max_gap)
     status = np.where(~judgeable, STATUS_TOO_SMALL, np.where(flagged, STATUS_GAP, STATUS_OK))
-    out = pd.DataFrame({
-        "attribute": pd.Series([attribute] * len(table), dtype=str),
-        "group": table["group"].astype(str),
-        "n": table["n"].astype(np.int64),
-        "metric": pd.Series([label] * len(table), dtype=str),
-        "value": value, "ci_low": table["ci_low"].to_numpy(float), "ci_high": table["ci_high"].to_numpy(float),
-        "gap": gap, "flagged": flagged.astype(bool), "status": pd.Series(status, dtype=str),
-    })
-    context = _Context(attribute=attribute, label=label, metric=metric, positive=positive, check=check,
-                       best=best, m=m, adjusted=adjusted, table=table)
+    out = pd.DataFrame(
+        {
+            "attribute": pd.Series([attribute] * len(table), dtype=str),
+            "group": table["group"].astype(str),
+            "n": table["n"].astype(np.int64),
+            "metric": pd.Series([label] * len(table), dtype=str),
+            "value": value,
+            "ci_low": table["ci_low"].to_numpy(float),
+            "ci_high": table["ci_high"].to_numpy(float),
+            "gap": gap,
+            "flagged": flagged.astype(bool),
+            "status": pd.Series(status, dtype=str),
+        }
+    )
+    context = _Context(
+        attribute=attribute,
+        label=label,
+        metric=metric,
+        positive=positive,
+        check=check,
+        best=best,
+        m=m,
+        adjusted=adjusted,
+        table=table,
+    )
     gates = [
-        GateResult(check=CHECK_NAME, subject=f"{attribute}={row.group}", metric=label,
-                   value=None if math.isnan(gap[i]) else float(gap[i]), threshold=float(check.max_gap),
-                   passed=not bool(flagged[i]), detail=_detail(context, i, bool(judgeable[i]), gap[i], gap_low[i]),
-                   judged=bool(judgeable[i]) and m >= 2)  # a gap needs a second judgeable group
+        GateResult(
+            check=CHECK_NAME,
+            subject=f"{attribute}={row.group}",
+            metric=label,
+            value=None if math.isnan(gap[i]) else float(gap[i]),
+            threshold=float(check.max_gap),
+            passed=not bool(flagged[i]),
+            detail=_detail(context, i, bool(judgeable[i]), gap[i], gap_low[i]),
+            judged=bool(judgeable[i]) and m >= 2,
+        )  # a gap needs a second judgeable group
         for i, row in enumerate(table.itertuples(index=False))
     ]
     return out, gates
@@ -281,12 +315,15 @@ def _detail(ctx: _Context, i: int, judgeable: bool, gap: float, gap_low: float) 
     best = ctx.table.iloc[ctx.best]
     versus = f"{head} vs {_fmt(best['value'])} for {ctx.attribute}={best['group']}"
     conf = f"{_fmt(100 * ctx.check.confidence)}% confidence" + (
-        f" adjusted for {ctx.m} groups" if ctx.check.multiple_comparisons == "bonferroni" else "")
+        f" adjusted for {ctx.m} groups" if ctx.check.multiple_comparisons == "bonferroni" else ""
+    )
     if gap > ctx.check.max_gap and gap_low > ctx.check.max_gap:
         return f"{versus} (gap {_fmt(gap)} > {_fmt(ctx.check.max_gap)}, at least {_fmt(gap_low)} at {conf}, n={n})"
     if gap > ctx.check.max_gap:
-        return (f"{versus} (gap {_fmt(gap)} > {_fmt(ctx.check.max_gap)} but not established: at least "
-                f"{_fmt(gap_low)} at {conf}, n={n})")
+        return (
+            f"{versus} (gap {_fmt(gap)} > {_fmt(ctx.check.max_gap)} but not established: at least "
+            f"{_fmt(gap_low)} at {conf}, n={n})"
+        )
     return f"{versus} (gap {_fmt(gap)} <= {_fmt(ctx.check.max_gap)}, n={n})"
 
 
@@ -297,8 +334,11 @@ def _support_phrase(ctx: _Context, row: pd.Series) -> str:
             return f"{ctx.label} is undefined, n={n}"
         return f"n={n} < {minimum}"
     what = {"recall": "labelled", "tpr": "labelled", "precision": "predicted", "fpr": "not labelled"}[ctx.metric]
-    return f"{support} images {what} {ctx.positive!r} < {minimum}, n={n}" if support else \
-        f"no images {what} {ctx.positive!r}, n={n}"
+    return (
+        f"{support} images {what} {ctx.positive!r} < {minimum}, n={n}"
+        if support
+        else f"no images {what} {ctx.positive!r}, n={n}"
+    )
 
 
 def _fmt(x: float) -> str:
@@ -320,8 +360,16 @@ def _overall_table(base: GroupMetricFrame, positive_class: str | None) -> pd.Dat
     for metric in METRIC_NAMES:
         for label, name, positive in _metric_variants(metric, base, positive_class):
             est = base.overall(name, positive_class=positive)
-            rows.append({"metric": label, "n": est.n, "support": est.support, "value": est.value,
-                         "ci_low": est.ci_low, "ci_high": est.ci_high})
+            rows.append(
+                {
+                    "metric": label,
+                    "n": est.n,
+                    "support": est.support,
+                    "value": est.value,
+                    "ci_low": est.ci_low,
+                    "ci_high": est.ci_high,
+                }
+            )
     out = pd.DataFrame(rows, columns=list(OVERALL_COLUMNS))
     out["metric"] = out["metric"].astype(str)
     for column in ("n", "support"):
@@ -330,9 +378,17 @@ def _overall_table(base: GroupMetricFrame, positive_class: str | None) -> pd.Dat
 
 
 def _empty_groups() -> pd.DataFrame:
-    return pd.DataFrame({
-        "attribute": pd.Series([], dtype=str), "group": pd.Series([], dtype=str), "n": pd.Series([], dtype=np.int64),
-        "metric": pd.Series([], dtype=str), "value": pd.Series([], dtype=float), "ci_low": pd.Series([], dtype=float),
-        "ci_high": pd.Series([], dtype=float), "gap": pd.Series([], dtype=float), "flagged": pd.Series([], dtype=bool),
-        "status": pd.Series([], dtype=str),
-    })
+    return pd.DataFrame(
+        {
+            "attribute": pd.Series([], dtype=str),
+            "group": pd.Series([], dtype=str),
+            "n": pd.Series([], dtype=np.int64),
+            "metric": pd.Series([], dtype=str),
+            "value": pd.Series([], dtype=float),
+            "ci_low": pd.Series([], dtype=float),
+            "ci_high": pd.Series([], dtype=float),
+            "gap": pd.Series([], dtype=float),
+            "flagged": pd.Series([], dtype=bool),
+            "status": pd.Series([], dtype=str),
+        }
+    )

@@ -22,8 +22,9 @@ SCHEMA_VERSION = "1"
 _METADATA_KEY = b"audit_tasks"
 
 
-def write_table(table: pa.Table | pd.DataFrame, target: StoragePath, *, name: str | None = None,
-                schema: pa.Schema | None = None) -> StoragePath:
+def write_table(
+    table: pa.Table | pd.DataFrame, target: StoragePath, *, name: str | None = None, schema: pa.Schema | None = None
+) -> StoragePath:
     """Write a table to Parquet atomically, with the schema version and table name in its metadata."""
     if isinstance(table, pd.DataFrame):
         if schema is not None:

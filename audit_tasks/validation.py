@@ -96,7 +96,8 @@ def _helper_frame(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFram
         heights = frame["height"].tolist() if "height" in frame.columns else [None] * len(frame)
         data["_regions_error"] = pd.Series(
             [_regions_error(raw, w, h) for raw, w, h in zip(frame["regions"].tolist(), widths, heights)],
-            index=data.index, dtype=object,
+            index=data.index,
+            dtype=object,
         )
     return data
 
@@ -124,25 +125,43 @@ def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: S
     rules: list[_Rule] = []
     for column in ("image_uri", "label"):
         if column not in frame.columns:
-            rules.append(_Rule(gxe.ExpectColumnToExist(column=column),
-                               lambda _v, c=column: f"required column '{c}' is missing", table_level=True))
+            rules.append(
+                _Rule(
+                    gxe.ExpectColumnToExist(column=column),
+                    lambda _v, c=column: f"required column '{c}' is missing",
+                    table_level=True,
+                )
+            )
         else:
-            rules.append(_Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_{column}"),
-                               lambda _v, c=column: f"{c} is empty"))
+            rules.append(
+                _Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_{column}"), lambda _v, c=column: f"{c} is empty")
+            )
     if classes is not None and "label" in frame.columns:
         shown = ", ".join(classes)
-        rules.append(_Rule(gxe.ExpectColumnValuesToBeInSet(column="_label", value_set=list(classes)),
-                           lambda v: f"label {v!r} is not one of the model classes [{shown}]"))
+        rules.append(
+            _Rule(
+                gxe.ExpectColumnValuesToBeInSet(column="_label", value_set=list(classes)),
+                lambda v: f"label {v!r} is not one of the model classes [{shown}]",
+            )
+        )
     if "regions" in frame.columns:
-        rules.append(_Rule(gxe.ExpectColumnValuesToBeNull(column="_regions_error"),
-                           lambda v: str(v)))
+        rules.append(_Rule(gxe.ExpectColumnValuesToBeNull(column="_regions_error"), lambda v: str(v)))
     for i, attribute in enumerate(attributes):
         if attribute not in frame.columns:
-            rules.append(_Rule(gxe.ExpectColumnToExist(column=attribute),
-                               lambda _v, a=attribute: f"attribute column '{a}' is missing", table_level=True))
+            rules.append(
+                _Rule(
+                    gxe.ExpectColumnToExist(column=attribute),
+                    lambda _v, a=attribute: f"attribute column '{a}' is missing",
+                    table_level=True,
+                )
+            )
         else:
-            rules.append(_Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_attr_{i}"),
-                               lambda _v, a=attribute: f"attribute '{a}' is empty"))
+            rules.append(
+                _Rule(
+                    gxe.ExpectColumnValuesToNotBeNull(column=f"_attr_{i}"),
+                    lambda _v, a=attribute: f"attribute '{a}' is empty",
+                )
+            )
     return rules
 
 
@@ -174,8 +193,16 @@ def _context() -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _run(context: Any, name: str, data: pd.DataFrame, rules: list[_Rule], reasons: list[list[str]], *,
-         first_wins: bool = False, frame: pd.DataFrame | None = None) -> None:
+def _run(
+    context: Any,
+    name: str,
+    data: pd.DataFrame,
+    rules: list[_Rule],
+    reasons: list[list[str]],
+    *,
+    first_wins: bool = False,
+    frame: pd.DataFrame | None = None,
+) -> None:
     """Run `rules` as one suite over `data` and append each failing row's reason to `reasons`."""
     import great_expectations as gx
 

@@ -50,7 +50,7 @@ def generate(path: Path, rows: int, n_tags: int, seed: int = 0) -> None:
     specials = [t for pair in PLANTED for t in pair[:2]] + [PLANTED_ATTR[0]]
     names[: len(specials)] = specials
     weights = 1.0 / np.arange(1, n_tags + 1) ** 0.8
-    rng.shuffle(weights[len(specials):])
+    rng.shuffle(weights[len(specials) :])
     weights[: len(specials)] = weights.mean()
     weights /= weights.sum()
 
@@ -80,13 +80,15 @@ def generate(path: Path, rows: int, n_tags: int, seed: int = 0) -> None:
     gender[rng.random(rows) < 0.05] = None
     skin = rng.choice(np.array(["light", "medium", "dark"], dtype=object), size=rows, p=[0.6, 0.3, 0.1])
     labels = rng.choice(np.array([f"class{k}" for k in range(10)], dtype=object), size=rows)
-    table = pa.table({
-        "image_uri": pa.array([f"img/{i:07d}.jpg" for i in range(rows)]),
-        "label": pa.array(labels, type=pa.string()),
-        "tags": tags,
-        "gender": pa.array(gender, type=pa.string()),
-        "skin_tone": pa.array(skin, type=pa.string()),
-    })
+    table = pa.table(
+        {
+            "image_uri": pa.array([f"img/{i:07d}.jpg" for i in range(rows)]),
+            "label": pa.array(labels, type=pa.string()),
+            "tags": tags,
+            "gender": pa.array(gender, type=pa.string()),
+            "skin_tone": pa.array(skin, type=pa.string()),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp)
@@ -177,8 +179,9 @@ def _time_cli(manifest: Path, out_dir: Path) -> dict:
     """Wall time, exit code and peak RSS of `python -m audit_tasks check-cooccurrence` (its own process)."""
     cfg = out_dir / "bench_config.yaml"
     cfg.write_text("checks:\n  cooccurrence: {attributes: [gender, skin_tone]}\n", encoding="utf-8")
-    result, _ = _run(_CLI, "check-cooccurrence", "--manifest", str(manifest), "--config", str(cfg),
-                     "--out", str(out_dir / "cli_out"))
+    result, _ = _run(
+        _CLI, "check-cooccurrence", "--manifest", str(manifest), "--config", str(cfg), "--out", str(out_dir / "cli_out")
+    )
     return result
 
 
@@ -190,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--tags", type=int, default=400)
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "audit_tasks_bench")
-    parser.add_argument("--baseline-rows", type=int, default=None,
-                        help="rows for the baseline (default: all, or a sample if all would exceed ~3 minutes)")
+    parser.add_argument(
+        "--baseline-rows",
+        type=int,
+        default=None,
+        help="rows for the baseline (default: all, or a sample if all would exceed ~3 minutes)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs of each side; the best counts")
     args = parser.parse_args(argv)
 
@@ -201,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         generate(manifest, args.rows, args.tags)
     print(f"manifest: {manifest} ({manifest.stat().st_size / 1e6:.1f} MB, {args.rows:,} rows, {args.tags} tags)")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}, "
-          f"load average {load:.1f} at start")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}, "
+        f"load average {load:.1f} at start"
+    )
 
     # The baseline's rows: probe on 100k rows, extrapolate, sample when the full run would be too slow.
     probe_rows = min(100_000, args.rows)
@@ -237,32 +246,44 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.rows / baseline_rows
     base_wall = min(r["baseline_s"] for r in baselines) * scale
     base_cpu = min(r["cpu_s"] for r in baselines) * scale
-    note = "" if baseline_rows == args.rows else (
-        f" (measured on the first {baseline_rows:,} rows, extrapolated linearly to {args.rows:,})"
+    note = (
+        ""
+        if baseline_rows == args.rows
+        else (f" (measured on the first {baseline_rows:,} rows, extrapolated linearly to {args.rows:,})")
     )
     print(f"best of {len(checks)} fresh processes each:")
-    print(f"(a) read Parquet as the audit's co-occurrence stage reads the catalog (tags, label and attributes "
-          f"dictionary-encoded) + check_cooccurrence: {fast['read_check_s']:.2f} s wall (read {fast['read_s']:.2f} s, "
-          f"check {fast['check_s']:.2f} s), {fast['cpu_s']:.2f} s CPU; imports {fast['import_s']:.2f} s; "
-          f"peak RSS {max(r['maxrss_mb'] for r in dict_checks):.0f} MB")
+    print(
+        f"(a) read Parquet as the audit's co-occurrence stage reads the catalog (tags, label and attributes "
+        f"dictionary-encoded) + check_cooccurrence: {fast['read_check_s']:.2f} s wall (read {fast['read_s']:.2f} s, "
+        f"check {fast['check_s']:.2f} s), {fast['cpu_s']:.2f} s CPU; imports {fast['import_s']:.2f} s; "
+        f"peak RSS {max(r['maxrss_mb'] for r in dict_checks):.0f} MB"
+    )
     print(f"    all runs (wall s): {walls(dict_checks, 'read_check_s')}")
     print(f"    {fast['pairs']:,} co-occurring pairs; flagged: {', '.join(fast['flagged']) or 'none'}")
-    print(f"(a') the same, reading every string as a plain string: {check['read_check_s']:.2f} s wall "
-          f"(read {check['read_s']:.2f} s, check {check['check_s']:.2f} s), {check['cpu_s']:.2f} s CPU; "
-          f"peak RSS {max(r['maxrss_mb'] for r in checks):.0f} MB")
+    print(
+        f"(a') the same, reading every string as a plain string: {check['read_check_s']:.2f} s wall "
+        f"(read {check['read_s']:.2f} s, check {check['check_s']:.2f} s), {check['cpu_s']:.2f} s CPU; "
+        f"peak RSS {max(r['maxrss_mb'] for r in checks):.0f} MB"
+    )
     print(f"    all runs (wall s): {walls(checks, 'read_check_s')}")
-    print(f"(b) pandas explode/self-merge/groupby baseline, n_ab only, Parquet read excluded: {base_wall:.2f} s wall, "
-          f"{base_cpu:.2f} s CPU{note}; peak RSS {max(r['maxrss_mb'] for r in baselines):.0f} MB "
-          f"on {baseline_rows:,} rows")
+    print(
+        f"(b) pandas explode/self-merge/groupby baseline, n_ab only, Parquet read excluded: {base_wall:.2f} s wall, "
+        f"{base_cpu:.2f} s CPU{note}; peak RSS {max(r['maxrss_mb'] for r in baselines):.0f} MB "
+        f"on {baseline_rows:,} rows"
+    )
     print(f"    all runs (wall s): {walls(baselines, 'baseline_s', scale)}")
-    print(f"speed-up (b) / (a): {base_wall / fast['read_check_s']:.1f}x wall, {base_cpu / fast['cpu_s']:.1f}x CPU; "
-          f"(b) / (a'): {base_wall / check['read_check_s']:.1f}x wall, {base_cpu / check['cpu_s']:.1f}x CPU")
+    print(
+        f"speed-up (b) / (a): {base_wall / fast['read_check_s']:.1f}x wall, {base_cpu / fast['cpu_s']:.1f}x CPU; "
+        f"(b) / (a'): {base_wall / check['read_check_s']:.1f}x wall, {base_cpu / check['cpu_s']:.1f}x CPU"
+    )
     if _cli_available():
         cli = _time_cli(manifest, work)
         if cli["code"] not in (0, 1):
             print(f"    CLI failed (exit {cli['code']}): {cli['stderr']}")
-        print(f"(c) python -m audit_tasks check-cooccurrence: {cli['wall_s']:.2f} s wall (interpreter start, imports, "
-              f"config and writing the tables included), exit {cli['code']}, peak RSS {cli['maxrss_mb']:.0f} MB")
+        print(
+            f"(c) python -m audit_tasks check-cooccurrence: {cli['wall_s']:.2f} s wall (interpreter start, imports, "
+            f"config and writing the tables included), exit {cli['code']}, peak RSS {cli['maxrss_mb']:.0f} MB"
+        )
     else:
         print("(c) audit_tasks/cli.py has no check-cooccurrence command yet: not timed")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

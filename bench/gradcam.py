@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("device: no CUDA device available -- GPU benchmark skipped (run with --device cpu for the CPU one)")
         return 0
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     gpu = device.type == "cuda"
     arch = args.arch or ("resnet50" if gpu else "resnet18")
     batch = args.batch or (128 if gpu else 32)
@@ -77,10 +79,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=sorted(DTYPES), default=None, help="default fp32 on CPU, bf16 on GPU")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="model and input in channels_last for every method (default on)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the engine with torch.compile (compiles once, before timing)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model and input in channels_last for every method (default on)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the engine with torch.compile (compiles once, before timing)",
+    )
     p.add_argument("--skip", default="", help="comma-separated methods to skip")
     p.add_argument("--e2e-images", type=int, default=None, help="JPEGs for the end-to-end run (GPU default 4096)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -88,9 +98,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _header(device: torch.device, arch: str, batch: int, precision: str, args: argparse.Namespace) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return (f"device: {name}\nmodel: {arch} (random weights), layer {args.layer}, input {args.size}x{args.size}, "
-            f"batch {batch}, precision {precision}, channels_last {args.channels_last}, torch {torch.__version__}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    return (
+        f"device: {name}\nmodel: {arch} (random weights), layer {args.layer}, input {args.size}x{args.size}, "
+        f"batch {batch}, precision {precision}, channels_last {args.channels_last}, torch {torch.__version__}"
+    )
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -138,7 +154,10 @@ def _methods(model, layer, x, targets, precision, args) -> dict[str, Callable[[]
         pgc_precision = precision if precision == "fp32" else "fp32"  # it converts activations to NumPy
 
         def run_pgc():
-            with PgcGradCAM(model=model, target_layers=[model.get_submodule(layer)]) as cam, _autocast(device, pgc_precision):
+            with (
+                PgcGradCAM(model=model, target_layers=[model.get_submodule(layer)]) as cam,
+                _autocast(device, pgc_precision),
+            ):
                 out = cam(input_tensor=x, targets=pgc_targets)
             model.zero_grad(set_to_none=True)
             return torch.from_numpy(out)
@@ -183,8 +202,14 @@ def _time(methods, device, rounds: int, warmup: int, batch: int) -> dict[str, di
             sync()
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
-    return {name: {"ips": batch / statistics.median(wall[name]), "ips_cpu": batch / statistics.median(cpu[name]),
-                   "peak_mb": memory[name]} for name in methods}
+    return {
+        name: {
+            "ips": batch / statistics.median(wall[name]),
+            "ips_cpu": batch / statistics.median(cpu[name]),
+            "peak_mb": memory[name],
+        }
+        for name in methods
+    }
 
 
 def _peak_memory(fn, device, sync) -> float:
@@ -227,8 +252,21 @@ def _heap_in_use() -> Callable[[], int] | None:
     import ctypes.util
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -250,12 +288,16 @@ def _report(results: dict[str, dict[str, float]], batch: int, device: torch.devi
     head = f"{'method':<58}" + "".join(f"{label:>11}{'x floor':>9}{'engine x':>10}" for _, label in keys)
     print("\n" + head + f"{'peak MiB':>10}")
     for name, r in results.items():
-        cells = "".join(f"{r[k]:>11.1f}{r[k] / results[floor_name][k]:>9.2f}{results[engine_name][k] / r[k]:>10.2f}"
-                        for k, _ in keys)
+        cells = "".join(
+            f"{r[k]:>11.1f}{r[k] / results[floor_name][k]:>9.2f}{results[engine_name][k] / r[k]:>10.2f}"
+            for k, _ in keys
+        )
         print(f"{name:<58}{cells}{r['peak_mb']:>10.0f}")
-    print("(x floor = throughput / plain inference's; engine x = the engine's throughput / the method's;\n"
-          " img/CPU-s = images per second of this process's CPU time; peak MiB = memory in use at the call's\n"
-          " peak above its start: CUDA allocator, or on CPU glibc's in-use heap)")
+    print(
+        "(x floor = throughput / plain inference's; engine x = the engine's throughput / the method's;\n"
+        " img/CPU-s = images per second of this process's CPU time; peak MiB = memory in use at the call's\n"
+        " peak above its start: CUDA allocator, or on CPU glibc's in-use heap)"
+    )
 
 
 def _end_to_end(device, arch, precision, batch, n_images, size, workers) -> None:
@@ -277,24 +319,39 @@ def _end_to_end(device, arch, precision, batch, n_images, size, workers) -> None
             path = Path(tmp) / f"{i}.jpg"
             Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
             records.append((str(path), w, h))
-        rows = pd.DataFrame([
-            {"image_id": f"img{i}", "image_uri": f"{i}.jpg", "image_path": records[i % len(records)][0],
-             "label": classes[i % len(classes)], "width": 500, "height": 375, "tags": "a|b",
-             "regions": '[{"kind":"core","name":"o","box":[50,50,300,300]},'
-                        '{"kind":"spurious","name":"p","box":[400,300,480,360]}]'}
-            for i in range(n_images)])
-        config = ModelConfig(arch=arch, checkpoint=Path("unused"), classes=classes, target_layer="layer4", input_size=size)
+        rows = pd.DataFrame(
+            [
+                {
+                    "image_id": f"img{i}",
+                    "image_uri": f"{i}.jpg",
+                    "image_path": records[i % len(records)][0],
+                    "label": classes[i % len(classes)],
+                    "width": 500,
+                    "height": 375,
+                    "tags": "a|b",
+                    "regions": '[{"kind":"core","name":"o","box":[50,50,300,300]},'
+                    '{"kind":"spurious","name":"p","box":[400,300,480,360]}]',
+                }
+                for i in range(n_images)
+            ]
+        )
+        config = ModelConfig(
+            arch=arch, checkpoint=Path("unused"), classes=classes, target_layer="layer4", input_size=size
+        )
         saliency = SaliencyConfig(batch_size=batch, device=str(device), precision=precision, num_workers=workers)
-        score_images(model, rows.iloc[: batch * 2], model_config=config, saliency_config=saliency, attributes=[],
-                     run_id="warmup")
+        score_images(
+            model, rows.iloc[: batch * 2], model_config=config, saliency_config=saliency, attributes=[], run_id="warmup"
+        )
         start = time.perf_counter()
         result = score_images(model, rows, model_config=config, saliency_config=saliency, attributes=[], run_id="bench")
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    print(f"\nend to end (JPEG 500x375 on disk -> decode, preprocess, CAM, region metrics, images table), "
-          f"{n_images} images, {workers} decode workers: {len(result.images) / seconds:.1f} images/s "
-          f"({len(result.rejected)} rejected)")
+    print(
+        f"\nend to end (JPEG 500x375 on disk -> decode, preprocess, CAM, region metrics, images table), "
+        f"{n_images} images, {workers} decode workers: {len(result.images) / seconds:.1f} images/s "
+        f"({len(result.rejected)} rejected)"
+    )
 
 
 if __name__ == "__main__":

@@ -55,17 +55,23 @@ def build_world(root: Path, images: int, input_size: int, batch_size: int, devic
         pixels = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
         lo, hi = size // 4, 3 * size // 4
         pixels[lo:hi, lo:hi, i % 3] = 220
-        pixels[2:size // 8, size - size // 5:size - 2] = 255
+        pixels[2 : size // 8, size - size // 5 : size - 2] = 255
         uri = f"img_{i:05d}.png"
         Image.fromarray(pixels).save(root / "images" / uri)
-        rows.append({
-            "image_uri": uri,
-            "label": CLASSES[i % 2],
-            "tags": "person|coat" + ("|stethoscope" if i % 2 == 0 else ""),
-            "regions": json.dumps([{"kind": "core", "name": "object", "box": [lo, lo, hi, hi]},
-                                   {"kind": "spurious", "name": "patch", "box": [size - size // 5, 2, size - 2, size // 8]}]),
-            "gender": "female" if i % 3 else "male",
-        })
+        rows.append(
+            {
+                "image_uri": uri,
+                "label": CLASSES[i % 2],
+                "tags": "person|coat" + ("|stethoscope" if i % 2 == 0 else ""),
+                "regions": json.dumps(
+                    [
+                        {"kind": "core", "name": "object", "box": [lo, lo, hi, hi]},
+                        {"kind": "spurious", "name": "patch", "box": [size - size // 5, 2, size - 2, size // 8]},
+                    ]
+                ),
+                "gender": "female" if i % 3 else "male",
+            }
+        )
     with open(root / "landing" / "batch.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -74,8 +80,13 @@ def build_world(root: Path, images: int, input_size: int, batch_size: int, devic
     torch.save(torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).state_dict(), root / "model.pt")
     config = {
         "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
-        "model": {"arch": "resnet18", "checkpoint": "model.pt", "classes": list(CLASSES), "target_layer": "layer4",
-                  "input_size": input_size},
+        "model": {
+            "arch": "resnet18",
+            "checkpoint": "model.pt",
+            "classes": list(CLASSES),
+            "target_layer": "layer4",
+            "input_size": input_size,
+        },
         "saliency": {"batch_size": batch_size, "device": device, "num_workers": 0},
         "checks": {"saliency": {"max_flagged_fraction": 1.0, "min_images": 1}},
         "output": {"dir": "reports"},

@@ -77,7 +77,7 @@ def time_check(frame: pd.DataFrame, metric: str, repeats: int) -> tuple[float, o
 
 def groupings() -> list[list[str]]:
     names = list(ATTRIBUTES)
-    return [[a] for a in names] + [[a, b] for i, a in enumerate(names) for b in names[i + 1:]] + [names]
+    return [[a] for a in names] + [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]] + [names]
 
 
 def time_fairlearn(frame: pd.DataFrame) -> tuple[float, dict[str, pd.DataFrame], float]:
@@ -89,8 +89,12 @@ def time_fairlearn(frame: pd.DataFrame) -> tuple[float, dict[str, pd.DataFrame],
     features = frame[list(ATTRIBUTES)].fillna("unknown")
     out = {}
     for combo in groupings():
-        mf = MetricFrame(metrics={"accuracy": accuracy_score, "n": count}, y_true=frame["label"],
-                         y_pred=frame["prediction"], sensitive_features=features[combo])
+        mf = MetricFrame(
+            metrics={"accuracy": accuracy_score, "n": count},
+            y_true=frame["label"],
+            y_pred=frame["prediction"],
+            sensitive_features=features[combo],
+        )
         out["&".join(combo)] = mf.by_group
     return time.perf_counter() - start, out, time.process_time() - start_cpu
 
@@ -103,8 +107,10 @@ def compare(result, fairlearn_tables: dict[str, pd.DataFrame]) -> None:
         index = table.index.to_flat_index() if isinstance(table.index, pd.MultiIndex) else table.index
         names = ["&".join(k) if isinstance(k, tuple) else str(k) for k in index]
         ours = groups[groups["attribute"] == attribute].set_index("group").loc[names]
-        if not (np.array_equal(ours["n"].to_numpy(), table["n"].to_numpy().astype(int))
-                and np.allclose(ours["value"].to_numpy(), table["accuracy"].to_numpy(), atol=1e-12)):
+        if not (
+            np.array_equal(ours["n"].to_numpy(), table["n"].to_numpy().astype(int))
+            and np.allclose(ours["value"].to_numpy(), table["accuracy"].to_numpy(), atol=1e-12)
+        ):
             raise SystemExit(f"MISMATCH with fairlearn on {attribute}")
 
 
@@ -117,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cores available={cores} "
-          f"python {platform.python_version()} numpy {np.__version__} pandas {pd.__version__}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} cores available={cores} "
+        f"python {platform.python_version()} numpy {np.__version__} pandas {pd.__version__}"
+    )
     start = time.perf_counter()
     frame = generate(args.rows)
     print(f"generated {args.rows:,} rows in {time.perf_counter() - start:.1f} s (not timed below)")
@@ -127,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1 min) before timing: {load:.1f}")
     seconds, result, cpu = time_check(frame, "accuracy", args.repeats)
     groups = result.groups
-    print(f"check_subgroups accuracy, 7 groupings, {len(groups)} groups: {seconds:.2f} s wall, {cpu:.2f} s CPU "
-          f"(median of {args.repeats}), {args.rows / seconds:,.0f} rows/s; "
-          f"flagged: {', '.join(groups.loc[groups['flagged'], 'attribute'] + '=' + groups.loc[groups['flagged'], 'group'])}")
+    print(
+        f"check_subgroups accuracy, 7 groupings, {len(groups)} groups: {seconds:.2f} s wall, {cpu:.2f} s CPU "
+        f"(median of {args.repeats}), {args.rows / seconds:,.0f} rows/s; "
+        f"flagged: {', '.join(groups.loc[groups['flagged'], 'attribute'] + '=' + groups.loc[groups['flagged'], 'group'])}"
+    )
     seconds_macro, _, cpu_macro = time_check(frame, "macro_recall", args.repeats)
-    print(f"check_subgroups macro_recall (bootstrap 2000 per group): {seconds_macro:.2f} s wall, {cpu_macro:.2f} s CPU, "
-          f"{args.rows / seconds_macro:,.0f} rows/s")
+    print(
+        f"check_subgroups macro_recall (bootstrap 2000 per group): {seconds_macro:.2f} s wall, {cpu_macro:.2f} s CPU, "
+        f"{args.rows / seconds_macro:,.0f} rows/s"
+    )
 
     if args.skip_fairlearn:
         return 0
@@ -141,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     ours_sample, ours_result, ours_cpu = time_check(sample, "accuracy", args.repeats)
     fl_seconds, fl_tables, fl_cpu = time_fairlearn(sample)
     compare(ours_result, fl_tables)
-    print(f"on a {sample_rows:,}-row sample: check_subgroups {ours_sample:.2f} s wall / {ours_cpu:.2f} s CPU, "
-          f"fairlearn MetricFrame {fl_seconds:.2f} s wall / {fl_cpu:.2f} s CPU (same 7 groupings, accuracy + count; "
-          f"values and sizes agree): ratio {fl_seconds / ours_sample:.0f}x wall, {fl_cpu / ours_cpu:.0f}x CPU")
+    print(
+        f"on a {sample_rows:,}-row sample: check_subgroups {ours_sample:.2f} s wall / {ours_cpu:.2f} s CPU, "
+        f"fairlearn MetricFrame {fl_seconds:.2f} s wall / {fl_cpu:.2f} s CPU (same 7 groupings, accuracy + count; "
+        f"values and sizes agree): ratio {fl_seconds / ours_sample:.0f}x wall, {fl_cpu / ours_cpu:.0f}x CPU"
+    )
     if sample_rows < args.rows:
         extrapolated = fl_seconds * args.rows / sample_rows
-        print(f"fairlearn extrapolated linearly to {args.rows:,} rows: ~{extrapolated:.0f} s "
-              f"(EXTRAPOLATED, not measured) vs check_subgroups {seconds:.2f} s measured: "
-              f"ratio ~{extrapolated / seconds:.0f}x")
+        print(
+            f"fairlearn extrapolated linearly to {args.rows:,} rows: ~{extrapolated:.0f} s "
+            f"(EXTRAPOLATED, not measured) vs check_subgroups {seconds:.2f} s measured: "
+            f"ratio ~{extrapolated / seconds:.0f}x"
+        )
     return 0
 
 

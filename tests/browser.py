@@ -71,8 +71,10 @@ def chromium_or_skip() -> str:
     found = _find()
     if found:
         return found
-    pytest.skip(f"headless chromium is not installed and could not be installed ({outcome}); "
-                f"install Debian's chromium (apt-get install -y chromium) to run browser tests")
+    pytest.skip(
+        f"headless chromium is not installed and could not be installed ({outcome}); "
+        f"install Debian's chromium (apt-get install -y chromium) to run browser tests"
+    )
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,15 @@ def run_chromium(chromium: str, page: Path, tmp: Path, *extra: str, timeout: flo
     profile = tmp / "chromium-profile"
     profile.mkdir(parents=True, exist_ok=True)
     cmd = [chromium, *_FLAGS, f"--user-data-dir={profile}", *extra, Path(page).resolve().as_uri()]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "HOME": str(tmp)})
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, "HOME": str(tmp)}
+    )
     return BrowserRun(done.returncode, done.stdout, done.stderr)
 
 
-def screenshot(chromium: str, page: Path, out_png: Path, tmp: Path, *,
-               size: tuple[int, int] = (1280, 2000)) -> BrowserRun:
+def screenshot(
+    chromium: str, page: Path, out_png: Path, tmp: Path, *, size: tuple[int, int] = (1280, 2000)
+) -> BrowserRun:
     return run_chromium(chromium, page, tmp, f"--screenshot={out_png}", f"--window-size={size[0]},{size[1]}")
 
 

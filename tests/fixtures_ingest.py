@@ -20,9 +20,14 @@ from PIL import Image
 from audit_tasks.config import AuditConfig, parse_config
 
 
-def make_config(base: Path, *, classes: Sequence[str] | None = ("doctor", "nurse"),
-                attributes: Sequence[str] = (), ingest_threshold: float | None = None,
-                **dataset: Any) -> AuditConfig:
+def make_config(
+    base: Path,
+    *,
+    classes: Sequence[str] | None = ("doctor", "nurse"),
+    attributes: Sequence[str] = (),
+    ingest_threshold: float | None = None,
+    **dataset: Any,
+) -> AuditConfig:
     """A minimal AuditConfig under `base`: landing/, images/, catalog/ (created), a dummy model when
     `classes` is given (the ingest only reads its classes), a subgroups check over `attributes`."""
     for name in ("landing", "images"):
@@ -32,7 +37,12 @@ def make_config(base: Path, *, classes: Sequence[str] | None = ("doctor", "nurse
         checkpoint = base / "model.pt"
         if not checkpoint.exists():
             checkpoint.write_bytes(b"placeholder: the ingest never loads the model")
-        raw["model"] = {"arch": "resnet18", "checkpoint": "model.pt", "classes": list(classes), "target_layer": "layer4"}
+        raw["model"] = {
+            "arch": "resnet18",
+            "checkpoint": "model.pt",
+            "classes": list(classes),
+            "target_layer": "layer4",
+        }
     checks: dict[str, Any] = {}
     if attributes:
         checks["subgroups"] = {"attributes": list(attributes)}
@@ -49,8 +59,9 @@ def _pixels(size: tuple[int, int], seed: int, channels: int = 3) -> np.ndarray:
     return rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
 
 
-def write_jpeg(path: Path, size: tuple[int, int] = (32, 24), *, seed: int = 0, mode: str = "RGB",
-               orientation: int | None = None) -> Path:
+def write_jpeg(
+    path: Path, size: tuple[int, int] = (32, 24), *, seed: int = 0, mode: str = "RGB", orientation: int | None = None
+) -> Path:
     """A JPEG of `size` (stored pixels) with distinct content per seed; optional EXIF orientation; RGB/L/CMYK."""
     path.parent.mkdir(parents=True, exist_ok=True)
     channels = {"RGB": 3, "CMYK": 4, "L": 1}[mode]
@@ -98,7 +109,9 @@ def write_png_header_only(path: Path, width: int, height: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 16)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    )
     return path
 
 

@@ -34,8 +34,14 @@ def _image(path: Path, seed: int, size: int = 64) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def make_world(root: Path, *, n_images: int = 12, bad_rows: int = 0, checks: dict[str, Any] | None = None,
-               extra: dict[str, Any] | None = None) -> World:
+def make_world(
+    root: Path,
+    *,
+    n_images: int = 12,
+    bad_rows: int = 0,
+    checks: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> World:
     """Images + a CSV manifest in landing/ + a random resnet18 + audit.yaml; `bad_rows` rows name missing files."""
     for name in ("landing", "images", "catalog"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -43,17 +49,24 @@ def make_world(root: Path, *, n_images: int = 12, bad_rows: int = 0, checks: dic
     for i in range(n_images):
         uri = f"img_{i:03d}.png"
         _image(root / "images" / uri, seed=i)
-        rows.append({
-            "image_uri": uri,
-            "label": CLASSES[i % 2],
-            "tags": "person|coat" + ("|stethoscope" if i % 2 == 0 else ""),
-            "regions": json.dumps([{"kind": "core", "name": "object", "box": [16, 16, 48, 48]},
-                                   {"kind": "spurious", "name": "patch", "box": [50, 2, 62, 10]}]),
-            "gender": "female" if i % 3 else "male",
-        })
+        rows.append(
+            {
+                "image_uri": uri,
+                "label": CLASSES[i % 2],
+                "tags": "person|coat" + ("|stethoscope" if i % 2 == 0 else ""),
+                "regions": json.dumps(
+                    [
+                        {"kind": "core", "name": "object", "box": [16, 16, 48, 48]},
+                        {"kind": "spurious", "name": "patch", "box": [50, 2, 62, 10]},
+                    ]
+                ),
+                "gender": "female" if i % 3 else "male",
+            }
+        )
     for j in range(bad_rows):
-        rows.append({"image_uri": f"missing_{j}.png", "label": CLASSES[0], "tags": "person", "regions": "",
-                     "gender": "female"})
+        rows.append(
+            {"image_uri": f"missing_{j}.png", "label": CLASSES[0], "tags": "person", "regions": "", "gender": "female"}
+        )
     manifest = root / "landing" / "batch_001.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -63,8 +76,13 @@ def make_world(root: Path, *, n_images: int = 12, bad_rows: int = 0, checks: dic
     torch.save(torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).state_dict(), root / "model.pt")
     body: dict[str, Any] = {
         "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
-        "model": {"arch": "resnet18", "checkpoint": "model.pt", "classes": list(CLASSES), "target_layer": "layer4",
-                  "input_size": 64},
+        "model": {
+            "arch": "resnet18",
+            "checkpoint": "model.pt",
+            "classes": list(CLASSES),
+            "target_layer": "layer4",
+            "input_size": 64,
+        },
         "saliency": {"batch_size": 4, "device": "cpu", "num_workers": 0},
         "checks": checks if checks is not None else lenient_checks(),
         "output": {"dir": "reports"},

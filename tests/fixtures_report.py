@@ -24,8 +24,15 @@ XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_ATTR = '"><img src=x onerror=alert(1)>'
 CAM_H, CAM_W = 7, 7
 ALL_TABLES = (
-    "images", "quarantine", "cooccurrence", "class_balance", "saliency_by_class",
-    "subgroups", "confusion", "gates", "summary",
+    "images",
+    "quarantine",
+    "cooccurrence",
+    "class_balance",
+    "saliency_by_class",
+    "subgroups",
+    "confusion",
+    "gates",
+    "summary",
 )
 
 
@@ -56,11 +63,25 @@ def _cam(rng: np.random.Generator, hot: tuple[int, int]) -> np.ndarray:
 def _gates(passed: bool, hostile: bool) -> pd.DataFrame:
     rows = [
         ("ingest", "all", "quarantine_fraction", 0.04, 0.1, True, "4% of rows rejected"),
-        ("cooccurrence", "stethoscope\u2192gender=male", "p_b_given_a", 0.95 if not passed else 0.6, 0.9,
-         passed, "stethoscope appears with gender=male in 95% of its images"),
+        (
+            "cooccurrence",
+            "stethoscope\u2192gender=male",
+            "p_b_given_a",
+            0.95 if not passed else 0.6,
+            0.9,
+            passed,
+            "stethoscope appears with gender=male in 95% of its images",
+        ),
         ("class_balance", "all", "imbalance_ratio", 2.0, 10.0, True, ""),
-        ("saliency", "nurse", "flagged_fraction", 0.41 if not passed else 0.1, 0.25, passed,
-         "41% of nurse images look at the watermark"),
+        (
+            "saliency",
+            "nurse",
+            "flagged_fraction",
+            0.41 if not passed else 0.1,
+            0.25,
+            passed,
+            "41% of nurse images look at the watermark",
+        ),
         ("saliency", "doctor", "flagged_fraction", 0.05, 0.25, True, ""),
         ("subgroups", "skin_tone", "gap", 0.12 if not passed else 0.02, 0.05, passed, "dark vs light"),
         ("subgroups", "gender", "gap", 0.03, 0.05, True, ""),
@@ -107,45 +128,52 @@ def build_run(
         else:
             paths.append(str(image_files[i % len(image_files)]))
     regions = [
-        json.dumps([
-            {"kind": "core", "name": "person", "box": [16, 8, 48, 44]},
-            {"kind": "spurious", "name": XSS_ATTR if hostile else "watermark", "box": [0, 0, 14, 10]},
-        ])
+        json.dumps(
+            [
+                {"kind": "core", "name": "person", "box": [16, 8, 48, 44]},
+                {"kind": "spurious", "name": XSS_ATTR if hostile else "watermark", "box": [0, 0, 14, 10]},
+            ]
+        )
         for _ in range(n_images)
     ]
     spurious_share = shares[:, 1]
     spurious_flag = spurious_share > 0.45
-    images = pd.DataFrame({
-        "run_id": run_id,
-        "image_id": [f"id{i:04d}" for i in range(n_images)],
-        "image_uri": [Path(p).name if i % 11 != 5 else f"missing_{i}.png" for i, p in enumerate(paths)],
-        "image_path": paths,
-        "label": labels,
-        "prediction": predictions,
-        "confidence": rng.uniform(0.4, 1.0, n_images),
-        "correct": [a == b for a, b in zip(labels, predictions, strict=True)],
-        "target_class": labels,
-        "width": 64,
-        "height": 48,
-        "gender": [genders[i % len(genders)] for i in range(n_images)],
-        "skin_tone": [tones[i % len(tones)] for i in range(n_images)],
-        "tags": [["stethoscope", "scrubs"] + ([XSS_SCRIPT] if hostile and i % 4 == 0 else []) for i in range(n_images)],
-        "regions": regions,
-        "core_share": shares[:, 0],
-        "spurious_share": spurious_share,
-        "outside_share": shares[:, 2],
-        "core_enrichment": shares[:, 0] / 0.41,
-        "spurious_enrichment": spurious_share / 0.045,
-        "spurious_detail": [json.dumps({"watermark": {"share": float(s), "enrichment": float(s / 0.045)}})
-                            for s in spurious_share],
-        "peak_x": rng.random(n_images),
-        "peak_y": rng.random(n_images),
-        "pointing_hit": rng.random(n_images) < 0.6,
-        "has_regions": True,
-        "spurious_flag": spurious_flag,
-        "cam_height": CAM_H,
-        "cam_width": CAM_W,
-    })
+    images = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "image_id": [f"id{i:04d}" for i in range(n_images)],
+            "image_uri": [Path(p).name if i % 11 != 5 else f"missing_{i}.png" for i, p in enumerate(paths)],
+            "image_path": paths,
+            "label": labels,
+            "prediction": predictions,
+            "confidence": rng.uniform(0.4, 1.0, n_images),
+            "correct": [a == b for a, b in zip(labels, predictions, strict=True)],
+            "target_class": labels,
+            "width": 64,
+            "height": 48,
+            "gender": [genders[i % len(genders)] for i in range(n_images)],
+            "skin_tone": [tones[i % len(tones)] for i in range(n_images)],
+            "tags": [
+                ["stethoscope", "scrubs"] + ([XSS_SCRIPT] if hostile and i % 4 == 0 else []) for i in range(n_images)
+            ],
+            "regions": regions,
+            "core_share": shares[:, 0],
+            "spurious_share": spurious_share,
+            "outside_share": shares[:, 2],
+            "core_enrichment": shares[:, 0] / 0.41,
+            "spurious_enrichment": spurious_share / 0.045,
+            "spurious_detail": [
+                json.dumps({"watermark": {"share": float(s), "enrichment": float(s / 0.045)}}) for s in spurious_share
+            ],
+            "peak_x": rng.random(n_images),
+            "peak_y": rng.random(n_images),
+            "pointing_hit": rng.random(n_images) < 0.6,
+            "has_regions": True,
+            "spurious_flag": spurious_flag,
+            "cam_height": CAM_H,
+            "cam_width": CAM_W,
+        }
+    )
     cams = np.stack([_cam(rng, (int(rng.integers(0, CAM_H)), int(rng.integers(0, CAM_W)))) for _ in range(n_images)])
     table = pa.Table.from_pandas(images, preserve_index=False)
     table = table.append_column("cam", pa.FixedSizeListArray.from_arrays(pa.array(cams.ravel()), CAM_H * CAM_W))
@@ -153,12 +181,20 @@ def build_run(
         write_table(table, run_dir / "images.parquet", name="images")
 
     # saliency_by_class.parquet ------------------------------------------------------------------
-    by_class = images.groupby("target_class").agg(
-        images=("image_id", "size"), mean_core_share=("core_share", "mean"),
-        mean_spurious_share=("spurious_share", "mean"), mean_outside_share=("outside_share", "mean"),
-        mean_spurious_enrichment=("spurious_enrichment", "mean"), pointing_accuracy=("pointing_hit", "mean"),
-        flagged_fraction=("spurious_flag", "mean"),
-    ).reset_index().rename(columns={"target_class": "class"})
+    by_class = (
+        images.groupby("target_class")
+        .agg(
+            images=("image_id", "size"),
+            mean_core_share=("core_share", "mean"),
+            mean_spurious_share=("spurious_share", "mean"),
+            mean_outside_share=("outside_share", "mean"),
+            mean_spurious_enrichment=("spurious_enrichment", "mean"),
+            pointing_accuracy=("pointing_hit", "mean"),
+            flagged_fraction=("spurious_flag", "mean"),
+        )
+        .reset_index()
+        .rename(columns={"target_class": "class"})
+    )
     by_class.insert(2, "images_with_regions", by_class["images"])
     by_class["flagged"] = by_class["flagged_fraction"] > 0.25
     if "saliency_by_class" not in skip:
@@ -176,19 +212,32 @@ def build_run(
             n_ab = int(rng.integers(5, min(n_a, n_b)))
             p = n_ab / n_a
             planted = {("stethoscope", "gender=male"), ("watermark", "nurse"), ("mask", "skin_tone=dark")}
-            flagged = (a, b) in planted or (
-                hostile and a == XSS_SCRIPT and b == "gender=female")
+            flagged = (a, b) in planted or (hostile and a == XSS_SCRIPT and b == "gender=female")
             if flagged:
                 n_ab, p = int(n_a * 0.95), 0.95
-            co_rows.append({
-                "tag_a": a, "tag_b": b, "n_a": n_a, "n_b": n_b, "n_ab": n_ab, "n_a_only": n_a - n_ab,
-                "n_b_only": n_b - n_ab, "p_b_given_a": p, "ci_low": max(0.0, p - 0.06), "ci_high": min(1.0, p + 0.04),
-                "lift": p / (n_b / 400), "npmi": float(np.clip(rng.normal(0.9 if flagged else 0.05, 0.2), -1, 1)),
-                "flagged": flagged,
-                "message": (f"'{a}' appears with '{b}' in {p:.0%} of its images: add images of {a} without {b}."
-                            if flagged else ""),
-                "suggested_additions": int(n_a * 0.3) if flagged else 0,
-            })
+            co_rows.append(
+                {
+                    "tag_a": a,
+                    "tag_b": b,
+                    "n_a": n_a,
+                    "n_b": n_b,
+                    "n_ab": n_ab,
+                    "n_a_only": n_a - n_ab,
+                    "n_b_only": n_b - n_ab,
+                    "p_b_given_a": p,
+                    "ci_low": max(0.0, p - 0.06),
+                    "ci_high": min(1.0, p + 0.04),
+                    "lift": p / (n_b / 400),
+                    "npmi": float(np.clip(rng.normal(0.9 if flagged else 0.05, 0.2), -1, 1)),
+                    "flagged": flagged,
+                    "message": (
+                        f"'{a}' appears with '{b}' in {p:.0%} of its images: add images of {a} without {b}."
+                        if flagged
+                        else ""
+                    ),
+                    "suggested_additions": int(n_a * 0.3) if flagged else 0,
+                }
+            )
     if "cooccurrence" not in skip:
         write_table(pd.DataFrame(co_rows), run_dir / "cooccurrence.parquet", name="cooccurrence")
     balance = images.groupby("label").size().rename("n").reset_index()
@@ -198,15 +247,27 @@ def build_run(
 
     # subgroups.parquet + confusion.parquet ---------------------------------------------------------
     sg_rows = []
-    groups = {"gender": genders, "skin_tone": tones,
-              "gender&skin_tone": [f"{g}&{t}" for g in genders[:2] for t in tones]}
+    groups = {
+        "gender": genders,
+        "skin_tone": tones,
+        "gender&skin_tone": [f"{g}&{t}" for g in genders[:2] for t in tones],
+    }
     for attribute, values in groups.items():
         for k, group in enumerate(values):
             n = 4 if group in ("medium", "male&medium") else int(rng.integers(40, 300))
             value = float(np.clip(0.9 - 0.04 * k - (0.08 if group == "dark" else 0.0), 0, 1))
             half = 1.4 / np.sqrt(n) * 0.5
-            sg_rows.append({"attribute": attribute, "group": group, "n": n, "metric": "accuracy", "value": value,
-                            "ci_low": max(0.0, value - half), "ci_high": min(1.0, value + half)})
+            sg_rows.append(
+                {
+                    "attribute": attribute,
+                    "group": group,
+                    "n": n,
+                    "metric": "accuracy",
+                    "value": value,
+                    "ci_low": max(0.0, value - half),
+                    "ci_high": min(1.0, value + half),
+                }
+            )
     subgroups = pd.DataFrame(sg_rows)
     small = subgroups["n"] < 30
     best = subgroups["value"].where(~small).groupby(subgroups["attribute"]).transform("max")
@@ -218,28 +279,69 @@ def build_run(
     overall = images.groupby(["label", "prediction"]).size().rename("n").reset_index()
     overall.insert(0, "group", "__all__")
     overall.insert(0, "attribute", "__overall__")
-    per_gender = images.groupby(["gender", "label", "prediction"]).size().rename("n").reset_index().rename(
-        columns={"gender": "group"})
+    per_gender = (
+        images.groupby(["gender", "label", "prediction"])
+        .size()
+        .rename("n")
+        .reset_index()
+        .rename(columns={"gender": "group"})
+    )
     per_gender.insert(0, "attribute", "gender")
     if "confusion" not in skip:
-        write_table(pd.concat([overall, per_gender], ignore_index=True), run_dir / "confusion.parquet",
-                    name="confusion")
+        write_table(
+            pd.concat([overall, per_gender], ignore_index=True), run_dir / "confusion.parquet", name="confusion"
+        )
 
     # quarantine.parquet ---------------------------------------------------------------------------
     q_rows = [
-        {"image_uri": "missing/a.png", "image_id": "", "label": "doctor", "tags": "mask", "regions": "",
-         "manifest": "batch_01.csv", "row_number": 3, "reason": "image file not found: missing/a.png",
-         "stage": "ingest"},
-        {"image_uri": "b.png", "image_id": "", "label": "pilot", "tags": "", "regions": "",
-         "manifest": "batch_01.csv", "row_number": 9, "reason": "label 'pilot' is not one of the model's classes",
-         "stage": "ingest"},
-        {"image_uri": "c.png", "image_id": "c", "label": "nurse", "tags": "", "regions": "[[",
-         "manifest": "batch_02.jsonl", "row_number": 1, "reason": "regions is not valid JSON", "stage": "scoring"},
+        {
+            "image_uri": "missing/a.png",
+            "image_id": "",
+            "label": "doctor",
+            "tags": "mask",
+            "regions": "",
+            "manifest": "batch_01.csv",
+            "row_number": 3,
+            "reason": "image file not found: missing/a.png",
+            "stage": "ingest",
+        },
+        {
+            "image_uri": "b.png",
+            "image_id": "",
+            "label": "pilot",
+            "tags": "",
+            "regions": "",
+            "manifest": "batch_01.csv",
+            "row_number": 9,
+            "reason": "label 'pilot' is not one of the model's classes",
+            "stage": "ingest",
+        },
+        {
+            "image_uri": "c.png",
+            "image_id": "c",
+            "label": "nurse",
+            "tags": "",
+            "regions": "[[",
+            "manifest": "batch_02.jsonl",
+            "row_number": 1,
+            "reason": "regions is not valid JSON",
+            "stage": "scoring",
+        },
     ]
     if hostile:
-        q_rows.append({"image_uri": XSS_ATTR, "image_id": XSS_SCRIPT, "label": XSS_SCRIPT, "tags": XSS_SCRIPT,
-                       "regions": "", "manifest": f"{XSS_ATTR}.csv", "row_number": 4,
-                       "reason": f"cannot decode image {XSS_SCRIPT}", "stage": "ingest"})
+        q_rows.append(
+            {
+                "image_uri": XSS_ATTR,
+                "image_id": XSS_SCRIPT,
+                "label": XSS_SCRIPT,
+                "tags": XSS_SCRIPT,
+                "regions": "",
+                "manifest": f"{XSS_ATTR}.csv",
+                "row_number": 4,
+                "reason": f"cannot decode image {XSS_SCRIPT}",
+                "stage": "ingest",
+            }
+        )
     if "quarantine" not in skip:
         write_table(pd.DataFrame(q_rows), run_dir / "quarantine.parquet", name="quarantine")
 
@@ -249,7 +351,9 @@ def build_run(
         write_table(gates, run_dir / "gates.parquet", name="gates", schema=GATES_SCHEMA)
     failed = [f"{r.check}/{r.subject}/{r.metric}" for r in gates.itertuples() if not r.passed]
     summary = {
-        "run_id": run_id, "passed": not failed, "failed_gates": failed,
+        "run_id": run_id,
+        "passed": not failed,
+        "failed_gates": failed,
         "counts": {"ingested": n_images + len(q_rows), "quarantined": len(q_rows), "audited": n_images},
         "checks": {
             "ingest": "skipped" if "quarantine" in skip else "ran",
@@ -265,8 +369,9 @@ def build_run(
     return run_dir
 
 
-def build_large_run(root: Path, *, n_rows: int = 100_000, n_classes: int = 10, n_quarantine: int = 5_000,
-                    run_id: str = "large-run") -> Path:
+def build_large_run(
+    root: Path, *, n_rows: int = 100_000, n_classes: int = 10, n_quarantine: int = 5_000, run_id: str = "large-run"
+) -> Path:
     """A 100k-image run written straight from numpy/pyarrow; the images share a handful of files."""
     rng = np.random.default_rng(1)
     run_dir = Path(root) / "runs" / run_id
@@ -278,8 +383,12 @@ def build_large_run(root: Path, *, n_rows: int = 100_000, n_classes: int = 10, n
     pred_idx = np.where(wrong, rng.integers(0, n_classes, n_rows), label_idx)
     shares = rng.dirichlet([2.0, 1.0, 1.5], size=n_rows)
     ids = np.char.add("img", np.arange(n_rows).astype(str)).astype(object)
-    region = json.dumps([{"kind": "core", "name": "object", "box": [16, 8, 48, 44]},
-                         {"kind": "spurious", "name": "tag", "box": [0, 0, 14, 10]}])
+    region = json.dumps(
+        [
+            {"kind": "core", "name": "object", "box": [16, 8, 48, 44]},
+            {"kind": "spurious", "name": "tag", "box": [0, 0, 14, 10]},
+        ]
+    )
     cams = rng.random(n_rows * CAM_H * CAM_W, dtype=np.float32)
     columns = {
         "run_id": pa.array(np.full(n_rows, run_id, dtype=object)),
@@ -308,10 +417,20 @@ def build_large_run(root: Path, *, n_rows: int = 100_000, n_classes: int = 10, n
         "cam_width": pa.array(np.full(n_rows, CAM_W, dtype=np.int32)),
     }
     write_table(pa.table(columns), run_dir / "images.parquet", name="images")
-    frame = pd.DataFrame({"class": classes[label_idx], "label": classes[label_idx], "prediction": classes[pred_idx],
-                          "spur": shares[:, 1], "flag": shares[:, 1] > 0.5})
-    sal = frame.groupby("class").agg(images=("spur", "size"), mean_spurious_share=("spur", "mean"),
-                                     flagged_fraction=("flag", "mean")).reset_index()
+    frame = pd.DataFrame(
+        {
+            "class": classes[label_idx],
+            "label": classes[label_idx],
+            "prediction": classes[pred_idx],
+            "spur": shares[:, 1],
+            "flag": shares[:, 1] > 0.5,
+        }
+    )
+    sal = (
+        frame.groupby("class")
+        .agg(images=("spur", "size"), mean_spurious_share=("spur", "mean"), flagged_fraction=("flag", "mean"))
+        .reset_index()
+    )
     sal["images_with_regions"] = sal["images"]
     sal["mean_core_share"], sal["mean_outside_share"], sal["mean_spurious_enrichment"] = 0.4, 0.3, 5.0
     sal["pointing_accuracy"], sal["flagged"] = 0.5, sal["flagged_fraction"] > 0.25
@@ -320,13 +439,26 @@ def build_large_run(root: Path, *, n_rows: int = 100_000, n_classes: int = 10, n
     cm.insert(0, "group", "__all__")
     cm.insert(0, "attribute", "__overall__")
     write_table(cm, run_dir / "confusion.parquet", name="confusion")
-    q = pd.DataFrame({"image_uri": [f"bad_{i}.png" for i in range(n_quarantine)], "manifest": "big.csv",
-                      "row_number": np.arange(1, n_quarantine + 1), "reason": "image file not found",
-                      "stage": "ingest"})
+    q = pd.DataFrame(
+        {
+            "image_uri": [f"bad_{i}.png" for i in range(n_quarantine)],
+            "manifest": "big.csv",
+            "row_number": np.arange(1, n_quarantine + 1),
+            "reason": "image file not found",
+            "stage": "ingest",
+        }
+    )
     write_table(q, run_dir / "quarantine.parquet", name="quarantine")
     write_table(_gates(False, False), run_dir / "gates.parquet", name="gates", schema=GATES_SCHEMA)
-    write_json({"run_id": run_id, "passed": False, "failed_gates": ["saliency/nurse/flagged_fraction"],
-                "counts": {"ingested": n_rows + n_quarantine, "quarantined": n_quarantine, "audited": n_rows},
-                "checks": {"ingest": "ran", "cooccurrence": "skipped", "saliency": "ran", "subgroups": "ran"},
-                "created_at": "2026-11-25T03:00:00+00:00"}, run_dir / "summary.json")
+    write_json(
+        {
+            "run_id": run_id,
+            "passed": False,
+            "failed_gates": ["saliency/nurse/flagged_fraction"],
+            "counts": {"ingested": n_rows + n_quarantine, "quarantined": n_quarantine, "audited": n_rows},
+            "checks": {"ingest": "ran", "cooccurrence": "skipped", "saliency": "ran", "subgroups": "ran"},
+            "created_at": "2026-11-25T03:00:00+00:00",
+        },
+        run_dir / "summary.json",
+    )
     return run_dir

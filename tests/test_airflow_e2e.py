@@ -24,8 +24,16 @@ from fixtures_pipeline import forget_object_store, make_world, move_to_object_st
 pytestmark = pytest.mark.slow
 
 PUBLISHED = "memory://published-audits"
-TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
-          "gates")
+TABLES = (
+    "images",
+    "quarantine",
+    "saliency_by_class",
+    "cooccurrence",
+    "class_balance",
+    "subgroups",
+    "confusion",
+    "gates",
+)
 
 
 class _FreshDags:
@@ -84,9 +92,11 @@ def _return_value(run, task_id: str):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.query(XComModel).filter_by(
-            dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value"
-        ).one()
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value")
+            .one()
+        )
         return XComModel.deserialize_value(row)
 
 
@@ -238,8 +248,9 @@ def _assert_tables_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.Data
         assert list(a.columns) == list(b.columns), name
         assert len(a) == len(b), name
         if "cam" in a.columns:
-            np.testing.assert_allclose(np.stack(a["cam"].to_numpy()), np.stack(b["cam"].to_numpy()), rtol=1e-5,
-                                       atol=1e-7, err_msg=name)
+            np.testing.assert_allclose(
+                np.stack(a["cam"].to_numpy()), np.stack(b["cam"].to_numpy()), rtol=1e-5, atol=1e-7, err_msg=name
+            )
             a, b = a.drop(columns="cam"), b.drop(columns="cam")
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
 
@@ -268,9 +279,22 @@ def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
     part = mapped_root / "reports" / "same-run" / "_stages" / "images_shard-00001-of-00003.parquet"
     written = part.stat().st_mtime_ns
     done = subprocess.run(
-        [sys.executable, "-m", "airflow", "tasks", "test", "dataset_audit", "score_shard", run.run_id,
-         "--map-index", "1"],
-        env=os.environ.copy(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "tasks",
+            "test",
+            "dataset_audit",
+            "score_shard",
+            run.run_id,
+            "--map-index",
+            "1",
+        ],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert part.stat().st_mtime_ns > written  # the shard really ran again, into the same part

@@ -53,30 +53,30 @@ class Corpus:
 
 # (image_uri, extra columns) per corpus.csv row; row numbers are positions + 1.
 ROWS: list[tuple[str, dict]] = [
-    ("good.jpg", {}),                                         # 1 accepted
-    ("zero.jpg", {}),                                         # 2 zero-byte file
-    ("truncated.jpg", {}),                                    # 3 truncated JPEG
-    ("text.jpg", {}),                                         # 4 text named .jpg
-    ("bomb.png", {}),                                         # 5 decompression bomb
-    ("cmyk.jpg", {}),                                         # 6 CMYK: accepted
-    ("deep16.png", {}),                                       # 7 16-bit PNG: accepted
-    ("gray.png", {}),                                         # 8 grayscale: accepted
-    ("palette_alpha.png", {}),                                # 9 palette + alpha: accepted
+    ("good.jpg", {}),  # 1 accepted
+    ("zero.jpg", {}),  # 2 zero-byte file
+    ("truncated.jpg", {}),  # 3 truncated JPEG
+    ("text.jpg", {}),  # 4 text named .jpg
+    ("bomb.png", {}),  # 5 decompression bomb
+    ("cmyk.jpg", {}),  # 6 CMYK: accepted
+    ("deep16.png", {}),  # 7 16-bit PNG: accepted
+    ("gray.png", {}),  # 8 grayscale: accepted
+    ("palette_alpha.png", {}),  # 9 palette + alpha: accepted
     ("rotated.jpg", {"regions": regions(("core", "face", (0, 0, 20, 40)))}),  # 10 EXIF 6: 40x20 shown as 20x40
-    ("missing.jpg", {}),                                      # 11 missing file
-    ("good.jpg", {}),                                         # 12 duplicate row of row 1
-    ("copy_of_good.jpg", {}),                                 # 13 same bytes as good.jpg
-    ("../../etc/passwd", {}),                                 # 14 traversal
-    ("/etc/passwd", {}),                                      # 15 absolute path outside the root
-    ("escape_link.jpg", {}),                                  # 16 symlink pointing out
+    ("missing.jpg", {}),  # 11 missing file
+    ("good.jpg", {}),  # 12 duplicate row of row 1
+    ("copy_of_good.jpg", {}),  # 13 same bytes as good.jpg
+    ("../../etc/passwd", {}),  # 14 traversal
+    ("/etc/passwd", {}),  # 15 absolute path outside the root
+    ("escape_link.jpg", {}),  # 16 symlink pointing out
     ("img_a.jpg", {"regions": '[{"kind": "core", "name": "face", "box": [0, 0, 5'}),  # 17 malformed JSON
     ("img_b.jpg", {"regions": regions(("spurious", "watermark", (20, 10, 40, 20)))}),  # 18 box outside 32x24
-    ("img_c.jpg", {"label": "cat"}),                          # 19 unknown label
-    ("img_d.jpg", {"gender": ""}),                            # 20 empty attribute
-    ("img_e.jpg", {"gender": "NaN"}),                         # 21 NaN attribute
-    ("s3://bucket/img.jpg", {}),                              # 22 scheme not allowed
-    ("img_f.jpg", {"image_id": "dup-1"}),                     # 23 first of a duplicated image_id
-    ("img_g.jpg", {"image_id": "dup-1"}),                     # 24 same image_id, other content
+    ("img_c.jpg", {"label": "cat"}),  # 19 unknown label
+    ("img_d.jpg", {"gender": ""}),  # 20 empty attribute
+    ("img_e.jpg", {"gender": "NaN"}),  # 21 NaN attribute
+    ("s3://bucket/img.jpg", {}),  # 22 scheme not allowed
+    ("img_f.jpg", {"image_id": "dup-1"}),  # 23 first of a duplicated image_id
+    ("img_g.jpg", {"image_id": "dup-1"}),  # 24 same image_id, other content
     ("img_h.jpg", {"regions": GOOD_BOX, "tags": "coat|stethoscope"}),  # 25 accepted with regions and tags
 ]
 ACCEPTED_ROWS = {1, 6, 7, 8, 9, 10, 23, 25}
@@ -107,8 +107,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
     records = []
     for i, (uri, extra) in enumerate(ROWS):
-        records.append({"image_uri": uri, "label": "doctor" if i % 2 else "nurse", "gender": "fm"[i % 2],
-                        "image_id": None, "tags": None, "regions": None, **extra})
+        records.append(
+            {
+                "image_uri": uri,
+                "label": "doctor" if i % 2 else "nurse",
+                "gender": "fm"[i % 2],
+                "image_id": None,
+                "tags": None,
+                "regions": None,
+                **extra,
+            }
+        )
     write_csv(landing / CORPUS, records, columns=["image_uri", "image_id", "label", "gender", "tags", "regions"])
 
     # Manifest-level and encoding cases, each in its own manifest.
@@ -162,30 +171,42 @@ def test_regions_and_tags_are_normalised_in_the_catalog(corpus: Corpus) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("number,reason", [
-    (2, "image file is empty (0 bytes): zero.jpg"),
-    (4, "not a recognised image format: text.jpg (32 bytes)"),
-    (5, "image too large: bomb.png declares 10,000,000,000 pixels, over max_image_pixels 50,000,000"
-        " (decompression-bomb guard; nothing was decoded)"),
-    (19, "label 'cat' is not one of the model classes [doctor, nurse]"),
-    (20, "attribute 'gender' is empty"),
-    (21, "attribute 'gender' is empty"),
-    (24, "image_id 'dup-1' is not unique: already used by manifest corpus.csv row 23"),
-    (17, "regions is not valid JSON: Expecting ',' delimiter at line 1 column 50"),
-    (18, "region 0 (watermark) box [20, 10, 40, 20] lies outside the 32x24 image"),
-])
+@pytest.mark.parametrize(
+    "number,reason",
+    [
+        (2, "image file is empty (0 bytes): zero.jpg"),
+        (4, "not a recognised image format: text.jpg (32 bytes)"),
+        (
+            5,
+            "image too large: bomb.png declares 10,000,000,000 pixels, over max_image_pixels 50,000,000"
+            " (decompression-bomb guard; nothing was decoded)",
+        ),
+        (19, "label 'cat' is not one of the model classes [doctor, nurse]"),
+        (20, "attribute 'gender' is empty"),
+        (21, "attribute 'gender' is empty"),
+        (24, "image_id 'dup-1' is not unique: already used by manifest corpus.csv row 23"),
+        (17, "regions is not valid JSON: Expecting ',' delimiter at line 1 column 50"),
+        (18, "region 0 (watermark) box [20, 10, 40, 20] lies outside the 32x24 image"),
+    ],
+)
 def test_bad_row_reason_is_exact(corpus: Corpus, number: int, reason: str) -> None:
     assert corpus.reason(number) == reason
 
 
-@pytest.mark.parametrize("number,pattern", [
-    (3, r"^truncated or corrupt image truncated\.jpg: JPEG has no end-of-image marker \(image file is truncated"),
-    (11, r"^image file not found: .*/images/missing\.jpg$"),
-    (14, r"^path '\.\./\.\./etc/passwd' leaves the image root .*/images \(resolves to .*/etc/passwd\)$"),
-    (15, r"^path '/etc/passwd' leaves the image root .*/images"),
-    (16, r"^path 'escape_link\.jpg' leaves the image root .*/images through a symlink \(real path .*/outside\.jpg\)$"),
-    (22, r"^URI scheme 's3://' is not allowed in 's3://bucket/img\.jpg' \(allowed: file"),
-])
+@pytest.mark.parametrize(
+    "number,pattern",
+    [
+        (3, r"^truncated or corrupt image truncated\.jpg: JPEG has no end-of-image marker \(image file is truncated"),
+        (11, r"^image file not found: .*/images/missing\.jpg$"),
+        (14, r"^path '\.\./\.\./etc/passwd' leaves the image root .*/images \(resolves to .*/etc/passwd\)$"),
+        (15, r"^path '/etc/passwd' leaves the image root .*/images"),
+        (
+            16,
+            r"^path 'escape_link\.jpg' leaves the image root .*/images through a symlink \(real path .*/outside\.jpg\)$",
+        ),
+        (22, r"^URI scheme 's3://' is not allowed in 's3://bucket/img\.jpg' \(allowed: file"),
+    ],
+)
 def test_bad_row_reason_names_the_file(corpus: Corpus, number: int, pattern: str) -> None:
     assert pd.Series([corpus.reason(number)]).str.contains(pattern, regex=True).all(), corpus.reason(number)
 
@@ -212,11 +233,17 @@ def test_bad_json_line_is_quarantined_and_its_neighbour_accepted(corpus: Corpus)
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("manifest,reason", [
-    ("no_label.csv", "no_label.csv: missing required column 'label' (columns found: image_uri, gender)"),
-    ("zero_bytes.csv", "zero_bytes.csv: empty file (0 bytes): a manifest needs at least a header"),
-    ("notes.txt", "notes.txt: unsupported manifest format '.txt' (use one of .csv, .jsonl, .ndjson, .parquet, .pq)"),
-])
+@pytest.mark.parametrize(
+    "manifest,reason",
+    [
+        ("no_label.csv", "no_label.csv: missing required column 'label' (columns found: image_uri, gender)"),
+        ("zero_bytes.csv", "zero_bytes.csv: empty file (0 bytes): a manifest needs at least a header"),
+        (
+            "notes.txt",
+            "notes.txt: unsupported manifest format '.txt' (use one of .csv, .jsonl, .ndjson, .parquet, .pq)",
+        ),
+    ],
+)
 def test_manifest_fault_is_one_quarantine_row(corpus: Corpus, manifest: str, reason: str) -> None:
     q = corpus.result.quarantined
     rows = q[q["manifest"] == manifest]

@@ -28,9 +28,22 @@ DAY, NEXT_DAY = "2025-03-01", "2025-03-02"
 def rows(run_id: str, day: str, n: int, **extra: str) -> pd.DataFrame:
     """`n` catalog rows of one run from one manifest, with `extra` as string columns."""
     records = [
-        {"run_id": run_id, "ingest_date": day, "manifest": "m.csv", "row_number": i + 1, "image_id": f"{run_id}-{i}",
-         "image_uri": f"{run_id}-{i}.jpg", "image_path": f"/images/{run_id}-{i}.jpg", "content_sha256": f"{run_id}{i}",
-         "label": "doctor", "tags": ["a", "b"], "regions": None, "width": 32, "height": 24, **extra}
+        {
+            "run_id": run_id,
+            "ingest_date": day,
+            "manifest": "m.csv",
+            "row_number": i + 1,
+            "image_id": f"{run_id}-{i}",
+            "image_uri": f"{run_id}-{i}.jpg",
+            "image_path": f"/images/{run_id}-{i}.jpg",
+            "content_sha256": f"{run_id}{i}",
+            "label": "doctor",
+            "tags": ["a", "b"],
+            "regions": None,
+            "width": 32,
+            "height": 24,
+            **extra,
+        }
         for i in range(n)
     ]
     return catalog_frame(records, list(extra))
@@ -38,8 +51,19 @@ def rows(run_id: str, day: str, n: int, **extra: str) -> pd.DataFrame:
 
 def manifests(frame: pd.DataFrame) -> pd.DataFrame:
     """The run's ledger lines: one manifest, every row accepted."""
-    return pd.DataFrame([{"manifest": "m.csv", "sha256": f"sha-{frame['run_id'].iloc[0]}", "status": STATUS_INGESTED,
-                          "rows": len(frame), "accepted": len(frame), "quarantined": 0, "reason": None}])
+    return pd.DataFrame(
+        [
+            {
+                "manifest": "m.csv",
+                "sha256": f"sha-{frame['run_id'].iloc[0]}",
+                "status": STATUS_INGESTED,
+                "rows": len(frame),
+                "accepted": len(frame),
+                "quarantined": 0,
+                "reason": None,
+            }
+        ]
+    )
 
 
 def land(catalog: Path, run_id: str, day: str, n: int, **extra: str) -> None:

@@ -35,8 +35,9 @@ def test_audit_exits_4_when_the_night_audited_nothing(tmp_path, capsys):
 
 def test_audit_exits_2_naming_an_unknown_key(tmp_path):
     world = make_world(tmp_path, n_images=2, extra={"modle": {"arch": "resnet18"}})
-    proc = subprocess.run([sys.executable, "-m", "audit_tasks", "audit", "--config", str(world.config)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "audit_tasks", "audit", "--config", str(world.config)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "unknown key 'modle'" in proc.stderr
 
@@ -111,8 +112,9 @@ def test_check_cooccurrence_writes_its_tables_and_gates_without_config(tmp_path)
 
 
 def test_check_subgroups_reads_a_predictions_table(tmp_path):
-    frame = pd.DataFrame({"label": ["a", "b"] * 200, "prediction": ["a", "b"] * 200,
-                          "gender": ["f", "m", "m", "f"] * 100})
+    frame = pd.DataFrame(
+        {"label": ["a", "b"] * 200, "prediction": ["a", "b"] * 200, "gender": ["f", "m", "m", "f"] * 100}
+    )
     path = tmp_path / "predictions.parquet"
     frame.to_parquet(path)
     config = tmp_path / "checks.yaml"

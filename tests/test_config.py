@@ -28,8 +28,12 @@ def dataset_dirs(tmp_path: Path) -> dict:
 def full_body(dataset_dirs: dict) -> dict:
     return {
         "dataset": dataset_dirs,
-        "model": {"arch": "resnet18", "checkpoint": "model.pt", "classes": ["doctor", "nurse"],
-                  "target_layer": "layer4"},
+        "model": {
+            "arch": "resnet18",
+            "checkpoint": "model.pt",
+            "classes": ["doctor", "nurse"],
+            "target_layer": "layer4",
+        },
         "checks": {"saliency": {}, "subgroups": {"attributes": ["gender"], "max_gap": 0.1}},
     }
 
@@ -79,10 +83,13 @@ def test_impossible_threshold_is_named(tmp_path, dataset_dirs):
         load_config(write_config(tmp_path, body))
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("n_bootstrap", 10, r"'checks\.subgroups\.n_bootstrap' must be between 100 and 100000"),
-    ("multiple_comparisons", "holm", r"'checks\.subgroups\.multiple_comparisons' must be one of bonferroni, none"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("n_bootstrap", 10, r"'checks\.subgroups\.n_bootstrap' must be between 100 and 100000"),
+        ("multiple_comparisons", "holm", r"'checks\.subgroups\.multiple_comparisons' must be one of bonferroni, none"),
+    ],
+)
 def test_unusable_subgroup_test_settings_are_named(tmp_path, dataset_dirs, key, value, message):
     body = full_body(dataset_dirs)
     body["checks"]["subgroups"][key] = value
@@ -118,14 +125,15 @@ def test_literal_choice_is_enforced(tmp_path, dataset_dirs):
 
 
 def test_overrides_replace_thresholds_by_dotted_key(tmp_path, dataset_dirs):
-    config = load_config(write_config(tmp_path, full_body(dataset_dirs)),
-                         {"checks.saliency.max_spurious_share": 0.2})
+    config = load_config(write_config(tmp_path, full_body(dataset_dirs)), {"checks.saliency.max_spurious_share": 0.2})
     assert config.checks.saliency.max_spurious_share == 0.2
 
 
 def test_checks_only_ignores_dataset_and_model_sections(tmp_path):
-    body = {"dataset": {"landing": "gone", "image_root": "gone", "catalog": "gone"},
-            "checks": {"cooccurrence": {"min_support": 5}}}
+    body = {
+        "dataset": {"landing": "gone", "image_root": "gone", "catalog": "gone"},
+        "checks": {"cooccurrence": {"min_support": 5}},
+    }
     config = load_config(write_config(tmp_path, body), checks_only=True)
     assert config.dataset is None and config.checks.cooccurrence.min_support == 5
 
@@ -174,27 +182,35 @@ def test_every_mistake_is_reported_at_once_each_on_its_own_line_with_its_key(tmp
         load_config(write_config(tmp_path, body))
     lines = str(caught.value).splitlines()
     assert lines[0] == f"{tmp_path / 'audit.yaml'}: 3 problems:"
-    assert sorted(line.strip() for line in lines[1:]) == sorted([
-        "'checks.saliency.max_flagged_fraction' must be a fraction in [0, 1]; got 2",
-        "'checks.subgroups.metric' must be one of accuracy, recall, tpr, fpr, precision, macro_recall, "
-        "macro_precision; got 'f1'",
-        "unknown key 'saliency.batch_sise' (known keys here: batch_size, compile, device, num_workers, precision, "
-        "target)",
-    ])
+    assert sorted(line.strip() for line in lines[1:]) == sorted(
+        [
+            "'checks.saliency.max_flagged_fraction' must be a fraction in [0, 1]; got 2",
+            "'checks.subgroups.metric' must be one of accuracy, recall, tpr, fpr, precision, macro_recall, "
+            "macro_precision; got 'f1'",
+            "unknown key 'saliency.batch_sise' (known keys here: batch_size, compile, device, num_workers, precision, "
+            "target)",
+        ]
+    )
 
 
 def test_unknown_key_lists_the_known_keys_at_its_level(tmp_path, dataset_dirs):
     body = full_body(dataset_dirs) | {"modle": {}}
-    with pytest.raises(ConfigError, match=r"unknown key 'modle' \(known keys here: checks, dataset, model, output, "
-                                          r"saliency\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'modle' \(known keys here: checks, dataset, model, output, "
+        r"saliency\)",
+    ):
         load_config(write_config(tmp_path, body))
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("0.5", r"'checks\.subgroups\.max_gap' must be a number, got '0\.5'"),
-    (True, r"'checks\.subgroups\.max_gap' must be a number, got True"),
-    (float("nan"), r"'checks\.subgroups\.max_gap' must be a finite number"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0.5", r"'checks\.subgroups\.max_gap' must be a number, got '0\.5'"),
+        (True, r"'checks\.subgroups\.max_gap' must be a number, got True"),
+        (float("nan"), r"'checks\.subgroups\.max_gap' must be a finite number"),
+    ],
+)
 def test_types_are_strict_a_numeric_string_or_a_bool_is_not_a_number(tmp_path, dataset_dirs, value, message):
     body = full_body(dataset_dirs)
     body["checks"]["subgroups"]["max_gap"] = value
@@ -243,8 +259,9 @@ def test_output_dir_defaults_to_a_folder_beside_the_config(tmp_path):
 def test_positive_class_must_be_one_of_the_model_classes(tmp_path, dataset_dirs):
     body = full_body(dataset_dirs)
     body["checks"]["subgroups"]["positive_class"] = "surgeon"
-    with pytest.raises(ConfigError,
-                       match=r"'checks\.subgroups\.positive_class' 'surgeon' is not one of model\.classes"):
+    with pytest.raises(
+        ConfigError, match=r"'checks\.subgroups\.positive_class' 'surgeon' is not one of model\.classes"
+    ):
         load_config(write_config(tmp_path, body))
 
 

@@ -35,8 +35,12 @@ def _generated(seed: int, n: int = 6000) -> pd.DataFrame:
     for k, rate in enumerate([0.95, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005]):
         names.append(f"bg{k}")
         columns.append(rng.random(n) < rate)
-    for a, b, p_b_given_a in [("laptop", "mouse", 0.98), ("wolf", "snow", 0.96),
-                              ("kayak", "river", 0.6), ("tent", "forest", 0.6)]:
+    for a, b, p_b_given_a in [
+        ("laptop", "mouse", 0.98),
+        ("wolf", "snow", 0.96),
+        ("kayak", "river", 0.6),
+        ("tent", "forest", 0.6),
+    ]:
         has_a = rng.random(n) < 0.08
         has_b = np.where(has_a, rng.random(n) < p_b_given_a, rng.random(n) < 0.05)
         names += [a, b]
@@ -49,11 +53,13 @@ def _independent(seed: int, n: int = 5000) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rates = [0.97, 0.9, 0.6, 0.5, 0.3, 0.1, 0.05, 0.02, 0.01, 0.007, 0.006]
     matrix = np.column_stack([rng.random(n) < r for r in rates])
-    return pd.DataFrame({
-        "tags": _lists_from_bool(matrix, [f"t{k}" for k in range(len(rates))]),
-        "gender": rng.choice(["female", "male", None], size=n, p=[0.45, 0.45, 0.1]),
-        "skin_tone": rng.choice(["light", "medium", "dark"], size=n, p=[0.8, 0.15, 0.05]),
-    })
+    return pd.DataFrame(
+        {
+            "tags": _lists_from_bool(matrix, [f"t{k}" for k in range(len(rates))]),
+            "gender": rng.choice(["female", "male", None], size=n, p=[0.45, 0.45, 0.1]),
+            "skin_tone": rng.choice(["light", "medium", "dark"], size=n, p=[0.8, 0.15, 0.05]),
+        }
+    )
 
 
 def _flagged_pairs(result) -> set[tuple[str, str]]:
@@ -134,10 +140,12 @@ def test_tag_attribute_association_is_flagged():
     n = 4000
     is_nurse = rng.random(n) < 0.1
     female = np.where(is_nurse, rng.random(n) < 0.97, rng.random(n) < 0.45)
-    frame = pd.DataFrame({
-        "tags": [["nurse", "scrubs"] if x else ["street"] for x in is_nurse],
-        "gender": np.where(female, "female", "male"),
-    })
+    frame = pd.DataFrame(
+        {
+            "tags": [["nurse", "scrubs"] if x else ["street"] for x in is_nurse],
+            "gender": np.where(female, "female", "male"),
+        }
+    )
     result = check_cooccurrence(frame, check=DEFAULT, attributes=["gender"])
     row = _pair(result, "nurse", "gender=female")
     assert row["flagged"]
@@ -238,8 +246,12 @@ def test_pipe_separated_tags_give_the_same_result_as_list_tags():
 
 def test_arrow_table_gives_the_same_result_as_dataframe():
     frame = _generated(seed=5, n=2000)
-    table = pa.table({"tags": pa.array(frame["tags"], type=pa.list_(pa.string())),
-                      "gender": pa.array(frame["gender"]).dictionary_encode()})
+    table = pa.table(
+        {
+            "tags": pa.array(frame["tags"], type=pa.list_(pa.string())),
+            "gender": pa.array(frame["gender"]).dictionary_encode(),
+        }
+    )
     a = check_cooccurrence(frame, check=DEFAULT, attributes=["gender"]).pairs
     b = check_cooccurrence(table, check=DEFAULT, attributes=["gender"]).pairs
     pd.testing.assert_frame_equal(a, b)
@@ -249,10 +261,12 @@ def test_dictionary_encoded_chunked_input_gives_the_same_result():
     frame = _generated(seed=11, n=2000)
     halves = [frame.iloc[:700], frame.iloc[700:]]
     chunks = [  # each chunk with its own dictionary, in a different order, as Parquet row groups give them
-        pa.table({
-            "tags": pa.array(part["tags"], type=pa.list_(pa.dictionary(pa.int32(), pa.string()))),
-            "gender": pa.array(part["gender"]).dictionary_encode(),
-        })
+        pa.table(
+            {
+                "tags": pa.array(part["tags"], type=pa.list_(pa.dictionary(pa.int32(), pa.string()))),
+                "gender": pa.array(part["gender"]).dictionary_encode(),
+            }
+        )
         for part in (halves[0], halves[1].iloc[::-1])
     ]
     table = pa.concat_tables(chunks)
@@ -358,10 +372,16 @@ def test_gates_are_one_per_flagged_pair_plus_a_failing_summary():
     assert [g.subject for g in pair_gates] == [f"{a} -> {b}" for a, b in zip(flagged["tag_a"], flagged["tag_b"])]
     assert [g.detail for g in pair_gates] == list(flagged["message"])
     assert pair_gates
-    assert all(not g.passed and g.metric == "p_b_given_a" and g.threshold == DEFAULT.max_conditional
-               for g in pair_gates)
+    assert all(
+        not g.passed and g.metric == "p_b_given_a" and g.threshold == DEFAULT.max_conditional for g in pair_gates
+    )
     (summary,) = [g for g in result.gates if g.subject == "all pairs"]
-    assert (summary.metric, summary.value, summary.threshold, summary.passed) == ("flagged_pairs", len(flagged), 0, False)
+    assert (summary.metric, summary.value, summary.threshold, summary.passed) == (
+        "flagged_pairs",
+        len(flagged),
+        0,
+        False,
+    )
 
 
 def test_summary_gate_passes_when_no_pair_is_flagged():

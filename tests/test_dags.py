@@ -126,9 +126,14 @@ def test_every_config_threshold_has_a_param():
     not_thresholds = {"attributes", "intersections"}
     expected = {
         f"checks.{section}.{name}"
-        for section, cls in (("cooccurrence", config.CooccurrenceCheck), ("saliency", config.SaliencyCheck),
-                             ("subgroups", config.SubgroupCheck), ("ingest", config.IngestCheck))
-        for name in cls.model_fields if name not in not_thresholds
+        for section, cls in (
+            ("cooccurrence", config.CooccurrenceCheck),
+            ("saliency", config.SaliencyCheck),
+            ("subgroups", config.SubgroupCheck),
+            ("ingest", config.IngestCheck),
+        )
+        for name in cls.model_fields
+        if name not in not_thresholds
     } | {"checks.min_audited"}
     assert {t.key for t in THRESHOLDS} == expected
 
@@ -156,8 +161,9 @@ def test_every_threshold_params_bounds_equal_its_config_fields_bounds():
         field = field_schema(t.key)  # straight from the pydantic model
         [declared] = [b for b in field.get("anyOf", [field]) if b.get("type") != "null"]
         schema = params[t.param].schema
-        assert {k: schema[k] for k in BOUND_KEYWORDS if k in schema} == \
-            {k: declared[k] for k in BOUND_KEYWORDS if k in declared}, t.key
+        assert {k: schema[k] for k in BOUND_KEYWORDS if k in schema} == {
+            k: declared[k] for k in BOUND_KEYWORDS if k in declared
+        }, t.key
         assert schema["type"] == ["null", declared["type"]], t.key
         assert schema.get("enum", [None])[1:] == declared.get("enum", []), t.key
         assert params[t.param].description.startswith(field["description"]), t.key
@@ -166,8 +172,27 @@ def test_every_threshold_params_bounds_equal_its_config_fields_bounds():
 
 
 #: Values a trigger form could send (JSON: no infinities), on and around every bound and choice.
-CANDIDATES = (-1, 0, 0.05, 0.5, 1, 1.5, 3, 99, 100, 2.5, 100000, 100001, True, "", "0.5", "recall", "none",
-              "bonferroni", "nurse")
+CANDIDATES = (
+    -1,
+    0,
+    0.05,
+    0.5,
+    1,
+    1.5,
+    3,
+    99,
+    100,
+    2.5,
+    100000,
+    100001,
+    True,
+    "",
+    "0.5",
+    "recall",
+    "none",
+    "bonferroni",
+    "nurse",
+)
 
 
 def test_a_threshold_param_refuses_exactly_what_the_config_refuses():
@@ -199,10 +224,18 @@ def test_a_threshold_param_refuses_exactly_what_the_config_refuses():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("saliency_max_spurious_share", 1.5), ("saliency_max_spurious_share", -0.1),
-     ("saliency_max_spurious_share", "half"), ("subgroups_min_group_size", 2.5),
-     ("subgroups_confidence", 1.0), ("cooccurrence_min_lift", 0.5), ("subgroups_metric", "f1"),
-     ("shard_size", 0), ("run_id", "../escape"), ("config", "")],
+    [
+        ("saliency_max_spurious_share", 1.5),
+        ("saliency_max_spurious_share", -0.1),
+        ("saliency_max_spurious_share", "half"),
+        ("subgroups_min_group_size", 2.5),
+        ("subgroups_confidence", 1.0),
+        ("cooccurrence_min_lift", 0.5),
+        ("subgroups_metric", "f1"),
+        ("shard_size", 0),
+        ("run_id", "../escape"),
+        ("config", ""),
+    ],
 )
 def test_param_schema_rejects_invalid_values(name, value):
     from airflow.sdk.definitions.param import ParamValidationError
@@ -238,8 +271,13 @@ def test_config_overrides_keep_only_set_thresholds(tmp_path):
     from audit_tasks.config import load_config
 
     overrides = config_overrides(
-        {"config": "x.yaml", "shard_size": 8, "saliency_max_spurious_share": 0.4, "subgroups_max_gap": None,
-         "subgroups_metric": "recall"}
+        {
+            "config": "x.yaml",
+            "shard_size": 8,
+            "saliency_max_spurious_share": 0.4,
+            "subgroups_max_gap": None,
+            "subgroups_metric": "recall",
+        }
     )
     assert overrides == {"checks.saliency.max_spurious_share": 0.4, "checks.subgroups.metric": "recall"}
     path = tmp_path / "audit.yaml"
@@ -256,8 +294,11 @@ def test_config_overrides_keep_only_set_thresholds(tmp_path):
 
 @pytest.mark.parametrize(
     ("airflow_run_id", "expected"),
-    [("scheduled__2026-01-01T00:00:00+00:00", "scheduled__2026-01-01T00_00_00_00_00"),
-     ("manual__../../etc", "manual__._._etc"), ("///", "run")],
+    [
+        ("scheduled__2026-01-01T00:00:00+00:00", "scheduled__2026-01-01T00_00_00_00_00"),
+        ("manual__../../etc", "manual__._._etc"),
+        ("///", "run"),
+    ],
 )
 def test_audit_run_id_is_a_safe_deterministic_folder_name(airflow_run_id, expected):
     from audit_airflow.compat import audit_run_id
@@ -281,8 +322,11 @@ def test_failure_message_adds_each_gate_detail():
     from audit_airflow.tasks import failure_message
 
     message = failure_message(
-        {"run_id": "r1", "failed_gates": ["ingest/all manifests/quarantine_fraction"],
-         "failed_details": ["1 of 13 rows quarantined"]},
+        {
+            "run_id": "r1",
+            "failed_gates": ["ingest/all manifests/quarantine_fraction"],
+            "failed_details": ["1 of 13 rows quarantined"],
+        },
         "/reports/r1/report.html",
     )
     assert "  - ingest/all manifests/quarantine_fraction: 1 of 13 rows quarantined" in message
@@ -302,8 +346,9 @@ def test_latest_event_extra_prefers_the_triggering_event_over_inlet_history():
         "inlet_events": {AUDIT_CLEAN: [_Event({"run_id": "latest-ever"})]},
     }
     assert latest_event_extra(context, AUDIT_CLEAN) == {"run_id": "trigger"}
-    assert latest_event_extra({"triggering_asset_events": {}, "inlet_events": context["inlet_events"]},
-                              AUDIT_CLEAN) == {"run_id": "latest-ever"}
+    assert latest_event_extra(
+        {"triggering_asset_events": {}, "inlet_events": context["inlet_events"]}, AUDIT_CLEAN
+    ) == {"run_id": "latest-ever"}
     assert latest_event_extra({"triggering_asset_events": {}, "inlet_events": {AUDIT_CLEAN: []}}, AUDIT_CLEAN) is None
 
 
@@ -314,10 +359,19 @@ def test_the_run_id_param_uses_the_core_run_id_rule():
     assert RUN_ID_PATTERN == CORE_PATTERN
 
 
-@pytest.mark.parametrize("airflow_run_id", [
-    "manual__2026-01-01T00:00:00+00:00", "scheduled__2026-01-01T02:00:00.123456+00:00", "..", "../../etc/passwd",
-    "a" * 400, "trigger/with/slashes", "\u00e9t\u00e9 run", "-._",
-])
+@pytest.mark.parametrize(
+    "airflow_run_id",
+    [
+        "manual__2026-01-01T00:00:00+00:00",
+        "scheduled__2026-01-01T02:00:00.123456+00:00",
+        "..",
+        "../../etc/passwd",
+        "a" * 400,
+        "trigger/with/slashes",
+        "\u00e9t\u00e9 run",
+        "-._",
+    ],
+)
 def test_every_airflow_run_id_maps_to_a_valid_audit_run_id(airflow_run_id):
     from audit_airflow.compat import audit_run_id
     from audit_tasks.run_ids import is_run_id

@@ -16,7 +16,15 @@ import torch
 
 from audit_tasks.demo.build import build_demo
 from audit_tasks.demo.story import PLANTED_FAILURES, split_gate_name, story_holds, within_planted_story
-from audit_tasks.demo.train import TrainSpec, build_model, fingerprint, is_cached, predict, train_classifier, train_cached
+from audit_tasks.demo.train import (
+    TrainSpec,
+    build_model,
+    fingerprint,
+    is_cached,
+    predict,
+    train_classifier,
+    train_cached,
+)
 from audit_tasks.demo.world import CLASSES, SplitSpec, WorldSpec, render_array, sample_split, swap_cue
 
 WORLD = WorldSpec()
@@ -116,8 +124,10 @@ def demo_audits(demo):
     from audit_tasks.config import load_config
     from audit_tasks.pipeline import run_audit
 
-    return (run_audit(load_config(demo.biased_config), "demo-biased"),
-            run_audit(load_config(demo.debiased_config), "demo-debiased"))
+    return (
+        run_audit(load_config(demo.biased_config), "demo-biased"),
+        run_audit(load_config(demo.debiased_config), "demo-debiased"),
+    )
 
 
 @pytest.mark.slow
@@ -138,19 +148,21 @@ def test_biased_demo_audit_fails_nothing_outside_the_planted_story(demo_audits):
 def test_debiased_demo_audit_passes_with_evidence(demo_audits):
     _, debiased = demo_audits
     assert debiased.verdict.status == "passed", debiased.verdict.describe()
-    assert debiased.summary["checks"] == {"ingest": "ran", "cooccurrence": "ran", "saliency": "ran",
-                                          "subgroups": "ran"}
+    assert debiased.summary["checks"] == {"ingest": "ran", "cooccurrence": "ran", "saliency": "ran", "subgroups": "ran"}
 
 
-@pytest.mark.parametrize(("check", "subject", "allowed"), [
-    ("subgroups", "fur_tone&lighting=dark&night", True),
-    ("subgroups", "fur_tone&lighting=light&night", False),
-    ("subgroups", "lighting=night", False),
-    ("subgroups", "fur_tone=light", False),
-    ("saliency", "husky", False),
-    ("cooccurrence", "ball -> bowl", False),
-    ("class_balance", "labels", False),
-])
+@pytest.mark.parametrize(
+    ("check", "subject", "allowed"),
+    [
+        ("subgroups", "fur_tone&lighting=dark&night", True),
+        ("subgroups", "fur_tone&lighting=light&night", False),
+        ("subgroups", "lighting=night", False),
+        ("subgroups", "fur_tone=light", False),
+        ("saliency", "husky", False),
+        ("cooccurrence", "ball -> bowl", False),
+        ("class_balance", "labels", False),
+    ],
+)
 def test_the_planted_story_allows_only_dark_fur_intersections_beyond_the_planted_gates(check, subject, allowed):
     assert within_planted_story(check, subject) is allowed
 

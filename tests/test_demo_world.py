@@ -84,7 +84,9 @@ def test_biased_batch_shows_lanterns_almost_only_at_night():
 def test_debiased_batch_has_independent_tags():
     samples = sample_split(dataclasses.replace(audit_specs(FULL)["debiased"], n_images=1500), WORLD, 7)
     laptops = [s for s in samples if "laptop" in s.tags]
-    assert _share("mouse" in s.tags for s in laptops) == pytest.approx(_share("mouse" in s.tags for s in samples), abs=0.07)
+    assert _share("mouse" in s.tags for s in laptops) == pytest.approx(
+        _share("mouse" in s.tags for s in samples), abs=0.07
+    )
 
 
 @pytest.mark.parametrize("run", ["biased", "debiased"])
@@ -133,7 +135,7 @@ def test_swapping_the_cue_changes_only_the_snow_patch():
         box = (sample.snow or swapped.snow).box
         changed = np.any(np.asarray(render(sample, WORLD)[0]) != np.asarray(render(swapped, WORLD)[0]), axis=2)
         outside = changed.copy()
-        outside[box[1]:box[3], box[0]:box[2]] = False
+        outside[box[1] : box[3], box[0] : box[2]] = False
         assert changed.any() and not outside.any()
 
 

@@ -19,12 +19,28 @@ REPO = DOCKER.parent
 COMPOSE = DOCKER / "docker-compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 AIRFLOW_SERVICES = {
-    "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-    "airflow-worker", "airflow-worker-gpu",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
 }
 SERVICE_KEYS = {  # the compose-spec service keys this file may use
-    "image", "build", "command", "entrypoint", "environment", "volumes", "user", "depends_on", "ports",
-    "expose", "healthcheck", "restart", "deploy",
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "volumes",
+    "user",
+    "depends_on",
+    "ports",
+    "expose",
+    "healthcheck",
+    "restart",
+    "deploy",
 }
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
@@ -71,7 +87,9 @@ def compose() -> dict:
 def test_docker_compose_config_validates():
     done = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
 
@@ -93,8 +111,11 @@ def test_compose_has_every_documented_service(compose):
 
 def test_dependencies_name_real_services_with_valid_conditions(compose):
     services = compose["services"]
-    edges = [(name, dependency, rule) for name, service in services.items()
-             for dependency, rule in (service.get("depends_on") or {}).items()]
+    edges = [
+        (name, dependency, rule)
+        for name, service in services.items()
+        for dependency, rule in (service.get("depends_on") or {}).items()
+    ]
     assert edges
     for name, dependency, rule in edges:
         assert dependency in services and dependency != name, (name, dependency)

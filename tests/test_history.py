@@ -15,14 +15,22 @@ from fixtures_report import build_run
 
 
 def _summary(run_id: str, created_at: str, *, passed: bool = True, failed: tuple[str, ...] = ()) -> dict:
-    return {"run_id": run_id, "passed": passed, "failed_gates": list(failed),
-            "counts": {"ingested": 110, "quarantined": 10, "audited": 100, "shards": 4},
-            "checks": {"saliency": "ran", "cooccurrence": "skipped"}, "created_at": created_at}
+    return {
+        "run_id": run_id,
+        "passed": passed,
+        "failed_gates": list(failed),
+        "counts": {"ingested": 110, "quarantined": 10, "audited": 100, "shards": 4},
+        "checks": {"saliency": "ran", "cooccurrence": "skipped"},
+        "created_at": created_at,
+    }
 
 
 def test_record_run_writes_one_row_with_counts_and_headline(tmp_path):
-    path = history.record_run(tmp_path, _summary("r1", "2026-11-24T02:00:00+00:00", passed=False, failed=("a/b/c",)),
-                              {"max_flagged_fraction": 0.4, "n_flagged_pairs": 3})
+    path = history.record_run(
+        tmp_path,
+        _summary("r1", "2026-11-24T02:00:00+00:00", passed=False, failed=("a/b/c",)),
+        {"max_flagged_fraction": 0.4, "n_flagged_pairs": 3},
+    )
     runs = history.read_runs(tmp_path)
     assert path == tmp_path / "runs.parquet"
     assert len(runs) == 1
@@ -48,8 +56,9 @@ def test_record_run_is_idempotent(tmp_path):
 def test_re_recording_a_run_replaces_its_row(tmp_path):
     history.record_run(tmp_path, _summary("r1", "2026-11-24T02:00:00+00:00"), {"n_flagged_pairs": 1})
     history.record_run(tmp_path, _summary("r2", "2026-11-25T02:00:00+00:00"), {})
-    history.record_run(tmp_path, _summary("r1", "2026-11-24T02:00:00+00:00", passed=False, failed=("x",)),
-                       {"n_flagged_pairs": 5})
+    history.record_run(
+        tmp_path, _summary("r1", "2026-11-24T02:00:00+00:00", passed=False, failed=("x",)), {"n_flagged_pairs": 5}
+    )
     runs = history.read_runs(tmp_path)
     assert list(runs["run_id"]) == ["r1", "r2"]
     assert runs.set_index("run_id").loc["r1", "n_flagged_pairs"] == 5
@@ -88,8 +97,11 @@ def test_record_run_requires_run_id(tmp_path):
 
 
 def test_previous_run_is_the_one_recorded_just_before(tmp_path):
-    for run_id, when in (("a", "2026-11-23T02:00:00+00:00"), ("b", "2026-11-24T02:00:00+00:00"),
-                         ("c", "2026-11-25T02:00:00+00:00")):
+    for run_id, when in (
+        ("a", "2026-11-23T02:00:00+00:00"),
+        ("b", "2026-11-24T02:00:00+00:00"),
+        ("c", "2026-11-25T02:00:00+00:00"),
+    ):
         history.record_run(tmp_path, _summary(run_id, when), {})
     assert history.previous_run(tmp_path, "c") == "b"
     assert history.previous_run(tmp_path, "b") == "a"
@@ -124,7 +136,8 @@ def test_headline_metrics_of_skipped_checks_are_none(tmp_path):
 
 
 def test_record_run_accepts_headline_aliases(tmp_path):
-    history.record_run(tmp_path, _summary("r1", "2026-11-24T02:00:00+00:00"),
-                       {"max_subgroup_gap": 0.12, "flagged_pairs": 3.0})
+    history.record_run(
+        tmp_path, _summary("r1", "2026-11-24T02:00:00+00:00"), {"max_subgroup_gap": 0.12, "flagged_pairs": 3.0}
+    )
     row = history.read_runs(tmp_path).iloc[0]
     assert row["worst_subgroup_gap"] == pytest.approx(0.12) and row["n_flagged_pairs"] == 3

@@ -19,7 +19,9 @@ def test_probe_reads_size_format_and_mode(tmp_path: Path) -> None:
     assert info == ImageInfo(width=40, height=30, format="JPEG", mode="RGB", orientation=1)
 
 
-@pytest.mark.parametrize("orientation,size", [(1, (40, 20)), (3, (40, 20)), (5, (20, 40)), (6, (20, 40)), (8, (20, 40))])
+@pytest.mark.parametrize(
+    "orientation,size", [(1, (40, 20)), (3, (40, 20)), (5, (20, 40)), (6, (20, 40)), (8, (20, 40))]
+)
 def test_exif_orientation_gives_the_displayed_size(tmp_path: Path, orientation: int, size: tuple[int, int]) -> None:
     info = probe_image(write_jpeg(tmp_path / "r.jpg", (40, 20), orientation=orientation), **LIMITS)
     assert (info.width, info.height) == size and info.orientation == orientation
@@ -70,7 +72,7 @@ def test_jpeg_with_trailing_bytes_after_eoi_is_accepted(tmp_path: Path) -> None:
 
 def test_truncated_png_is_refused(tmp_path: Path) -> None:
     path = write_png(tmp_path / "t.png", (64, 64))
-    path.write_bytes(path.read_bytes()[: -200])
+    path.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(ImageError, match="truncated or corrupt image t.png: PNG has no IEND chunk"):
         probe_image(path, **LIMITS)
 
@@ -84,7 +86,9 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
 
 def test_size_over_max_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
     path = write_png_header_only(tmp_path / "big.png", 9000, 9000)
-    with pytest.raises(ImageError, match=r"PNG declares 9000x9000 = 81,000,000 pixels, over max_image_pixels 50,000,000"):
+    with pytest.raises(
+        ImageError, match=r"PNG declares 9000x9000 = 81,000,000 pixels, over max_image_pixels 50,000,000"
+    ):
         probe_image(path, **LIMITS)
 
 

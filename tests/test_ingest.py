@@ -34,8 +34,10 @@ def images(config: AuditConfig, *seeds: int) -> list[str]:
 
 
 def rows(uris: list[str], **extra) -> list[dict]:
-    return [{"image_uri": u, "label": "doctor" if i % 2 == 0 else "nurse", "gender": "fm"[i % 2], **extra}
-            for i, u in enumerate(uris)]
+    return [
+        {"image_uri": u, "label": "doctor" if i % 2 == 0 else "nurse", "gender": "fm"[i % 2], **extra}
+        for i, u in enumerate(uris)
+    ]
 
 
 def landing(config: AuditConfig) -> Path:
@@ -59,11 +61,26 @@ def test_accepted_rows_land_in_a_dated_catalog_part(config: AuditConfig) -> None
 def test_catalog_rows_have_the_contract_columns(config: AuditConfig) -> None:
     uris = images(config, 1)
     box = regions(("core", "face", (0, 0, 10, 10)))
-    write_csv(landing(config) / "m.csv", [{**rows(uris)[0], "tags": "coat| stethoscope |coat", "regions": box, "site": "A"}])
+    write_csv(
+        landing(config) / "m.csv", [{**rows(uris)[0], "tags": "coat| stethoscope |coat", "regions": box, "site": "A"}]
+    )
     row = ingest(config, "r1", today=DAY).accepted.iloc[0]
     assert list(row.index) == [
-        "run_id", "ingest_date", "manifest", "row_number", "image_id", "image_uri", "image_path", "content_sha256",
-        "label", "tags", "regions", "width", "height", "gender", "site",
+        "run_id",
+        "ingest_date",
+        "manifest",
+        "row_number",
+        "image_id",
+        "image_uri",
+        "image_path",
+        "content_sha256",
+        "label",
+        "tags",
+        "regions",
+        "width",
+        "height",
+        "gender",
+        "site",
     ]
     assert (row.run_id, row.ingest_date, row.manifest, row.row_number) == ("r1", "2025-03-01", "m.csv", 1)
     assert row.image_path == str((config.dataset.image_root / "img1.jpg").resolve())
@@ -176,10 +193,15 @@ def test_rerun_refuses_when_its_manifest_is_gone(config: AuditConfig) -> None:
 
 
 def test_ledger_records_every_manifest_with_its_counts(config: AuditConfig) -> None:
-    write_csv(landing(config) / "m.csv", rows(images(config, 1, 2)) + [{"image_uri": "x.jpg", "label": "doctor", "gender": "f"}])
+    write_csv(
+        landing(config) / "m.csv",
+        rows(images(config, 1, 2)) + [{"image_uri": "x.jpg", "label": "doctor", "gender": "f"}],
+    )
     ingest(config, "r1", today=DAY)
     ledger = read_ledger(config.dataset.catalog)
-    assert ledger[["manifest", "run_id", "ingest_date", "status", "rows", "accepted", "quarantined"]].values.tolist() == [
+    assert ledger[
+        ["manifest", "run_id", "ingest_date", "status", "rows", "accepted", "quarantined"]
+    ].values.tolist() == [
         ["m.csv", "r1", "2025-03-01", "ingested", 3, 2, 1],
     ]
 
@@ -226,7 +248,9 @@ def test_crashed_run_rerun_with_its_id_completes(config: AuditConfig, monkeypatc
     assert len(read_catalog(config.dataset.catalog)) == 1
 
 
-def test_unreadable_manifest_is_refused_and_retried_next_run(config: AuditConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_manifest_is_refused_and_retried_next_run(
+    config: AuditConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import audit_tasks.ingest as module
 
     write_csv(landing(config) / "m.csv", rows(images(config, 1)))
@@ -303,7 +327,13 @@ def test_quarantine_rows_keep_the_row_as_given(config: AuditConfig) -> None:
     q = ingest(config, "r1", today=DAY).quarantined
     assert list(q.columns) == ["image_uri", "label", "gender", "tags", "manifest", "row_number", "reason", "stage"]
     assert q.iloc[0][["image_uri", "label", "gender", "tags", "manifest", "row_number", "stage"]].tolist() == [
-        "gone.jpg", "doctor", "f", "a|b", "m.csv", 1, "ingest",
+        "gone.jpg",
+        "doctor",
+        "f",
+        "a|b",
+        "m.csv",
+        1,
+        "ingest",
     ]
 
 
@@ -325,7 +355,10 @@ def test_gate_passes_under_the_threshold(config: AuditConfig) -> None:
 
 
 def test_gate_fails_over_the_threshold(config: AuditConfig) -> None:
-    write_csv(landing(config) / "m.csv", rows(images(config, 1)) + [{"image_uri": "gone.jpg", "label": "doctor", "gender": "f"}])
+    write_csv(
+        landing(config) / "m.csv",
+        rows(images(config, 1)) + [{"image_uri": "gone.jpg", "label": "doctor", "gender": "f"}],
+    )
     [gate] = ingest_gate(ingest(config, "r1", today=DAY), IngestCheck(max_quarantine_fraction=0.1))
     assert not gate.passed and gate.value == pytest.approx(0.5)
 

@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit_tasks.errors import ManifestError
-from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, parse_tags, read_manifest, read_manifest_table, regions_json
+from audit_tasks.manifest import (
+    ROW_ERROR,
+    parse_region_boxes,
+    parse_tags,
+    read_manifest,
+    read_manifest_table,
+    regions_json,
+)
 from fixtures_ingest import write_csv, write_jsonl, write_parquet
 
 ROWS = [
@@ -52,7 +59,9 @@ def test_column_names_are_stripped_but_keep_their_case(tmp_path: Path) -> None:
 
 def test_missing_image_uri_names_file_and_column(tmp_path: Path) -> None:
     write_csv(tmp_path / "m.csv", [{"path": "a.jpg", "label": "doctor"}])
-    with pytest.raises(ManifestError, match=r"m\.csv: missing required column 'image_uri' \(columns found: path, label\)"):
+    with pytest.raises(
+        ManifestError, match=r"m\.csv: missing required column 'image_uri' \(columns found: path, label\)"
+    ):
         read_manifest(tmp_path / "m.csv")
 
 
@@ -120,8 +129,17 @@ def test_bad_json_line_carries_a_row_error(tmp_path: Path) -> None:
 
 
 def test_json_values_other_than_strings_become_json_text(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "m.jsonl", [{"image_uri": "a.jpg", "age": 41, "ok": True,
-                                       "regions": [{"kind": "core", "name": "f", "box": [0, 0, 1, 1]}]}])
+    write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {
+                "image_uri": "a.jpg",
+                "age": 41,
+                "ok": True,
+                "regions": [{"kind": "core", "name": "f", "box": [0, 0, 1, 1]}],
+            }
+        ],
+    )
     row = read_manifest(tmp_path / "m.jsonl").iloc[0]
     assert (row["age"], row["ok"]) == ("41", "true")
     assert json.loads(row["regions"]) == [{"kind": "core", "name": "f", "box": [0, 0, 1, 1]}]
@@ -153,7 +171,9 @@ def test_table_fast_path_normalises_tag_lists_from_parquet(tmp_path: Path) -> No
 
 
 def test_table_fast_path_drops_null_and_empty_tags_and_null_lists(tmp_path: Path) -> None:
-    write_parquet(tmp_path / "m.parquet", [{"image_uri": "a", "tags": None}, {"image_uri": "b", "tags": ["a", None, " ", "a"]}])
+    write_parquet(
+        tmp_path / "m.parquet", [{"image_uri": "a", "tags": None}, {"image_uri": "b", "tags": ["a", None, " ", "a"]}]
+    )
     assert read_manifest_table(tmp_path / "m.parquet").column("tags").to_pylist() == [[], ["a"]]
 
 
@@ -175,7 +195,8 @@ def test_table_fast_path_falls_back_on_non_utf8(tmp_path: Path) -> None:
 def test_table_fast_path_falls_back_on_ragged_rows(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("image_uri,label\na.jpg,doctor,extra\nb.jpg,nurse\n", encoding="utf-8")
     assert read_manifest_table(tmp_path / "m.csv").column(ROW_ERROR).to_pylist() == [
-        "row has 3 fields but the header has 2", None,
+        "row has 3 fields but the header has 2",
+        None,
     ]
 
 
@@ -207,10 +228,17 @@ def test_table_fast_path_requires_image_uri(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value,expected", [
-    (None, []), (math.nan, []), ("", []), (" a | b |a||", ["a", "b"]), (["b", " a", "", None, "b"], ["b", "a"]),
-    ((1, 2), ["1", "2"]),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (None, []),
+        (math.nan, []),
+        ("", []),
+        (" a | b |a||", ["a", "b"]),
+        (["b", " a", "", None, "b"], ["b", "a"]),
+        ((1, 2), ["1", "2"]),
+    ],
+)
 def test_parse_tags_normalises(value, expected) -> None:
     assert parse_tags(value) == expected
 
@@ -249,21 +277,48 @@ def test_absent_regions_parse_to_an_empty_list(raw) -> None:
     assert parse_region_boxes(raw) == []
 
 
-@pytest.mark.parametrize("raw,message", [
-    ("[{", "regions is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 3"),
-    ('{"kind": "core"}', "regions must be a JSON list of objects, got an object"),
-    ('["face"]', "region 0 must be an object with kind, name, box; got a string"),
-    ('[{"kind": "core", "name": "f", "bbox": [0, 0, 1, 1]}]', "region 0 has unknown key(s) bbox (allowed: box, kind, name)"),
-    ('[{"kind": "core", "name": "f"}]', "region 0 lacks key(s) box"),
-    ('[{"kind": "object", "name": "f", "box": [0, 0, 1, 1]}]', "region 0 has kind 'object'; it must be 'core' or 'spurious'"),
-    ('[{"kind": "core", "name": "", "box": [0, 0, 1, 1]}]', "region 0 needs a non-empty string name, got ''"),
-    ('[{"kind": "core", "name": "f", "box": [0, 0, 1]}]', "region 0 (f) box must be a list of 4 numbers [x0, y0, x1, y1], got [0, 0, 1]"),
-    ('[{"kind": "core", "name": "f", "box": [0, 0, "1", 1]}]', "region 0 (f) box must hold finite numbers, got [0, 0, '1', 1]"),
-    ('[{"kind": "core", "name": "f", "box": [0, 0, NaN, 1]}]', "region 0 (f) box must hold finite numbers, got [0, 0, nan, 1]"),
-    ('[{"kind": "core", "name": "f", "box": [-1, 0, 1, 1]}]', "region 0 (f) box [-1, 0, 1, 1] has a negative coordinate"),
-    ('[{"kind": "core", "name": "f", "box": [5, 0, 1, 1]}]', "region 0 (f) box [5, 0, 1, 1] is empty or inverted (need x0 < x1 and y0 < y1)"),
-    ('[{"kind": "core", "name": "f", "box": [0, 0, 11, 1]}]', "region 0 (f) box [0, 0, 11, 1] lies outside the 10x10 image"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ("[{", "regions is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 3"),
+        ('{"kind": "core"}', "regions must be a JSON list of objects, got an object"),
+        ('["face"]', "region 0 must be an object with kind, name, box; got a string"),
+        (
+            '[{"kind": "core", "name": "f", "bbox": [0, 0, 1, 1]}]',
+            "region 0 has unknown key(s) bbox (allowed: box, kind, name)",
+        ),
+        ('[{"kind": "core", "name": "f"}]', "region 0 lacks key(s) box"),
+        (
+            '[{"kind": "object", "name": "f", "box": [0, 0, 1, 1]}]',
+            "region 0 has kind 'object'; it must be 'core' or 'spurious'",
+        ),
+        ('[{"kind": "core", "name": "", "box": [0, 0, 1, 1]}]', "region 0 needs a non-empty string name, got ''"),
+        (
+            '[{"kind": "core", "name": "f", "box": [0, 0, 1]}]',
+            "region 0 (f) box must be a list of 4 numbers [x0, y0, x1, y1], got [0, 0, 1]",
+        ),
+        (
+            '[{"kind": "core", "name": "f", "box": [0, 0, "1", 1]}]',
+            "region 0 (f) box must hold finite numbers, got [0, 0, '1', 1]",
+        ),
+        (
+            '[{"kind": "core", "name": "f", "box": [0, 0, NaN, 1]}]',
+            "region 0 (f) box must hold finite numbers, got [0, 0, nan, 1]",
+        ),
+        (
+            '[{"kind": "core", "name": "f", "box": [-1, 0, 1, 1]}]',
+            "region 0 (f) box [-1, 0, 1, 1] has a negative coordinate",
+        ),
+        (
+            '[{"kind": "core", "name": "f", "box": [5, 0, 1, 1]}]',
+            "region 0 (f) box [5, 0, 1, 1] is empty or inverted (need x0 < x1 and y0 < y1)",
+        ),
+        (
+            '[{"kind": "core", "name": "f", "box": [0, 0, 11, 1]}]',
+            "region 0 (f) box [0, 0, 11, 1] lies outside the 10x10 image",
+        ),
+    ],
+)
 def test_parse_region_boxes_rejects_with_a_precise_message(raw: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_region_boxes(raw, width=10, height=10)
@@ -283,7 +338,9 @@ def test_regions_json_normalises_and_drops_empty() -> None:
 
 _JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["kind", "name", "box", "x"]), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["kind", "name", "box", "x"]), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 

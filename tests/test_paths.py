@@ -100,16 +100,26 @@ def test_an_allowed_object_store_uri_outside_a_local_root_is_refused(root: Path)
 
 def test_an_object_store_uri_under_an_object_store_root_resolves_below_it() -> None:
     bucket = UPath("memory://bucket/images")
-    assert str(resolve_under(bucket, "memory://bucket/images/sub/a.jpg", allowed_schemes=("memory",))) == \
-        "memory://bucket/images/sub/a.jpg"
+    assert (
+        str(resolve_under(bucket, "memory://bucket/images/sub/a.jpg", allowed_schemes=("memory",)))
+        == "memory://bucket/images/sub/a.jpg"
+    )
 
 
 def test_a_relative_path_under_an_object_store_root_resolves_below_it() -> None:
     assert str(resolve_under(UPath("memory://bucket/images"), "sub/a.jpg")) == "memory://bucket/images/sub/a.jpg"
 
 
-@pytest.mark.parametrize("uri", ["memory://bucket/other/a.jpg", "memory://bucket/images/../other/a.jpg",
-                                 "memory://bucket/images-2/a.jpg", "../other/a.jpg", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "memory://bucket/other/a.jpg",
+        "memory://bucket/images/../other/a.jpg",
+        "memory://bucket/images-2/a.jpg",
+        "../other/a.jpg",
+        "/etc/passwd",
+    ],
+)
 def test_names_that_leave_an_object_store_root_are_refused(uri: str) -> None:
     with pytest.raises(PathEscapeError):
         resolve_under(UPath("memory://bucket/images"), uri, allowed_schemes=("memory", "file"))

@@ -12,8 +12,16 @@ from audit_tasks.pipeline import run_audit
 from audit_tasks.tables import read_table, table_metadata
 from fixtures_pipeline import make_world, strict_ingest_checks
 
-CONTRACT_FILES = ("images.parquet", "quarantine.parquet", "cooccurrence.parquet", "saliency_by_class.parquet",
-                  "subgroups.parquet", "gates.parquet", "report.html", "summary.json")
+CONTRACT_FILES = (
+    "images.parquet",
+    "quarantine.parquet",
+    "cooccurrence.parquet",
+    "saliency_by_class.parquet",
+    "subgroups.parquet",
+    "gates.parquet",
+    "report.html",
+    "summary.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +70,10 @@ def test_tables_carry_the_schema_version(lenient_run):
 
 def test_rerunning_a_run_id_gives_identical_tables(lenient_run):
     world, outcome = lenient_run
-    before = {n: read_table(outcome.run_dir / n) for n in ("images.parquet", "quarantine.parquet", "gates.parquet",
-                                                            "subgroups.parquet", "cooccurrence.parquet")}
+    before = {
+        n: read_table(outcome.run_dir / n)
+        for n in ("images.parquet", "quarantine.parquet", "gates.parquet", "subgroups.parquet", "cooccurrence.parquet")
+    }
     run_audit(load_config(world.config), "night-1")
     for name, frame in before.items():
         pd.testing.assert_frame_equal(read_table(outcome.run_dir / name), frame, check_like=False)
@@ -107,12 +117,17 @@ def test_a_new_checkpoint_with_no_new_data_audits_the_whole_catalog(tmp_path):
 
 
 def test_a_run_where_every_check_is_too_few_to_judge_is_inconclusive(tmp_path):
-    world = make_world(tmp_path, n_images=4, checks={"saliency": {"min_images": 100},
-                                                      "subgroups": {"attributes": ["gender"]}})
+    world = make_world(
+        tmp_path, n_images=4, checks={"saliency": {"min_images": 100}, "subgroups": {"attributes": ["gender"]}}
+    )
     outcome = run_audit(load_config(world.config), "thin")
     assert outcome.verdict.status == "inconclusive"
-    assert outcome.summary["checks"] == {"ingest": "skipped", "cooccurrence": "skipped",
-                                         "saliency": "too few to judge", "subgroups": "too few to judge"}
+    assert outcome.summary["checks"] == {
+        "ingest": "skipped",
+        "cooccurrence": "skipped",
+        "saliency": "too few to judge",
+        "subgroups": "too few to judge",
+    }
     assert "too little data" in outcome.summary["inconclusive_reason"]
 
 

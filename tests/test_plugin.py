@@ -100,8 +100,12 @@ def test_ui_session_cookie_serves_the_report(api, reports):
 
 @pytest.mark.parametrize(
     "path",
-    ["/runs/..%2F..%2Fetc/report.html", "/runs/%2E%2E/report.html", "/runs/..%5C..%5Cetc/report.html",
-     "/runs/.hidden/report.html"],
+    [
+        "/runs/..%2F..%2Fetc/report.html",
+        "/runs/%2E%2E/report.html",
+        "/runs/..%5C..%5Cetc/report.html",
+        "/runs/.hidden/report.html",
+    ],
 )
 def test_path_traversal_is_refused(api, reports, path):
     client, auth_manager = api
@@ -232,8 +236,9 @@ def test_index_is_paged(api, reports):
 def _dag_run_href(plugin: dict, dag_id: str, run_id: str) -> str:
     """The dag_run view's href filled in as Airflow's UI does (`encodeURIComponent` of each id)."""
     view = next(v for v in plugin["external_views"] if v["destination"] == "dag_run")
-    return view["href"].replace("{DAG_ID}", quote(dag_id, safe="!~*'()")).replace(
-        "{RUN_ID}", quote(run_id, safe="!~*'()"))
+    return (
+        view["href"].replace("{DAG_ID}", quote(dag_id, safe="!~*'()")).replace("{RUN_ID}", quote(run_id, safe="!~*'()"))
+    )
 
 
 def test_plugin_registers_a_dag_run_view_that_serves_that_runs_report(api, reports):
@@ -245,8 +250,9 @@ def test_plugin_registers_a_dag_run_view_that_serves_that_runs_report(api, repor
     plugin = _registered_plugin(client, auth_manager)
     view = next(v for v in plugin["external_views"] if v["destination"] == "dag_run")
 
-    response = client.get(_dag_run_href(plugin, "dataset_audit", airflow_run),
-                          headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+    response = client.get(
+        _dag_run_href(plugin, "dataset_audit", airflow_run), headers={"Authorization": f"Bearer {_token(auth_manager)}"}
+    )
 
     assert view["url_route"] and view["name"]
     assert response.status_code == 200
@@ -262,8 +268,10 @@ def test_dag_run_view_finds_a_manual_run_through_its_summary(api, reports):
     summary["airflow"] = {"dag_id": "dataset_audit", "dag_run_id": airflow_run}
     (reports / "green-1" / "summary.json").write_text(json.dumps(summary))
 
-    response = client.get(_dag_run_href(_registered_plugin(client, auth_manager), "dataset_audit", airflow_run),
-                          headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+    response = client.get(
+        _dag_run_href(_registered_plugin(client, auth_manager), "dataset_audit", airflow_run),
+        headers={"Authorization": f"Bearer {_token(auth_manager)}"},
+    )
 
     assert response.status_code == 200 and response.text == "<html><body>report of green-1</body></html>"
 
@@ -278,8 +286,10 @@ def test_dag_run_view_finds_a_manual_run_through_its_summary(api, reports):
 )
 def test_dag_run_view_without_a_report_is_a_clear_page(api, reports, dag_id, run_id, status, says):
     client, auth_manager = api
-    response = client.get(_dag_run_href(_registered_plugin(client, auth_manager), dag_id, run_id),
-                          headers={"Authorization": f"Bearer {_token(auth_manager)}"})
+    response = client.get(
+        _dag_run_href(_registered_plugin(client, auth_manager), dag_id, run_id),
+        headers={"Authorization": f"Bearer {_token(auth_manager)}"},
+    )
     assert response.status_code == status
     assert response.headers["content-type"].startswith("text/html")
     assert says in response.text.lower()

@@ -101,9 +101,11 @@ def test_peak_location_and_pointing_game_tolerance():
     cams = torch.zeros(3, 6, 6)
     cams[:, 2, 4] = 1.0  # centre at x = 4.5/6 = 0.75, y = 2.5/6
     size = (600, 600)  # peak at (450, 250) px
-    regions = [[_core([400, 200, 500, 300])],  # contains the peak
-               [_core([460, 200, 560, 300])],  # 10 px away: within 15 px
-               [_core([470, 200, 560, 300])]]  # 20 px away: a miss
+    regions = [
+        [_core([400, 200, 500, 300])],  # contains the peak
+        [_core([460, 200, 560, 300])],  # 10 px away: within 15 px
+        [_core([470, 200, 560, 300])],
+    ]  # 20 px away: a miss
     m = region_metrics(cams, regions, [size] * 3)
     assert m["peak_x"].tolist() == pytest.approx([0.75] * 3)
     assert m["peak_y"].tolist() == pytest.approx([2.5 / 6] * 3)
@@ -113,7 +115,12 @@ def test_peak_location_and_pointing_game_tolerance():
 def test_row_regions_accepts_json_and_rejects_malformed_as_an_image_error():
     assert row_regions('[{"kind": "core", "name": "a", "box": [0, 0, 1, 1]}]')[0]["box"] == [0.0, 0.0, 1.0, 1.0]
     assert row_regions(None) == [] and row_regions("") == []
-    for bad in ("not json", '[{"kind": "other", "box": [0,0,1,1]}]', '[{"kind": "core", "box": [0, 0, 1]}]', '{"a": 1}'):
+    for bad in (
+        "not json",
+        '[{"kind": "other", "box": [0,0,1,1]}]',
+        '[{"kind": "core", "box": [0, 0, 1]}]',
+        '{"a": 1}',
+    ):
         with pytest.raises(ImageError):
             row_regions(bad, where="row 3")
 
@@ -156,8 +163,12 @@ def _world(n: int, lean: bool, seed: int) -> tuple[torch.Tensor, list, list]:
         cam = F.adaptive_avg_pool2d(evidence[None, None], 6)
         cam = F.conv2d(F.pad(cam, (1, 1, 1, 1), mode="replicate"), blur)[0, 0]
         cams.append((cam - 0.3 * cam.mean()).clamp_min(0))
-        regions.append([_core([ox * W, oy * H, (ox + ow) * W, (oy + oh) * H]),
-                        _spur([px * W, py * H, (px + side) * W, (py + side) * H])])
+        regions.append(
+            [
+                _core([ox * W, oy * H, (ox + ow) * W, (oy + oh) * H]),
+                _spur([px * W, py * H, (px + side) * W, (py + side) * H]),
+            ]
+        )
     return torch.stack(cams), regions, [(W, H)] * n
 
 

@@ -18,8 +18,14 @@ from audit_tasks.pipeline import run_audit
 from audit_tasks.tables import read_table
 from fixtures_pipeline import lenient_checks, make_world
 
-TABLES = ("images.parquet", "quarantine.parquet", "cooccurrence.parquet", "saliency_by_class.parquet",
-          "subgroups.parquet", "gates.parquet")
+TABLES = (
+    "images.parquet",
+    "quarantine.parquet",
+    "cooccurrence.parquet",
+    "saliency_by_class.parquet",
+    "subgroups.parquet",
+    "gates.parquet",
+)
 
 
 def _reset_state(root: Path) -> None:
@@ -67,12 +73,15 @@ def _killed_after_writing(path: Path, config: Path, run_id: str) -> subprocess.C
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [
-    "catalog/_ledger.parquet",              # right after ingest committed its manifests
-    "reports/night/_stages/audit_rows.parquet",
-    "reports/night/images.parquet",         # between saliency and the checks that read it
-    "reports/night/gates.parquet",          # before summary.json and the report
-])
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        "catalog/_ledger.parquet",  # right after ingest committed its manifests
+        "reports/night/_stages/audit_rows.parquet",
+        "reports/night/images.parquet",  # between saliency and the checks that read it
+        "reports/night/gates.parquet",  # before summary.json and the report
+    ],
+)
 def test_a_run_killed_at_any_stage_reruns_to_identical_tables(tmp_path, kill_at):
     world = make_world(tmp_path, n_images=8, bad_rows=1)
     reference = run_audit(load_config(world.config), "night")
@@ -103,8 +112,7 @@ def _open_fds() -> int:
 
 @pytest.mark.slow
 def test_twenty_nightly_audits_in_one_process_do_not_leak(tmp_path):
-    world = make_world(tmp_path, n_images=4, checks=lenient_checks(),
-                       extra=None)
+    world = make_world(tmp_path, n_images=4, checks=lenient_checks(), extra=None)
     config = load_config(world.config, {"dataset.audit_scope": "catalog"})
     samples = []
     for night in range(20):
@@ -130,7 +138,10 @@ def test_twenty_engine_calls_on_one_model_leave_no_hooks_behind():
     images = torch.rand(2, 3, 64, 64)
     for _ in range(20):
         engine.attribute(images, torch.tensor([0, 1]))
-    hooked = [name for name, module in model.named_modules()
-              if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks]
+    hooked = [
+        name
+        for name, module in model.named_modules()
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+    ]
     assert hooked == []
     assert model.training

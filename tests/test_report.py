@@ -64,8 +64,10 @@ def test_summary_shows_counts(tmp_path):
 
 
 def test_missing_tables_show_check_skipped(tmp_path):
-    run_dir = build_run(tmp_path, skip=("cooccurrence", "class_balance", "subgroups", "confusion",
-                                        "images", "saliency_by_class", "quarantine"))
+    run_dir = build_run(
+        tmp_path,
+        skip=("cooccurrence", "class_balance", "subgroups", "confusion", "images", "saliency_by_class", "quarantine"),
+    )
     page = _render(run_dir)
     skipped_sections = re.findall(r'<section id="(\w+)">.*?</section>', page, flags=re.S)
     assert skipped_sections == ["summary", "cooccurrence", "subgroups", "confusion", "saliency", "quarantine"]
@@ -153,9 +155,18 @@ def test_gallery_is_bounded_by_max_gallery(tmp_path):
 def test_quarantine_shows_first_rows_and_counts_the_rest(tmp_path):
     run_dir = build_run(tmp_path)
     n = QUARANTINE_ROWS + 234
-    write_table(pd.DataFrame({"image_uri": [f"x{i}.png" for i in range(n)], "manifest": "m.csv",
-                              "row_number": np.arange(1, n + 1), "reason": "image file not found", "stage": "ingest"}),
-                run_dir / "quarantine.parquet")
+    write_table(
+        pd.DataFrame(
+            {
+                "image_uri": [f"x{i}.png" for i in range(n)],
+                "manifest": "m.csv",
+                "row_number": np.arange(1, n + 1),
+                "reason": "image file not found",
+                "stage": "ingest",
+            }
+        ),
+        run_dir / "quarantine.parquet",
+    )
     page = _render(run_dir)
     section = re.search(r'<section id="quarantine">(.*?)</section>', page, flags=re.S).group(1)
     assert section.count("<strong>image file not found</strong>") == QUARANTINE_ROWS
@@ -213,8 +224,11 @@ def test_hostile_strings_are_escaped_inside_attributes(tmp_path):
 
 def test_page_loads_nothing_from_the_network(tmp_path):
     page = _render(build_run(tmp_path))
-    policies = [dict(attrs)["content"] for tag, attrs in _start_tags(page)
-                if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy"]
+    policies = [
+        dict(attrs)["content"]
+        for tag, attrs in _start_tags(page)
+        if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy"
+    ]
     assert policies == [CSP] and "default-src 'none'" in CSP
     urls = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert any(url.startswith("data:") for url in urls) and any(url.startswith("#") for url in urls)
@@ -303,10 +317,13 @@ def test_colourise_upsamples_to_thumbnail_and_scales_to_max():
 
 
 def test_overlay_draws_core_and_spurious_boxes(tmp_path):
-    regions = ('[{"kind": "core", "name": "p", "box": [50, 50, 150, 150]}, '
-               '{"kind": "spurious", "name": "w", "box": [0, 0, 40, 40]}]')
-    ov = render_overlay(np.zeros(49, dtype=np.float32), 7, 7, image_path=None, width=200, height=200,
-                        regions=regions, thumb_size=100)
+    regions = (
+        '[{"kind": "core", "name": "p", "box": [50, 50, 150, 150]}, '
+        '{"kind": "spurious", "name": "w", "box": [0, 0, 40, 40]}]'
+    )
+    ov = render_overlay(
+        np.zeros(49, dtype=np.float32), 7, 7, image_path=None, width=200, height=200, regions=regions, thumb_size=100
+    )
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ov.data_uri.split(",", 1)[1]))).convert("RGB"), dtype=int)
     assert (ov.width, ov.height) == (100, 100) and not ov.has_original
     # Boxes scaled by 0.5 (thumbnail 100 px for 200 px): the core box's left edge at x=25 is greener than
@@ -318,8 +335,9 @@ def test_overlay_draws_core_and_spurious_boxes(tmp_path):
 def test_overlay_blends_over_the_original(tmp_path):
     path = tmp_path / "white.png"
     Image.new("RGB", (40, 40), (255, 255, 255)).save(path)
-    ov = render_overlay(np.zeros(4, dtype=np.float32), 2, 2, image_path=str(path), width=40, height=40,
-                        regions=None, thumb_size=40)
+    ov = render_overlay(
+        np.zeros(4, dtype=np.float32), 2, 2, image_path=str(path), width=40, height=40, regions=None, thumb_size=40
+    )
     img = np.asarray(Image.open(io.BytesIO(base64.b64decode(ov.data_uri.split(",", 1)[1]))).convert("RGB"), dtype=int)
     assert ov.has_original
     # Half white, half jet's coldest blue (0, 0, 128): a light blue.
@@ -367,8 +385,10 @@ def test_report_opens_in_headless_chromium(tmp_path):
 def test_many_classes_list_the_most_frequent_confusions(tmp_path):
     run_dir = build_run(tmp_path)
     classes = [f"c{k:03d}" for k in range(70)]
-    rows = [{"attribute": "__overall__", "group": "__all__", "label": a, "prediction": b, "n": 1 + (i % 7)}
-            for i, (a, b) in enumerate((a, b) for a in classes for b in classes[:3])]
+    rows = [
+        {"attribute": "__overall__", "group": "__all__", "label": a, "prediction": b, "n": 1 + (i % 7)}
+        for i, (a, b) in enumerate((a, b) for a in classes for b in classes[:3])
+    ]
     write_table(pd.DataFrame(rows), run_dir / "confusion.parquet")
     page = _render(run_dir)
     assert "70 classes: too many to draw the matrix" in page

@@ -158,7 +158,9 @@ def test_run_folder_linking_inside_the_root_is_listed(roots):
     _run(root, "real", {"verdict": "failed", "passed": False, "failed_gates": ["a/b/c"]})
     (root / "alias").symlink_to(root / "real", target_is_directory=True)
     assert sorted((r.run_id, r.verdict, r.has_report) for r in list_runs(root).runs) == [
-        ("alias", "failed", True), ("real", "failed", True)]
+        ("alias", "failed", True),
+        ("real", "failed", True),
+    ]
     assert report_file(root, "alias").read_text() == "report of real"
 
 
@@ -247,8 +249,16 @@ def test_dag_run_maps_to_its_audit_run_folder(tmp_path):
 def test_dag_run_with_a_run_id_param_is_found_through_its_summary(tmp_path):
     airflow = {"dag_id": AUDIT_DAG_ID, "dag_run_id": AIRFLOW_RUN}
     _run(tmp_path, "green-1", {"verdict": "passed", "passed": True, "failed_gates": [], "airflow": airflow})
-    _run(tmp_path, "other", {"verdict": "passed", "passed": True, "failed_gates": [],
-                             "airflow": {"dag_id": AUDIT_DAG_ID, "dag_run_id": "manual__other"}})
+    _run(
+        tmp_path,
+        "other",
+        {
+            "verdict": "passed",
+            "passed": True,
+            "failed_gates": [],
+            "airflow": {"dag_id": AUDIT_DAG_ID, "dag_run_id": "manual__other"},
+        },
+    )
     assert find_dag_run(tmp_path, AUDIT_DAG_ID, AIRFLOW_RUN) == "green-1"
     assert find_dag_run(tmp_path, AUDIT_DAG_ID, "manual__2030-01-01T00:00:00+00:00") is None
 
@@ -281,9 +291,18 @@ def test_object_storage_root_lists_judges_and_finds_runs(tmp_path):
     from audit_airflow.storage import storage_root
 
     root = storage_root(f"memory://reports-app-{tmp_path.name}")
-    for run_id, summary in (("old", {"verdict": "passed", "passed": True, "failed_gates": [],
-                                     "airflow": {"dag_id": AUDIT_DAG_ID, "dag_run_id": AIRFLOW_RUN}}),
-                            ("new", None)):
+    for run_id, summary in (
+        (
+            "old",
+            {
+                "verdict": "passed",
+                "passed": True,
+                "failed_gates": [],
+                "airflow": {"dag_id": AUDIT_DAG_ID, "dag_run_id": AIRFLOW_RUN},
+            },
+        ),
+        ("new", None),
+    ):
         (root / run_id).mkdir(parents=True, exist_ok=True)
         (root / run_id / "summary.json").write_text(json.dumps(summary))
         time.sleep(0.01)  # memory:// records creation times; keep them apart
@@ -291,7 +310,9 @@ def test_object_storage_root_lists_judges_and_finds_runs(tmp_path):
 
     page = list_runs(root)
 
-    assert [(r.run_id, r.verdict, r.has_report) for r in page.runs] == [("new", "unreadable", False),
-                                                                       ("old", "passed", True)]
+    assert [(r.run_id, r.verdict, r.has_report) for r in page.runs] == [
+        ("new", "unreadable", False),
+        ("old", "passed", True),
+    ]
     assert find_dag_run(root, AUDIT_DAG_ID, AIRFLOW_RUN) == "old"
     assert report_file(root, "old").read_text() == "report of old"

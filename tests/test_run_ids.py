@@ -10,10 +10,35 @@ from audit_tasks import pipeline
 from audit_tasks.errors import ConfigError
 from audit_tasks.run_ids import MSG_BAD_RUN_ID, RUN_ID_PATTERN, check_run_id, is_run_id
 
-GOOD = ["night-1", "r1", "7", "20250301T000000Z-abc123", "A.b_c+d-e", "demo-biased", "x" * 128,
-        "manual__2025-03-01T00_00_00_00_00"]
-BAD = ["", ".hidden", "..", "../escape", "a..b", "a/b", "a\\b", "_lead", "-lead", "a:b", "a=b", "with space",
-       "tab\there", "night-1\n", "x" * 129, "scheduled__2025-03-01T00:00:00+00:00", "caf\u00e9"]
+GOOD = [
+    "night-1",
+    "r1",
+    "7",
+    "20250301T000000Z-abc123",
+    "A.b_c+d-e",
+    "demo-biased",
+    "x" * 128,
+    "manual__2025-03-01T00_00_00_00_00",
+]
+BAD = [
+    "",
+    ".hidden",
+    "..",
+    "../escape",
+    "a..b",
+    "a/b",
+    "a\\b",
+    "_lead",
+    "-lead",
+    "a:b",
+    "a=b",
+    "with space",
+    "tab\there",
+    "night-1\n",
+    "x" * 129,
+    "scheduled__2025-03-01T00:00:00+00:00",
+    "caf\u00e9",
+]
 
 
 @pytest.mark.parametrize("run_id", GOOD)

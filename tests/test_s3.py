@@ -42,13 +42,20 @@ def _free_port() -> int:
 def s3_endpoint():
     """A moto S3 server with one bucket; the AWS variables point boto (and so s3fs) at it."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-                      AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     try:
         for _ in range(100):
             try:
@@ -96,10 +103,14 @@ def s3_and_local(s3_endpoint, tmp_path_factory):
 def test_an_audit_in_an_s3_bucket_writes_the_same_tables_as_on_local_disk(s3_and_local):
     world, local, remote, config = s3_and_local
     for name in ("images", "quarantine", "gates", "subgroups", "cooccurrence", "saliency_by_class"):
-        a = without_prefix(read_table(local.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore"),
-                           str(world.root / "images"))
-        b = without_prefix(read_table(remote.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore"),
-                           str(config.dataset.image_root))
+        a = without_prefix(
+            read_table(local.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore"),
+            str(world.root / "images"),
+        )
+        b = without_prefix(
+            read_table(remote.run_dir / f"{name}.parquet").drop(columns=["cam"], errors="ignore"),
+            str(config.dataset.image_root),
+        )
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
 
 

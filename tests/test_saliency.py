@@ -45,8 +45,9 @@ _BUILDERS = {
     "resnet18": lambda: torchvision.models.resnet18(weights=None, num_classes=5),
     "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(weights=None, num_classes=5, width_mult=0.35),
     # torchvision's own DenseNet class (same forward: features -> relu(inplace=True) -> pool -> Linear), kept tiny.
-    "densenet": lambda: torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16,
-                                                    bn_size=2, num_classes=5),
+    "densenet": lambda: torchvision.models.DenseNet(
+        growth_rate=8, block_config=(2, 2, 2), num_init_features=16, bn_size=2, num_classes=5
+    ),
 }
 
 
@@ -82,7 +83,11 @@ def test_maps_match_captum_layer_gradcam(arch):
     model = _model(arch)
     x, t = _inputs()
     ours = GradCAM(model, LAYERS[arch]).attribute(x, t).cams
-    theirs = LayerGradCam(model, model.get_submodule(LAYERS[arch])).attribute(x, target=t, relu_attributions=True)[:, 0].detach()
+    theirs = (
+        LayerGradCam(model, model.get_submodule(LAYERS[arch]))
+        .attribute(x, target=t, relu_attributions=True)[:, 0]
+        .detach()
+    )
     scale = float(theirs.abs().max())
     assert scale > 0
     assert (ours - theirs).abs().max() <= 1e-4 * scale
@@ -103,8 +108,9 @@ def test_maps_match_pytorch_grad_cam(arch):
     assert (ours - theirs).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("ours_cls, pgc_name", [(GradCAMPlusPlus, "GradCAMPlusPlus"), (HiResCAM, "HiResCAM"),
-                                                (LayerCAM, "LayerCAM")])
+@pytest.mark.parametrize(
+    "ours_cls, pgc_name", [(GradCAMPlusPlus, "GradCAMPlusPlus"), (HiResCAM, "HiResCAM"), (LayerCAM, "LayerCAM")]
+)
 def test_variants_match_pytorch_grad_cam(ours_cls, pgc_name):
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -244,8 +250,9 @@ def test_unknown_layer_path_raises_model_error():
 def test_layer_given_as_module_object():
     model = _model("resnet18")
     x, t = _inputs()
-    torch.testing.assert_close(GradCAM(model, model.layer4).attribute(x, t).cams,
-                               GradCAM(model, "layer4").attribute(x, t).cams)
+    torch.testing.assert_close(
+        GradCAM(model, model.layer4).attribute(x, t).cams, GradCAM(model, "layer4").attribute(x, t).cams
+    )
 
 
 def test_closed_form_required_but_unavailable_raises():
@@ -282,6 +289,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     def broken_compile(module, *args, **kwargs):
         def run(*a, **k):
             raise RuntimeError("no compiler here")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -312,8 +320,9 @@ def test_autocast_on_cuda_agrees_with_fp32(precision):
     reference = GradCAM(model, "layer4", device="cuda").attribute(x, t).cams
     fast = GradCAM(model, "layer4", precision=precision, channels_last=True, fuse_batchnorm=True, device="cuda")
     closed = fast.attribute(x, t)
-    generic = GradCAM(model, "layer4", precision=precision, channels_last=True, fuse_batchnorm=True, device="cuda",
-                      closed_form=False).attribute(x, t)
+    generic = GradCAM(
+        model, "layer4", precision=precision, channels_last=True, fuse_batchnorm=True, device="cuda", closed_form=False
+    ).attribute(x, t)
     assert closed.cams.device.type == "cuda" and closed.cams.dtype == torch.float32
     assert closed.closed_form and not generic.closed_form
     scale = float(reference.max())

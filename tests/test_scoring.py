@@ -26,8 +26,9 @@ def model() -> torch.nn.Module:
 
 
 def _model_config() -> ModelConfig:
-    return ModelConfig(arch="resnet18", checkpoint=Path("unused.pt"), classes=CLASSES, target_layer="layer4",
-                       input_size=64)
+    return ModelConfig(
+        arch="resnet18", checkpoint=Path("unused.pt"), classes=CLASSES, target_layer="layer4", input_size=64
+    )
 
 
 def _rows(tmp_path: Path) -> pd.DataFrame:
@@ -37,15 +38,29 @@ def _rows(tmp_path: Path) -> pd.DataFrame:
         width, height = 80 + 10 * i, 60
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-        regions = [{"kind": "core", "name": "animal", "box": [5, 5, 40, 50]},
-                   {"kind": "spurious", "name": "watermark", "box": [60, 40, 75, 55]}]
-        records.append({"image_id": f"id{i}", "image_uri": f"img{i}.png", "image_path": str(path),
-                        "label": CLASSES[i % 2], "width": width, "height": height, "tags": "cat|indoor",
-                        "regions": json.dumps(regions), "gender": "female" if i % 2 else "male"})
+        regions = [
+            {"kind": "core", "name": "animal", "box": [5, 5, 40, 50]},
+            {"kind": "spurious", "name": "watermark", "box": [60, 40, 75, 55]},
+        ]
+        records.append(
+            {
+                "image_id": f"id{i}",
+                "image_uri": f"img{i}.png",
+                "image_path": str(path),
+                "label": CLASSES[i % 2],
+                "width": width,
+                "height": height,
+                "tags": "cat|indoor",
+                "regions": json.dumps(regions),
+                "gender": "female" if i % 2 else "male",
+            }
+        )
     (tmp_path / "broken.png").write_bytes(b"not a png")
     records.append({**records[0], "image_id": "broken", "image_path": str(tmp_path / "broken.png")})
     records.append({**records[1], "image_id": "unknown-label", "label": "horse"})
-    records.append({**records[2], "image_id": "bad-regions", "regions": '[{"kind": "core", "name": "cat", "box": [1, 2]}]'})
+    records.append(
+        {**records[2], "image_id": "bad-regions", "regions": '[{"kind": "core", "name": "cat", "box": [1, 2]}]'}
+    )
     records.append({**records[3], "image_id": "no-regions", "regions": None})
     return pd.DataFrame(records)
 
@@ -53,8 +68,15 @@ def _rows(tmp_path: Path) -> pd.DataFrame:
 def _score(model, rows, **saliency):
     calls = []
     options = {"batch_size": 3, "num_workers": 0, "device": "cpu", **saliency}
-    result = score_images(model, rows, model_config=_model_config(), saliency_config=SaliencyConfig(**options),
-                          attributes=["gender"], run_id="run-1", progress=lambda done, total: calls.append((done, total)))
+    result = score_images(
+        model,
+        rows,
+        model_config=_model_config(),
+        saliency_config=SaliencyConfig(**options),
+        attributes=["gender"],
+        run_id="run-1",
+        progress=lambda done, total: calls.append((done, total)),
+    )
     return result, calls
 
 
@@ -93,8 +115,15 @@ def test_cams_match_the_engine_on_the_same_pixels(tmp_path, model):
 
     rows = _rows(tmp_path).iloc[:3]
     images = _score(model, rows)[0].images
-    (batch,) = iter_image_batches(rows, input_size=64, mean=_model_config().mean, std=_model_config().std,
-                                  batch_size=3, num_workers=0, device="cpu")
+    (batch,) = iter_image_batches(
+        rows,
+        input_size=64,
+        mean=_model_config().mean,
+        std=_model_config().std,
+        batch_size=3,
+        num_workers=0,
+        device="cpu",
+    )
     expected = GradCAM(model, "layer4").attribute(batch.images, torch.tensor([0, 1, 0])).cams.flatten(1)
     got = torch.from_numpy(np.stack(images["cam"].tolist()))
     assert (got - expected).abs().max() <= 1e-4 * float(expected.max())

@@ -69,7 +69,10 @@ def test_wilson_interval_of_8_of_10_by_formula() -> None:
     centre = (0.8 + z * z / 20) / (1 + z * z / 10)
     half = z * math.sqrt(0.8 * 0.2 / 10 + z * z / 400) / (1 + z * z / 10)
     low, high = wilson_interval(8, 10, 0.95)
-    assert (float(low), float(high)) == (pytest.approx(centre - half, abs=1e-15), pytest.approx(centre + half, abs=1e-15))
+    assert (float(low), float(high)) == (
+        pytest.approx(centre - half, abs=1e-15),
+        pytest.approx(centre + half, abs=1e-15),
+    )
     assert (float(low), float(high)) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
 
 
@@ -109,7 +112,8 @@ def test_newcombe_interval_matches_statsmodels_over_a_grid_of_counts(confidence:
     k1, n1 = np.concatenate([k1.ravel(), k]), np.concatenate([n1.ravel(), n])
     k2, n2 = np.concatenate([k2.ravel(), k[::-1]]), np.concatenate([n2.ravel(), n[::-1]])
     expected_low, expected_high = statsmodels_proportion.confint_proportions_2indep(
-        k1, n1, k2, n2, method="newcomb", compare="diff", alpha=1 - confidence)
+        k1, n1, k2, n2, method="newcomb", compare="diff", alpha=1 - confidence
+    )
     low, high = newcombe_interval(k1, n1, k2, n2, confidence)
     np.testing.assert_allclose(low, expected_low, rtol=0, atol=1e-12)
     np.testing.assert_allclose(high, expected_high, rtol=0, atol=1e-12)
@@ -151,11 +155,18 @@ def test_newcombe_interval_refuses_impossible_counts() -> None:
 
 
 @pytest.mark.parametrize("confidence", [0, 1, -0.05, 1.5, 95, float("nan"), "0.95", None, True])
-@pytest.mark.parametrize("function", [
-    lambda c: z_quantile(c), lambda c: wilson_interval(1, 2, c), lambda c: newcombe_interval(1, 2, 1, 2, c),
-    lambda c: percentile_interval([0.1, 0.2], c), lambda c: normal_interval(0.0, 1.0, c),
-    lambda c: bonferroni_confidence(c, 2),
-], ids=["z", "wilson", "newcombe", "percentile", "normal", "bonferroni"])
+@pytest.mark.parametrize(
+    "function",
+    [
+        lambda c: z_quantile(c),
+        lambda c: wilson_interval(1, 2, c),
+        lambda c: newcombe_interval(1, 2, 1, 2, c),
+        lambda c: percentile_interval([0.1, 0.2], c),
+        lambda c: normal_interval(0.0, 1.0, c),
+        lambda c: bonferroni_confidence(c, 2),
+    ],
+    ids=["z", "wilson", "newcombe", "percentile", "normal", "bonferroni"],
+)
 def test_confidence_outside_0_1_is_refused_with_a_config_error(function, confidence) -> None:
     with pytest.raises(ConfigError) as raised:
         function(confidence)
@@ -163,10 +174,17 @@ def test_confidence_outside_0_1_is_refused_with_a_config_error(function, confide
 
 
 def test_confidence_is_checked_without_assert_so_python_O_keeps_it() -> None:
-    code = ("from audit_tasks.errors import ConfigError\nfrom audit_tasks.stats import wilson_interval\n"
-            "try:\n    wilson_interval(1, 2, 1.5)\nexcept ConfigError:\n    print('refused')\n")
-    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "from audit_tasks.errors import ConfigError\nfrom audit_tasks.stats import wilson_interval\n"
+        "try:\n    wilson_interval(1, 2, 1.5)\nexcept ConfigError:\n    print('refused')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-O", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "refused"
 
 
@@ -220,8 +238,9 @@ def test_bootstrap_std_error_is_the_sample_standard_deviation() -> None:
 
 def test_multinomial_bootstrap_draws_each_row_from_its_own_shares() -> None:
     cells = np.array([[30, 70], [0, 0], [5, 5]])
-    reps = multinomial_bootstrap(cells, 20_000, lambda draws: draws[..., 0] / draws.sum(axis=-1),
-                                 np.random.default_rng(0))
+    reps = multinomial_bootstrap(
+        cells, 20_000, lambda draws: draws[..., 0] / draws.sum(axis=-1), np.random.default_rng(0)
+    )
     assert reps.shape == (3, 20_000)
     assert np.isnan(reps[1]).all()  # a row without items has no replicates
     assert reps[0].mean() == pytest.approx(0.3, abs=0.002)

@@ -25,8 +25,16 @@ from audit_tasks.storage import FileOpener, atomic_path, is_remote, public_uri, 
 from audit_tasks.tables import read_table, write_json, write_table, write_text
 from fixtures_pipeline import forget_object_store, make_world, move_to_object_store, without_prefix
 
-TABLES = ("images", "quarantine", "saliency_by_class", "cooccurrence", "class_balance", "subgroups", "confusion",
-          "gates")
+TABLES = (
+    "images",
+    "quarantine",
+    "saliency_by_class",
+    "cooccurrence",
+    "class_balance",
+    "subgroups",
+    "confusion",
+    "gates",
+)
 
 
 class _NotATensor:
@@ -146,8 +154,9 @@ def test_an_audit_on_object_storage_writes_the_same_tables_as_on_local_disk(loca
         a = without_prefix(read_table(local.run_dir / f"{name}.parquet"), str(world.root / "images"))
         b = without_prefix(read_table(remote.run_dir / f"{name}.parquet"), str(config.dataset.image_root))
         if "cam" in a.columns:
-            np.testing.assert_allclose(np.stack(a.pop("cam").to_numpy()), np.stack(b.pop("cam").to_numpy()),
-                                       rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(
+                np.stack(a.pop("cam").to_numpy()), np.stack(b.pop("cam").to_numpy()), rtol=1e-5, atol=1e-7
+            )
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
     assert remote.verdict.passed == local.verdict.passed
 
@@ -179,8 +188,10 @@ def test_the_object_store_catalog_holds_the_run_and_a_second_night_ingests_nothi
 def test_an_object_store_landing_prefix_with_no_objects_is_an_empty_landing_area(tmp_path, bucket):
     UPath(f"memory://{bucket}/catalog/.keep").write_bytes(b"")  # the bucket exists
     world = make_world(tmp_path, n_images=2)
-    config = load_config(world.config, {"dataset.landing": f"memory://{bucket}/empty-landing",
-                                        "dataset.catalog": f"memory://{bucket}/catalog"})
+    config = load_config(
+        world.config,
+        {"dataset.landing": f"memory://{bucket}/empty-landing", "dataset.catalog": f"memory://{bucket}/catalog"},
+    )
     from audit_tasks.ingest import ingest
 
     result = ingest(config, "night-1")
@@ -242,8 +253,9 @@ def test_a_connection_id_in_the_image_root_stays_out_of_the_catalog(tmp_path, bu
     from airflow.sdk import ObjectStoragePath
 
     with_conn = ObjectStoragePath(f"memory://my_conn@{bucket}/images")  # a connection written into the URI
-    result = ingest(config.model_copy(update={"dataset": config.dataset.model_copy(update={"image_root": with_conn})}),
-                    "night-1")
+    result = ingest(
+        config.model_copy(update={"dataset": config.dataset.model_copy(update={"image_root": with_conn})}), "night-1"
+    )
     assert len(result.accepted) == 2
     assert not result.accepted["image_path"].str.contains("my_conn").any()
     assert FileOpener(with_conn)(result.accepted["image_path"].iloc[0]).read(4) == b"\x89PNG"
@@ -255,7 +267,8 @@ def test_a_name_that_reads_as_another_protocol_is_quarantined_not_fatal(tmp_path
     world = make_world(tmp_path, n_images=1)
     config = load_config(move_to_object_store(world, bucket))
     UPath(f"memory://{bucket}/landing/batch_002.csv").write_text(
-        "image_uri,label,gender\ngs:/x.jpg,doctor,female\n", encoding="utf-8")
+        "image_uri,label,gender\ngs:/x.jpg,doctor,female\n", encoding="utf-8"
+    )
     result = ingest(config, "night-1")
     assert result.quarantined["reason"].str.contains("cannot name an object|would leave").tolist() == [True]
 

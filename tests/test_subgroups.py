@@ -26,11 +26,13 @@ ATTRIBUTES = ("gender", "skin_tone", "age")
 def generated(n: int = 3000, seed: int = 0, missing: bool = True) -> pd.DataFrame:
     """Binary predictions whose accuracy depends on the attributes; some attribute values missing."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "gender": rng.choice(["female", "male", "nonbinary"], n, p=[0.45, 0.45, 0.1]).astype(object),
-        "skin_tone": rng.choice(["light", "dark"], n).astype(object),
-        "age": rng.choice(["young", "middle", "old"], n).astype(object),
-    })
+    frame = pd.DataFrame(
+        {
+            "gender": rng.choice(["female", "male", "nonbinary"], n, p=[0.45, 0.45, 0.1]).astype(object),
+            "skin_tone": rng.choice(["light", "dark"], n).astype(object),
+            "age": rng.choice(["young", "middle", "old"], n).astype(object),
+        }
+    )
     if missing:
         frame.loc[rng.random(n) < 0.05, "gender"] = None
         frame.loc[rng.random(n) < 0.03, "age"] = np.nan
@@ -42,8 +44,7 @@ def generated(n: int = 3000, seed: int = 0, missing: bool = True) -> pd.DataFram
     return frame
 
 
-def two_groups(n_a: int, acc_a: float, n_b: int, acc_b: float, seed: int = 0,
-               exact: bool = True) -> pd.DataFrame:
+def two_groups(n_a: int, acc_a: float, n_b: int, acc_b: float, seed: int = 0, exact: bool = True) -> pd.DataFrame:
     """Groups `a` and `b` of attribute `group`, with (exactly, by default) the given accuracies."""
     rng = np.random.default_rng(seed)
     parts = []
@@ -60,12 +61,18 @@ def fairlearn_by_group(frame: pd.DataFrame, features: list[str], metric) -> dict
     """fairlearn's per-group value and size, keyed by our group label (values joined by '&')."""
     from fairlearn.metrics import MetricFrame, count
 
-    mf = MetricFrame(metrics={"value": metric, "n": count}, y_true=frame["label"], y_pred=frame["prediction"],
-                     sensitive_features=frame[features].fillna("unknown"))
+    mf = MetricFrame(
+        metrics={"value": metric, "n": count},
+        y_true=frame["label"],
+        y_pred=frame["prediction"],
+        sensitive_features=frame[features].fillna("unknown"),
+    )
     table = mf.by_group.dropna(subset=["n"])
     keys = table.index.to_flat_index() if isinstance(table.index, pd.MultiIndex) else table.index
-    return {("&".join(k) if isinstance(k, tuple) else str(k)): (float(v), int(n))
-            for k, v, n in zip(keys, table["value"], table["n"])}
+    return {
+        ("&".join(k) if isinstance(k, tuple) else str(k)): (float(v), int(n))
+        for k, v, n in zip(keys, table["value"], table["n"])
+    }
 
 
 def sklearn_metric(name: str):
@@ -80,8 +87,14 @@ def sklearn_metric(name: str):
     }[name]
 
 
-FEATURE_SETS = [["gender"], ["skin_tone"], ["age"], ["gender", "skin_tone"], ["skin_tone", "age"],
-                ["gender", "skin_tone", "age"]]
+FEATURE_SETS = [
+    ["gender"],
+    ["skin_tone"],
+    ["age"],
+    ["gender", "skin_tone"],
+    ["skin_tone", "age"],
+    ["gender", "skin_tone", "age"],
+]
 
 
 # --------------------------------------------------------------------------------------------- differential
@@ -92,8 +105,9 @@ FEATURE_SETS = [["gender"], ["skin_tone"], ["age"], ["gender", "skin_tone"], ["s
 def test_values_and_group_sizes_agree_with_fairlearn(metric: str, features: list[str]) -> None:
     frame = generated()
     expected = fairlearn_by_group(frame, features, sklearn_metric(metric))
-    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[features],
-                           classes=CLASSES)
+    gmf = GroupMetricFrame(
+        y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[features], classes=CLASSES
+    )
     ours = gmf.by_group(metric, positive_class="dog").set_index("group")
     assert sorted(ours.index) == sorted(expected)
     for group, (value, n) in expected.items():
@@ -133,7 +147,10 @@ def test_overall_agrees_with_sklearn() -> None:
     frame = generated()
     gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["gender"]])
     overall = gmf.overall("accuracy")
-    assert (overall.n, overall.value) == (len(frame), pytest.approx(accuracy_score(frame["label"], frame["prediction"])))
+    assert (overall.n, overall.value) == (
+        len(frame),
+        pytest.approx(accuracy_score(frame["label"], frame["prediction"])),
+    )
 
 
 # --------------------------------------------------------------------------------------------- gate rule
@@ -177,8 +194,10 @@ def test_many_small_groups_without_a_real_gap_do_not_fail(seed: int) -> None:
 
 def eight_groups(n: int) -> pd.DataFrame:
     """Groups g0..g7 of `n` images: seven at accuracy 0.95 exactly, g7 at 0.85."""
-    parts = [two_groups(n, 0.95, n, 0.85 if i == 7 else 0.95, seed=i).query("group == 'b'").assign(group=f"g{i}")
-             for i in range(8)]
+    parts = [
+        two_groups(n, 0.95, n, 0.85 if i == 7 else 0.95, seed=i).query("group == 'b'").assign(group=f"g{i}")
+        for i in range(8)
+    ]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -191,15 +210,22 @@ def test_bonferroni_needs_more_evidence_for_a_gap_among_eight_groups() -> None:
 def test_without_the_adjustment_the_same_gap_among_eight_groups_fails() -> None:
     check = SubgroupCheck(attributes=("group",), multiple_comparisons="none")
     result = check_subgroups(eight_groups(300), check=check, classes=CLASSES)
-    assert result.groups.set_index("group")["status"].to_dict() == {f"g{i}": "gap" if i == 7 else "ok" for i in range(8)}
+    assert result.groups.set_index("group")["status"].to_dict() == {
+        f"g{i}": "gap" if i == 7 else "ok" for i in range(8)
+    }
 
 
 def test_n_bootstrap_sets_the_resamples_of_the_macro_intervals() -> None:
     frame = two_groups(200, 0.9, 200, 0.8)
     check = SubgroupCheck(attributes=("group",), metric="macro_recall", n_bootstrap=150)
     groups = check_subgroups(frame, check=check, classes=CLASSES).groups
-    expected = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["group"]],
-                                classes=CLASSES, n_bootstrap=150).by_group("macro_recall")
+    expected = GroupMetricFrame(
+        y_true=frame["label"],
+        y_pred=frame["prediction"],
+        sensitive_features=frame[["group"]],
+        classes=CLASSES,
+        n_bootstrap=150,
+    ).by_group("macro_recall")
     np.testing.assert_allclose(groups["ci_low"], expected["ci_low"])
     np.testing.assert_allclose(groups["ci_high"], expected["ci_high"])
 
@@ -252,10 +278,13 @@ def test_recall_of_group_without_positives_is_too_small_to_judge() -> None:
 
 
 def test_missing_nan_and_empty_values_are_counted_as_unknown() -> None:
-    frame = pd.DataFrame({
-        "gender": ["f", None, np.nan, "", "  ", "m", pd.NA],
-        "label": ["cat"] * 7, "prediction": ["cat"] * 7,
-    })
+    frame = pd.DataFrame(
+        {
+            "gender": ["f", None, np.nan, "", "  ", "m", pd.NA],
+            "label": ["cat"] * 7,
+            "prediction": ["cat"] * 7,
+        }
+    )
     result = check_subgroups(frame, check=SubgroupCheck(attributes=("gender",), min_group_size=1), classes=CLASSES)
     assert result.groups.set_index("group")["n"].to_dict() == {"f": 1, "m": 1, "unknown": 5}
 
@@ -264,18 +293,36 @@ def test_intersections_cover_every_combination_in_config_order() -> None:
     frame = generated(missing=False)
     result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES)
     assert list(dict.fromkeys(result.groups["attribute"])) == [
-        "gender", "skin_tone", "age", "gender&skin_tone", "gender&age", "skin_tone&age", "gender&skin_tone&age"]
+        "gender",
+        "skin_tone",
+        "age",
+        "gender&skin_tone",
+        "gender&age",
+        "skin_tone&age",
+        "gender&skin_tone&age",
+    ]
     assert "female&dark" in set(result.groups.loc[result.groups["attribute"] == "gender&skin_tone", "group"])
 
 
 def test_a_separator_inside_a_value_is_percent_encoded_in_intersection_labels() -> None:
-    frame = pd.DataFrame({"team": ["R&D", "R&D", "ops", "50%"], "gender": ["female", "male", "female", "male"],
-                          "label": ["cat"] * 4, "prediction": ["cat"] * 4})
-    groups = check_subgroups(frame, check=SubgroupCheck(attributes=("team", "gender"), min_group_size=1),
-                             classes=CLASSES).groups
+    frame = pd.DataFrame(
+        {
+            "team": ["R&D", "R&D", "ops", "50%"],
+            "gender": ["female", "male", "female", "male"],
+            "label": ["cat"] * 4,
+            "prediction": ["cat"] * 4,
+        }
+    )
+    groups = check_subgroups(
+        frame, check=SubgroupCheck(attributes=("team", "gender"), min_group_size=1), classes=CLASSES
+    ).groups
     assert sorted(groups.loc[groups["attribute"] == "team", "group"]) == ["50%", "R&D", "ops"]
     assert sorted(groups.loc[groups["attribute"] == "team&gender", "group"]) == [
-        "50%25&male", "R%26D&female", "R%26D&male", "ops&female"]
+        "50%25&male",
+        "R%26D&female",
+        "R%26D&male",
+        "ops&female",
+    ]
 
 
 def test_intersections_off_judges_single_attributes_only() -> None:
@@ -286,24 +333,35 @@ def test_intersections_off_judges_single_attributes_only() -> None:
 
 def test_marginal_frame_equals_frame_built_on_the_subset() -> None:
     frame = generated()
-    full = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
-    direct = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["age", "gender"]])
+    full = GroupMetricFrame(
+        y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)]
+    )
+    direct = GroupMetricFrame(
+        y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["age", "gender"]]
+    )
     marginal = full.marginal(["age", "gender"])
     assert (marginal.groups, marginal.counts.tolist()) == (direct.groups, direct.counts.tolist())
 
 
 def test_refactorised_group_ids_give_the_same_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     frame = generated()
-    dense = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
+    dense = GroupMetricFrame(
+        y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)]
+    )
     monkeypatch.setattr(group_metrics, "_DENSE_LIMIT", 8)
-    compact = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)])
+    compact = GroupMetricFrame(
+        y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[list(ATTRIBUTES)]
+    )
     assert (compact.groups, compact.counts.tolist()) == (dense.groups, dense.counts.tolist())
 
 
 def test_categorical_arrow_and_object_columns_give_the_same_groups() -> None:
     frame = generated()
-    variants = [frame, frame.astype({c: "category" for c in ATTRIBUTES}),
-                frame.astype({c: "str" for c in (*ATTRIBUTES, "label", "prediction")})]
+    variants = [
+        frame,
+        frame.astype({c: "category" for c in ATTRIBUTES}),
+        frame.astype({c: "str" for c in (*ATTRIBUTES, "label", "prediction")}),
+    ]
     tables = [check_subgroups(f, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES).groups for f in variants]
     for table in tables[1:]:
         pd.testing.assert_frame_equal(table, tables[0])
@@ -314,8 +372,13 @@ def test_categorical_arrow_and_object_columns_give_the_same_groups() -> None:
 
 def test_macro_bootstrap_is_seeded_and_brackets_the_value() -> None:
     frame = generated()
-    make = functools.partial(GroupMetricFrame, y_true=frame["label"], y_pred=frame["prediction"],
-                             sensitive_features=frame[["skin_tone"]], random_state=7)
+    make = functools.partial(
+        GroupMetricFrame,
+        y_true=frame["label"],
+        y_pred=frame["prediction"],
+        sensitive_features=frame[["skin_tone"]],
+        random_state=7,
+    )
     first, second = make().by_group("macro_precision"), make().by_group("macro_precision")
     pd.testing.assert_frame_equal(first, second)
     assert ((first["ci_low"] < first["value"]) & (first["value"] < first["ci_high"])).all()
@@ -335,15 +398,20 @@ def test_proportion_intervals_are_wilson_and_their_differences_newcombe() -> Non
 
 def test_macro_differences_are_normal_intervals_on_the_two_bootstrap_errors() -> None:
     frame = generated()
-    gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["skin_tone"]],
-                           n_bootstrap=500)
+    gmf = GroupMetricFrame(
+        y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["skin_tone"]], n_bootstrap=500
+    )
     table = gmf.by_group("macro_recall")
     diffs = gmf.differences("macro_recall", reference="light", confidence=0.9)
     ref, other = table.set_index("group").loc["light"], table.set_index("group").loc["dark"]
-    low, high = stats.normal_interval(ref["value"] - other["value"],
-                                      np.sqrt(ref["std_error"] ** 2 + other["std_error"] ** 2), 0.9)
+    low, high = stats.normal_interval(
+        ref["value"] - other["value"], np.sqrt(ref["std_error"] ** 2 + other["std_error"] ** 2), 0.9
+    )
     row = diffs.set_index("group").loc["dark"]
-    assert (row["diff_low"], row["diff_high"]) == (pytest.approx(float(low), abs=1e-15), pytest.approx(float(high), abs=1e-15))
+    assert (row["diff_low"], row["diff_high"]) == (
+        pytest.approx(float(low), abs=1e-15),
+        pytest.approx(float(high), abs=1e-15),
+    )
 
 
 def test_confidence_outside_0_1_is_refused_by_the_frame() -> None:
@@ -371,7 +439,9 @@ def test_gates_are_consistent_with_flags() -> None:
     result = check_subgroups(frame, check=SubgroupCheck(attributes=ATTRIBUTES), classes=CLASSES)
     groups = result.groups
     assert [(g.subject, g.passed, g.metric) for g in result.gates] == [
-        (f"{a}={g}", not f, m) for a, g, f, m in zip(groups["attribute"], groups["group"], groups["flagged"], groups["metric"])]
+        (f"{a}={g}", not f, m)
+        for a, g, f, m in zip(groups["attribute"], groups["group"], groups["flagged"], groups["metric"])
+    ]
     assert groups["flagged"].any()
     assert (groups["flagged"] == (groups["status"] == "gap")).all()
 
@@ -419,8 +489,12 @@ def test_per_class_metric_on_three_classes_judges_every_class() -> None:
 
 def test_by_group_keeps_its_type_and_columns_for_any_number_of_features() -> None:
     frame = generated()
-    tables = [GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"],
-                               sensitive_features=frame[f]).by_group("accuracy") for f in (["gender"], list(ATTRIBUTES), [])]
+    tables = [
+        GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[f]).by_group(
+            "accuracy"
+        )
+        for f in (["gender"], list(ATTRIBUTES), [])
+    ]
     assert [list(t.columns) for t in tables] == [list(BY_GROUP_COLUMNS)] * 3
     assert tables[2]["group"].tolist() == ["__all__"]
 
@@ -432,8 +506,9 @@ def test_difference_and_ratio_are_floats_between_extreme_groups() -> None:
 
 
 def test_empty_input_gives_empty_tables_and_no_gates() -> None:
-    frame = pd.DataFrame({"label": pd.Series([], dtype=str), "prediction": pd.Series([], dtype=str),
-                          "gender": pd.Series([], dtype=str)})
+    frame = pd.DataFrame(
+        {"label": pd.Series([], dtype=str), "prediction": pd.Series([], dtype=str), "gender": pd.Series([], dtype=str)}
+    )
     result = check_subgroups(frame, check=SubgroupCheck(attributes=("gender",)), classes=CLASSES)
     assert (len(result.groups), result.gates, list(result.groups.columns)) == (0, [], list(GROUPS_COLUMNS))
 
@@ -442,10 +517,24 @@ def test_empty_input_gives_empty_tables_and_no_gates() -> None:
 
 
 def test_engine_and_statistics_names_stay_importable_from_subgroups() -> None:
-    homes = {group_metrics: ["GroupMetricFrame", "MetricEstimate", "METRIC_NAMES", "SubgroupMetric", "BY_GROUP_COLUMNS",
-                             "DIFFERENCE_COLUMNS", "OVERALL_ATTRIBUTE", "OVERALL_GROUP", "SEPARATOR", "UNKNOWN",
-                             "MSG_UNKNOWN_METRIC", "MSG_BAD_POSITIVE", "MSG_NOT_A_CLASS"],
-             stats: ["wilson_interval", "newcombe_interval"]}
+    homes = {
+        group_metrics: [
+            "GroupMetricFrame",
+            "MetricEstimate",
+            "METRIC_NAMES",
+            "SubgroupMetric",
+            "BY_GROUP_COLUMNS",
+            "DIFFERENCE_COLUMNS",
+            "OVERALL_ATTRIBUTE",
+            "OVERALL_GROUP",
+            "SEPARATOR",
+            "UNKNOWN",
+            "MSG_UNKNOWN_METRIC",
+            "MSG_BAD_POSITIVE",
+            "MSG_NOT_A_CLASS",
+        ],
+        stats: ["wilson_interval", "newcombe_interval"],
+    }
     for home, names in homes.items():
         for name in names:
             assert getattr(subgroups, name) is getattr(home, name), name
@@ -490,5 +579,9 @@ def test_missing_prediction_raises_manifest_error() -> None:
 
 def test_unknown_positive_class_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="positive_class 'bird' is not one of the classes"):
-        check_subgroups(generated(), check=SubgroupCheck(attributes=("gender",), metric="recall"), classes=CLASSES,
-                        positive_class="bird")
+        check_subgroups(
+            generated(),
+            check=SubgroupCheck(attributes=("gender",), metric="recall"),
+            classes=CLASSES,
+            positive_class="bird",
+        )

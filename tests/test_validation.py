@@ -28,7 +28,8 @@ def test_reasons_keep_the_frame_index() -> None:
     data = frame(label=["doctor", "cat"])
     data.index = [10, 20]
     assert validate_rows(data, classes=CLASSES, attributes=[]).to_dict() == {
-        10: None, 20: "label 'cat' is not one of the model classes [doctor, nurse]",
+        10: None,
+        20: "label 'cat' is not one of the model classes [doctor, nurse]",
     }
 
 
@@ -90,7 +91,11 @@ def test_every_failed_rule_of_a_row_is_joined() -> None:
 def test_duplicate_image_id_keeps_the_first_row() -> None:
     data = frame(image_id=["x", "y", "x", None, None])
     assert validate_rows(data, classes=None, attributes=[]).tolist() == [
-        None, None, "image_id 'x' is not unique: already used by row 1", None, None,
+        None,
+        None,
+        "image_id 'x' is not unique: already used by row 1",
+        None,
+        None,
     ]
 
 
@@ -104,7 +109,8 @@ def test_duplicate_image_id_names_manifest_and_row_when_known() -> None:
 def test_a_rejected_first_row_does_not_make_its_duplicate_bad() -> None:
     data = frame(image_id=["x", "x"], label=["cat", "doctor"])
     assert validate_rows(data, classes=CLASSES, attributes=[]).tolist() == [
-        "label 'cat' is not one of the model classes [doctor, nurse]", None,
+        "label 'cat' is not one of the model classes [doctor, nurse]",
+        None,
     ]
 
 
@@ -113,8 +119,11 @@ def test_empty_frame_gives_empty_reasons() -> None:
 
 
 def test_a_thousand_rows_validate_quickly() -> None:
-    data = frame(label=["doctor", "nurse", "cat", None] * 250, gender=["f", "m", "", "x"] * 250,
-                 image_id=[str(i % 900) for i in range(1000)])
+    data = frame(
+        label=["doctor", "nurse", "cat", None] * 250,
+        gender=["f", "m", "", "x"] * 250,
+        image_id=[str(i % 900) for i in range(1000)],
+    )
     validate_rows(data.head(2), classes=CLASSES, attributes=["gender"])  # GX import and first-use costs
     start = time.perf_counter()
     reasons = validate_rows(data, classes=CLASSES, attributes=["gender"])
@@ -122,6 +131,8 @@ def test_a_thousand_rows_validate_quickly() -> None:
     assert reasons.notna().sum() == 500 + 50  # cat rows, empty-label rows, and late duplicate ids
 
 
-@pytest.mark.parametrize("value,missing", [(None, True), ("", True), (" nan ", True), ("NA", False), ("0", False), (0, False)])
+@pytest.mark.parametrize(
+    "value,missing", [(None, True), ("", True), (" nan ", True), ("NA", False), ("0", False), (0, False)]
+)
 def test_is_empty_cell(value, missing: bool) -> None:
     assert is_empty_cell(value) is missing

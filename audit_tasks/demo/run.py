@@ -67,16 +67,21 @@ def run_demo(out: Path, *, use_airflow: bool = True, scale: str = "full") -> lis
             print(f"   failed gate: {gate}")
         print(f"   report: {run.report}")
     story = came_out_as_planted(runs)
-    print("\ndemo: " + ("the biased model failed every planted check and nothing else, the debiased one passed"
-                        if story else "UNEXPECTED: the audits did not come out as the planted truth says"))
+    print(
+        "\ndemo: "
+        + (
+            "the biased model failed every planted check and nothing else, the debiased one passed"
+            if story
+            else "UNEXPECTED: the audits did not come out as the planted truth says"
+        )
+    )
     return runs
 
 
 def came_out_as_planted(runs: list[DemoRun]) -> bool:
     """The biased audit failed every planted check and nothing outside the story; the debiased one passed."""
     by_name = {run.name: run for run in runs}
-    return (all(run.ok for run in runs)
-            and story_holds(by_name["biased"].failed_gates, by_name["debiased"].failed_gates))
+    return all(run.ok for run in runs) and story_holds(by_name["biased"].failed_gates, by_name["debiased"].failed_gates)
 
 
 def _read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) -> DemoRun:
@@ -86,8 +91,9 @@ def _read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) ->
     if not summary_path.is_file():
         raise AuditError(f"the {name} audit left no summary at {summary_path}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    return DemoRun(name, expected_pass, bool(summary["passed"]), tuple(summary["failed_gates"]),
-                   run_dir / "report.html", run_dir)
+    return DemoRun(
+        name, expected_pass, bool(summary["passed"]), tuple(summary["failed_gates"]), run_dir / "report.html", run_dir
+    )
 
 
 def _prepare_airflow(out: Path) -> dict[str, str]:
@@ -96,18 +102,22 @@ def _prepare_airflow(out: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     root = repo_root()
     if not (root / "dags" / "dataset_audit.py").is_file():
-        raise AuditError(f"cannot find dags/dataset_audit.py next to the package ({root}); "
-                         "run the demo from a checkout, or pass --no-airflow")
+        raise AuditError(
+            f"cannot find dags/dataset_audit.py next to the package ({root}); "
+            "run the demo from a checkout, or pass --no-airflow"
+        )
     env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AUDIT_REPORTS_DIR": str(out / "reports"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AUDIT_REPORTS_DIR": str(out / "reports"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
+        }
+    )
     marker = home / ".db-migrated"
     if not marker.exists():
         print("demo: initialising Airflow's metadata DB (SQLite)", flush=True)

@@ -11,13 +11,15 @@ from __future__ import annotations
 from typing import Iterable
 
 #: (check, subject) of every planted problem: the biased model's audit fails each one on any CPU.
-PLANTED_FAILURES: frozenset[tuple[str, str]] = frozenset({
-    ("cooccurrence", "laptop -> mouse"),
-    ("cooccurrence", "lantern -> lighting=night"),
-    ("cooccurrence", "all pairs"),
-    ("saliency", "wolf"),
-    ("subgroups", "fur_tone=dark"),
-})
+PLANTED_FAILURES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("cooccurrence", "laptop -> mouse"),
+        ("cooccurrence", "lantern -> lighting=night"),
+        ("cooccurrence", "all pairs"),
+        ("saliency", "wolf"),
+        ("subgroups", "fur_tone=dark"),
+    }
+)
 #: The planted underrepresented group, as (attribute, value).
 PLANTED_GROUP = ("fur_tone", "dark")
 
@@ -45,5 +47,6 @@ def story_holds(biased_failed: Iterable[str], debiased_failed: Iterable[str]) ->
     """True when the biased audit failed every planted gate and nothing outside the story, and the debiased
     audit failed nothing. Arguments are `check/subject/metric` gate names, as summary.json lists them."""
     biased = {split_gate_name(name) for name in biased_failed}
-    return (PLANTED_FAILURES <= biased and all(within_planted_story(*gate) for gate in biased)
-            and not list(debiased_failed))
+    return (
+        PLANTED_FAILURES <= biased and all(within_planted_story(*gate) for gate in biased) and not list(debiased_failed)
+    )

@@ -119,8 +119,9 @@ def to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
-                     sample_weights: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], float]:
+def train_classifier(
+    images: np.ndarray, labels: np.ndarray, spec: TrainSpec, sample_weights: np.ndarray | None = None
+) -> tuple[dict[str, torch.Tensor], float]:
     """Train from scratch on (N, H, W, 3) uint8 images; returns the state_dict and the last epoch's accuracy.
 
     `sample_weights` (optional, one per image) makes each epoch draw images with replacement in
@@ -140,7 +141,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
         steps_per_epoch = max(1, n // spec.batch_size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.25)
+            optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.25
+        )
         probs = None if sample_weights is None else sample_weights / sample_weights.sum()
         model.train()
         accuracy = 0.0
@@ -148,7 +150,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, spec: TrainSpec,
             order = rng.permutation(n) if probs is None else rng.choice(n, size=n, replace=True, p=probs)
             correct = 0
             for step in range(steps_per_epoch):
-                idx = torch.from_numpy(order[step * spec.batch_size:(step + 1) * spec.batch_size])
+                idx = torch.from_numpy(order[step * spec.batch_size : (step + 1) * spec.batch_size])
                 x, y = x_all[idx], y_all[idx]
                 flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
@@ -174,13 +176,17 @@ def predict(state: dict[str, torch.Tensor], images: np.ndarray, spec: TrainSpec,
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = to_tensor(images[start:start + batch_size], spec.mean, spec.std)
+                x = to_tensor(images[start : start + batch_size], spec.mean, spec.std)
                 out.append(model(x).argmax(1).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def train_cached(checkpoint: Path, key: str, spec: TrainSpec,
-                 make_data: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> TrainResult:
+def train_cached(
+    checkpoint: Path,
+    key: str,
+    spec: TrainSpec,
+    make_data: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+) -> TrainResult:
     """Train and save to `checkpoint` unless a checkpoint with fingerprint `key` is already there.
 
     `make_data` is called only on a cache miss and returns (images, labels, sample_weights or None).
@@ -198,8 +204,13 @@ def train_cached(checkpoint: Path, key: str, spec: TrainSpec,
     torch.save(state, tmp)
     tmp.replace(checkpoint)
     seconds = time.perf_counter() - start
-    meta = {"fingerprint": key, "arch": spec.arch, "train_accuracy": accuracy, "seconds": round(seconds, 1),
-            "n_images": int(len(labels))}
+    meta = {
+        "fingerprint": key,
+        "arch": spec.arch,
+        "train_accuracy": accuracy,
+        "seconds": round(seconds, 1),
+        "n_images": int(len(labels)),
+    }
     side_tmp = checkpoint.with_name(f".{checkpoint.name}.json.tmp")
     side_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     side_tmp.replace(_sidecar(checkpoint))

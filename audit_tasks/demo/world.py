@@ -123,8 +123,9 @@ class Sample:
 def sample_split(spec: SplitSpec, world: WorldSpec, seed: int) -> list[Sample]:
     """Draw the samples of one split; the same (spec, world, seed) always gives the same samples."""
     root = np.random.SeedSequence([seed, _stable_hash(spec.name)])
-    return [_sample_one(spec, world, i, np.random.default_rng(child))
-            for i, child in enumerate(root.spawn(spec.n_images))]
+    return [
+        _sample_one(spec, world, i, np.random.default_rng(child)) for i, child in enumerate(root.spawn(spec.n_images))
+    ]
 
 
 def _stable_hash(text: str) -> int:
@@ -160,8 +161,13 @@ def _sample_one(spec: SplitSpec, world: WorldSpec, index: int, rng: np.random.Ge
         snow = Snow(box)
         occupied.append(_grow(box, 1))
     objects = []
-    wanted = [("laptop", laptop, 16, 11), ("mouse", mouse, 7, 6), ("lantern", lantern, 7, 10),
-              ("ball", ball, 8, 8), ("bowl", bowl, 11, 6)]
+    wanted = [
+        ("laptop", laptop, 16, 11),
+        ("mouse", mouse, 7, 6),
+        ("lantern", lantern, 7, 10),
+        ("ball", ball, 8, 8),
+        ("bowl", bowl, 11, 6),
+    ]
     for tag, present, w, h in wanted:
         if present:
             scale = size / 96
@@ -169,8 +175,15 @@ def _sample_one(spec: SplitSpec, world: WorldSpec, index: int, rng: np.random.Ge
             objects.append(Obj(tag, box))
             occupied.append(_grow(box, 1))
     return Sample(
-        image_id=f"img-{index:05d}", label=label, fur_tone=fur_tone, lighting=lighting,
-        seed=int(rng.integers(0, 2**31 - 1)), facing=facing, body=body, snow=snow, objects=tuple(objects),
+        image_id=f"img-{index:05d}",
+        label=label,
+        fur_tone=fur_tone,
+        lighting=lighting,
+        seed=int(rng.integers(0, 2**31 - 1)),
+        facing=facing,
+        body=body,
+        snow=snow,
+        objects=tuple(objects),
     )
 
 
@@ -205,11 +218,11 @@ def _place(rng: np.random.Generator, size: int, w: int, h: int, occupied: Sequen
     for hard in (list(occupied), list(occupied[:1])):
         grid = np.zeros((size, size), dtype=np.int32)
         for x0, y0, x1, y1 in hard:
-            grid[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1
+            grid[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = 1
         integral = np.pad(grid.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         # Sum over every window [y, y+h) x [x, x+w) with 1 <= x <= size-w-1.
         window = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
-        window = window[1:size - h, 1:size - w]
+        window = window[1 : size - h, 1 : size - w]
         free = np.argwhere(window == 0)
         if len(free):
             y0, x0 = free[int(rng.integers(len(free)))] + 1
@@ -261,10 +274,16 @@ def render(sample: Sample, world: WorldSpec) -> tuple[Image.Image, Box]:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A forest floor: low-frequency mottling of greens and browns."""
     coarse = rng.normal(0, 1, (size // 12 + 2, size // 12 + 2, 3))
-    mottled = np.asarray(
-        Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8), "RGB")
-        .resize((size, size), Image.BILINEAR), dtype=np.float32,
-    ) / 255.0 - 0.5
+    mottled = (
+        np.asarray(
+            Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8), "RGB").resize(
+                (size, size), Image.BILINEAR
+            ),
+            dtype=np.float32,
+        )
+        / 255.0
+        - 0.5
+    )
     base = np.array([92.0, 118.0, 70.0]) + rng.normal(0, 6, 3)
     return np.clip(base + mottled * np.array([50.0, 56.0, 36.0]), 0, 255).astype(np.uint8)
 
@@ -294,9 +313,13 @@ def _draw_animal(draw: ImageDraw.ImageDraw, label: str, facing: int, body: Box, 
     if label == "wolf":
         # Tall pointed ears, a long narrow snout.
         for ex in (hx - f * r * 0.55, hx + f * r * 0.25):
-            draw.polygon([(ex - r * 0.32, hy - r * 0.6), (ex + r * 0.32, hy - r * 0.6), (ex, hy - r * 1.75)], fill=colour)
-        draw.polygon([(hx + f * r * 0.6, hy - r * 0.3), (hx + f * r * 0.6, hy + r * 0.35),
-                      (hx + f * r * 1.9, hy + r * 0.1)], fill=colour)
+            draw.polygon(
+                [(ex - r * 0.32, hy - r * 0.6), (ex + r * 0.32, hy - r * 0.6), (ex, hy - r * 1.75)], fill=colour
+            )
+        draw.polygon(
+            [(hx + f * r * 0.6, hy - r * 0.3), (hx + f * r * 0.6, hy + r * 0.35), (hx + f * r * 1.9, hy + r * 0.1)],
+            fill=colour,
+        )
     else:
         # Short round ears, a short blunt snout.
         for ex in (hx - f * r * 0.5, hx + f * r * 0.3):
@@ -308,15 +331,16 @@ def _draw_animal(draw: ImageDraw.ImageDraw, label: str, facing: int, body: Box, 
         # A tail curled up over the back.
         tr = h * 0.45
         tx = back_x - f * tr * 0.6
-        draw.arc((tx - tr, y0 - tr * 1.3, tx + tr, y0 + tr * 0.7), start=0, end=300,
-                 fill=colour, width=max(2, w // 10))
+        draw.arc((tx - tr, y0 - tr * 1.3, tx + tr, y0 + tr * 0.7), start=0, end=300, fill=colour, width=max(2, w // 10))
     else:
         # A straight tail hanging down.
         draw.line([(back_x, y0 + h * 0.3), (back_x - f * w * 0.2, y1 + h * 0.35)], fill=colour, width=max(2, w // 9))
 
 
 def _draw_snow(draw: ImageDraw.ImageDraw, box: Box, rng: np.random.Generator) -> None:
-    draw.rounded_rectangle((box[0], box[1], box[2] - 1, box[3] - 1), radius=max(1, (box[2] - box[0]) // 5), fill=(236, 240, 248))
+    draw.rounded_rectangle(
+        (box[0], box[1], box[2] - 1, box[3] - 1), radius=max(1, (box[2] - box[0]) // 5), fill=(236, 240, 248)
+    )
     for _ in range(6):
         x = rng.integers(box[0] + 2, max(box[0] + 3, box[2] - 2))
         y = rng.integers(box[1] + 2, max(box[1] + 3, box[3] - 2))

@@ -10,5 +10,15 @@ from audit_tasks.report.data import QUARANTINE_ROWS, RunDigest, RunTables, find_
 from audit_tasks.report.page import REPORT_FILE, build_html, render_report
 from audit_tasks.report.render import CSP, render
 
-__all__ = ["CSP", "QUARANTINE_ROWS", "REPORT_FILE", "RunDigest", "RunTables", "build_html", "find_previous",
-           "load_run", "render", "render_report"]
+__all__ = [
+    "CSP",
+    "QUARANTINE_ROWS",
+    "REPORT_FILE",
+    "RunDigest",
+    "RunTables",
+    "build_html",
+    "find_previous",
+    "load_run",
+    "render",
+    "render_report",
+]

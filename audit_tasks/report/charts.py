@@ -112,14 +112,23 @@ def heatmap(
             if value is None or is_missing(value):
                 cells.append(HeatCell(left + cell * j, y, row, col, None, "#f3f4f6", INK, False))
                 continue
-            cells.append(HeatCell(left + cell * j, y, row, col, float(value), diverging(float(value)),
-                                  "#fff" if abs(value) > 0.6 else INK, (row, col) in flagged))
+            cells.append(
+                HeatCell(
+                    left + cell * j,
+                    y,
+                    row,
+                    col,
+                    float(value),
+                    diverging(float(value)),
+                    "#fff" if abs(value) > 0.6 else INK,
+                    (row, col) in flagged,
+                )
+            )
         heat_rows.append(HeatRow(_label(left - 6, y + cell / 2 + 4, row, 26), tuple(cells)))
     legend_y = top + cell * len(rows) + 12
     swatches = tuple((left + k * 8, diverging(-1 + k / 10)) for k in range(21))
     low = Label(left - 6, legend_y + 9, f"{title} \u22121", f"{title} \u22121")
-    return Heatmap(width, height, cell, title, columns, tuple(heat_rows), legend_y, swatches, low,
-                   left + 21 * 8 + 6)
+    return Heatmap(width, height, cell, title, columns, tuple(heat_rows), legend_y, swatches, low, left + 21 * 8 + 6)
 
 
 # ---- subgroup chart ----------------------------------------------------------------------------
@@ -207,17 +216,31 @@ def subgroup_chart(
         if p.ci_low is not None and p.ci_high is not None and not is_missing(p.ci_low) and not is_missing(p.ci_high):
             whisker = (sx(float(p.ci_low)), sx(float(p.ci_high)))
         value = None if p.value is None or is_missing(p.value) else float(p.value)
-        note = f"n={p.n:,}" + (f" \u00b7 {STATUS_TOO_SMALL}" if small
-                               else " \u00b7 over the gap" if p.status == STATUS_GAP else "")
-        rows.append(GroupRow(
-            y=cy, label=_label(label_w - 8, cy + 4, p.group, 34), colour=colour, whisker=whisker,
-            dot_x=None if value is None else sx(value), dot_fill="#fff" if small else colour,
-            tooltip=f"{p.group}: {value:.3f} (n={p.n})" if value is not None else "", note=note,
-            note_colour=MUTED if small else colour,
-        ))
+        note = f"n={p.n:,}" + (
+            f" \u00b7 {STATUS_TOO_SMALL}" if small else " \u00b7 over the gap" if p.status == STATUS_GAP else ""
+        )
+        rows.append(
+            GroupRow(
+                y=cy,
+                label=_label(label_w - 8, cy + 4, p.group, 34),
+                colour=colour,
+                whisker=whisker,
+                dot_x=None if value is None else sx(value),
+                dot_fill="#fff" if small else colour,
+                tooltip=f"{p.group}: {value:.3f} (n={p.n})" if value is not None else "",
+                note=note,
+                note_colour=MUTED if small else colour,
+            )
+        )
     return SubgroupChart(
-        width=label_w + plot_w + right, height=top + row_h * len(points) + 36, metric=metric, plot_top=top,
-        axis_y=axis_y, ticks=ticks, caption_x=label_w + plot_w / 2, note_x=label_w + plot_w + 10,
+        width=label_w + plot_w + right,
+        height=top + row_h * len(points) + 36,
+        metric=metric,
+        plot_top=top,
+        axis_y=axis_y,
+        ticks=ticks,
+        caption_x=label_w + plot_w / 2,
+        note_x=label_w + plot_w + 10,
         best_x=None if best is None or is_missing(best) else sx(float(best)),
         limit_x=None if threshold is None or is_missing(threshold) else sx(float(threshold)),
         rows=tuple(rows),
@@ -275,11 +298,25 @@ def class_bars(
         y = top + row_h * i
         known = None if value is None or is_missing(value) else float(value)
         end = sx(known) if known is not None else label_w
-        bars.append(Bar(y, _label(label_w - 8, y + 15, name, 30), known, max(1.0, end - label_w), end,
-                        FAIL if flagged else ACCENT))
+        bars.append(
+            Bar(
+                y,
+                _label(label_w - 8, y + 15, name, 30),
+                known,
+                max(1.0, end - label_w),
+                end,
+                FAIL if flagged else ACCENT,
+            )
+        )
     return ClassBars(
-        width=label_w + plot_w + right, height=top + row_h * len(items) + 30, label=label, left=label_w, top=top,
-        axis_y=top + row_h * len(items) + 4, caption_x=label_w + plot_w / 2, bars=tuple(bars),
+        width=label_w + plot_w + right,
+        height=top + row_h * len(items) + 30,
+        label=label,
+        left=label_w,
+        top=top,
+        axis_y=top + row_h * len(items) + 4,
+        caption_x=label_w + plot_w / 2,
+        bars=tuple(bars),
         limit_x=None if limit is None else sx(limit),
         limit_text="" if limit is None else f"limit {limit * 100:.0f}%",
     )

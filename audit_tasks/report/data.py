@@ -24,9 +24,26 @@ from audit_tasks.storage import StoragePath, parquet_file, parquet_schema, read_
 QUARANTINE_ROWS = 1000
 
 _IMAGE_COLUMNS = (
-    "image_id", "image_uri", "image_path", "label", "prediction", "confidence", "correct", "target_class",
-    "width", "height", "regions", "core_share", "spurious_share", "outside_share", "spurious_enrichment",
-    "pointing_hit", "has_regions", "spurious_flag", "cam_height", "cam_width",
+    "image_id",
+    "image_uri",
+    "image_path",
+    "label",
+    "prediction",
+    "confidence",
+    "correct",
+    "target_class",
+    "width",
+    "height",
+    "regions",
+    "core_share",
+    "spurious_share",
+    "outside_share",
+    "spurious_enrichment",
+    "pointing_hit",
+    "has_regions",
+    "spurious_flag",
+    "cam_height",
+    "cam_width",
 )
 
 

@@ -47,8 +47,9 @@ def sort_worst(frame: pd.DataFrame) -> pd.DataFrame:
     """Most spurious-looking first: flagged, then highest spurious share; ties by image id (deterministic)."""
     keys = frame.assign(
         _flag=frame["spurious_flag"].fillna(False).astype(bool) if "spurious_flag" in frame else False,
-        _spur=(pd.to_numeric(frame["spurious_share"], errors="coerce").fillna(-1.0)
-               if "spurious_share" in frame else -1.0),
+        _spur=(
+            pd.to_numeric(frame["spurious_share"], errors="coerce").fillna(-1.0) if "spurious_share" in frame else -1.0
+        ),
         _id=frame["image_id"].astype(str) if "image_id" in frame else frame["_row"].astype(str),
     )
     return keys.sort_values(["_flag", "_spur", "_id"], ascending=[False, False, True], kind="stable")
@@ -57,8 +58,13 @@ def sort_worst(frame: pd.DataFrame) -> pd.DataFrame:
 class Thumbs:
     """Renders each selected image's overlay once per report (local cache, not module state)."""
 
-    def __init__(self, images: pd.DataFrame, cams: dict[int, np.ndarray], thumb_size: int,
-                 opener: Callable[[str], IO[bytes]] | None) -> None:
+    def __init__(
+        self,
+        images: pd.DataFrame,
+        cams: dict[int, np.ndarray],
+        thumb_size: int,
+        opener: Callable[[str], IO[bytes]] | None,
+    ) -> None:
         self._images = images
         self._cams = cams
         self._size = thumb_size
@@ -69,18 +75,32 @@ class Thumbs:
         r = self._images.iloc[row]
         if row not in self._cache:
             self._cache[row] = render_overlay(
-                self._cams.get(row), r.get("cam_height"), r.get("cam_width"), image_path=r.get("image_path"),
-                width=r.get("width"), height=r.get("height"), regions=r.get("regions"), thumb_size=self._size,
+                self._cams.get(row),
+                r.get("cam_height"),
+                r.get("cam_width"),
+                image_path=r.get("image_path"),
+                width=r.get("width"),
+                height=r.get("height"),
+                regions=r.get("regions"),
+                thumb_size=self._size,
                 opener=self._opener,
             )
         ov = self._cache[row]
         uri = str(r.get("image_uri", "") or "")
         conf = r.get("confidence")
         return Figure(
-            data_uri=ov.data_uri, width=ov.width, height=ov.height, box_width=max(ov.width, 104) + 12, uri=uri,
-            name=uri.rstrip("/").rsplit("/", 1)[-1] or uri, label=r.get("label"), prediction=r.get("prediction"),
-            confidence=None if is_missing(conf) else pct(conf, 0), core=pct(r.get("core_share"), 0),
-            spurious=pct(r.get("spurious_share"), 0), outside=pct(r.get("outside_share"), 0),
+            data_uri=ov.data_uri,
+            width=ov.width,
+            height=ov.height,
+            box_width=max(ov.width, 104) + 12,
+            uri=uri,
+            name=uri.rstrip("/").rsplit("/", 1)[-1] or uri,
+            label=r.get("label"),
+            prediction=r.get("prediction"),
+            confidence=None if is_missing(conf) else pct(conf, 0),
+            core=pct(r.get("core_share"), 0),
+            spurious=pct(r.get("spurious_share"), 0),
+            outside=pct(r.get("outside_share"), 0),
             flagged=bool(r.get("spurious_flag")) if not is_missing(r.get("spurious_flag")) else False,
             has_original=ov.has_original,
         )

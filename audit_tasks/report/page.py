@@ -20,8 +20,14 @@ from audit_tasks.tables import write_text
 REPORT_FILE = "report.html"
 
 
-def build_html(run: RunTables, *, previous: RunDigest | None, max_gallery: int, thumb_size: int,
-               opener: Callable[[str], IO[bytes]] | None = None) -> str:
+def build_html(
+    run: RunTables,
+    *,
+    previous: RunDigest | None,
+    max_gallery: int,
+    thumb_size: int,
+    opener: Callable[[str], IO[bytes]] | None = None,
+) -> str:
     """The whole page for a loaded run (pure apart from reading CAMs and, through `opener`, thumbnail sources)."""
     view = sections.report(run, previous=previous, max_gallery=max_gallery, thumb_size=thumb_size, opener=opener)
     return render("report.html.j2", report=view, csp=CSP)

@@ -136,8 +136,9 @@ def _gate_rows(gates: pd.DataFrame) -> list[Any]:
     """Failing gates first, then by check, subject and metric."""
     frame = gates.copy()
     frame["_failed"] = ~frame["passed"].astype(bool)
-    frame = frame.sort_values(["_failed", "check", "subject", "metric"], ascending=[False, True, True, True],
-                              kind="stable")
+    frame = frame.sort_values(
+        ["_failed", "check", "subject", "metric"], ascending=[False, True, True, True], kind="stable"
+    )
     return list(frame.itertuples(index=False))
 
 
@@ -181,8 +182,7 @@ def verdict(run: RunTables) -> Verdict:
     more = 0
     if status == "inconclusive":
         reason = str((run.summary or {}).get("inconclusive_reason") or "nothing was judged")
-        why = (f"No verdict: {reason}. A run without evidence is not a clean audit, so it does not "
-               "start retraining.")
+        why = f"No verdict: {reason}. A run without evidence is not a clean audit, so it does not start retraining."
     elif run.gates is not None:
         failed = [g for g in _gate_rows(run.gates) if not bool(g.passed)]
         total = len(run.gates)
@@ -192,8 +192,14 @@ def verdict(run: RunTables) -> Verdict:
             why = f"All {total:,} gates passed."
         else:
             why = f"{len(failed):,} of {total:,} gates failed."
-        lines = [VerdictLine(_gate_name(g), f"{num(g.value)} vs threshold {num(g.threshold)}",
-                             g.detail if isinstance(g.detail, str) else "") for g in failed[:VERDICT_LINES]]
+        lines = [
+            VerdictLine(
+                _gate_name(g),
+                f"{num(g.value)} vs threshold {num(g.threshold)}",
+                g.detail if isinstance(g.detail, str) else "",
+            )
+            for g in failed[:VERDICT_LINES]
+        ]
         more = max(0, len(failed) - VERDICT_LINES)
     elif run.summary is not None:
         names = [str(n) for n in run.summary.get("failed_gates") or []]
@@ -203,9 +209,14 @@ def verdict(run: RunTables) -> Verdict:
         why = "No gates.parquet or summary.json in this run folder: the gate stage did not finish."
     facts = run.summary or {}
     return Verdict(
-        status=status if status in ("passed", "failed") else "unknown", word=_VERDICT_WORDS[status],
-        run_id=run.run_id, created_at=facts.get("created_at") or None, config=facts.get("config") or None,
-        why=why, lines=tuple(lines), more_failed=more,
+        status=status if status in ("passed", "failed") else "unknown",
+        word=_VERDICT_WORDS[status],
+        run_id=run.run_id,
+        created_at=facts.get("created_at") or None,
+        config=facts.get("config") or None,
+        why=why,
+        lines=tuple(lines),
+        more_failed=more,
     )
 
 
@@ -294,14 +305,22 @@ def summary(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]
     prev_counts = previous.counts if previous else {}
     first = ("ingested", "quarantined", "audited")
     cards = tuple(
-        Card(key.replace("_", " "), count(counts.get(key)),
-             _delta(counts.get(key), prev_counts.get(key), better="lower" if key == "quarantined" else None)
-             if previous else None)
-        for key in [*first, *sorted(k for k in counts if k not in first)] if key in counts
+        Card(
+            key.replace("_", " "),
+            count(counts.get(key)),
+            _delta(counts.get(key), prev_counts.get(key), better="lower" if key == "quarantined" else None)
+            if previous
+            else None,
+        )
+        for key in [*first, *sorted(k for k in counts if k not in first)]
+        if key in counts
     )
     checks = (run.summary or {}).get("checks") or {}
-    chips = tuple(Chip(str(k), v, str(v) == "ran") for k, v in sorted(checks.items())) \
-        if isinstance(checks, Mapping) else ()
+    chips = (
+        tuple(Chip(str(k), v, str(v) == "ran") for k, v in sorted(checks.items()))
+        if isinstance(checks, Mapping)
+        else ()
+    )
     gates, hidden = _gate_table(run.gates) if run.gates is not None else (None, 0)
     return Summary(cards, chips, _change(run, previous, headline), gates, hidden)
 
@@ -326,10 +345,14 @@ def _change(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]
         fmt = pct if is_fraction else count
         rows.append(HeadlineRow(label, fmt(then), fmt(now), _delta(now, then, as_pct=is_fraction)))
     return Change(
-        run_id=previous.run_id, created_at=previous.created_at, before=_VERDICT_WORDS[before],
+        run_id=previous.run_id,
+        created_at=previous.created_at,
+        before=_VERDICT_WORDS[before],
         now=_VERDICT_WORDS[_verdict_status(run)],
-        newly_failing=tuple(new[:CHANGED_GATES]), newly_failing_more=max(0, len(new) - CHANGED_GATES),
-        now_passing=tuple(fixed[:CHANGED_GATES]), now_passing_more=max(0, len(fixed) - CHANGED_GATES),
+        newly_failing=tuple(new[:CHANGED_GATES]),
+        newly_failing_more=max(0, len(new) - CHANGED_GATES),
+        now_passing=tuple(fixed[:CHANGED_GATES]),
+        now_passing_more=max(0, len(fixed) - CHANGED_GATES),
         headline=tuple(rows),
     )
 
@@ -345,8 +368,17 @@ def _gate_table(gates: pd.DataFrame) -> tuple[tuple[GateRow, ...], int]:
                 continue
             shown_passed += 1
         not_judged = bool(g.passed) and getattr(g, "judged", True) is False
-        rows.append(GateRow(Badge("skip", "not judged") if not_judged else _badge(bool(g.passed)), g.check, g.subject,
-                            g.metric, num(g.value), num(g.threshold), g.detail if isinstance(g.detail, str) else ""))
+        rows.append(
+            GateRow(
+                Badge("skip", "not judged") if not_judged else _badge(bool(g.passed)),
+                g.check,
+                g.subject,
+                g.metric,
+                num(g.value),
+                num(g.threshold),
+                g.detail if isinstance(g.detail, str) else "",
+            )
+        )
     return tuple(rows), hidden
 
 
@@ -394,17 +426,32 @@ def cooccurrence(run: RunTables) -> Cooccurrence:
     flagged = co[co["flagged"].fillna(False).astype(bool)] if "flagged" in co and len(co) else co.iloc[0:0]
     flagged = flagged.sort_values(["p_b_given_a", "tag_a", "tag_b"], ascending=[False, True, True], kind="stable")
     pairs = tuple(
-        PairRow(r.tag_a, r.tag_b, count(r.n_ab), count(r.n_a), num(r.p_b_given_a), num(r.ci_low), num(r.ci_high),
-                num(getattr(r, "lift", None), 2), num(r.npmi), getattr(r, "message", ""),
-                _suggestions(getattr(r, "suggested_additions", None)))
+        PairRow(
+            r.tag_a,
+            r.tag_b,
+            count(r.n_ab),
+            count(r.n_a),
+            num(r.p_b_given_a),
+            num(r.ci_low),
+            num(r.ci_high),
+            num(getattr(r, "lift", None), 2),
+            num(r.npmi),
+            getattr(r, "message", ""),
+            _suggestions(getattr(r, "suggested_additions", None)),
+        )
         for r in flagged.head(FLAGGED_PAIRS_ROWS).itertuples(index=False)
     )
     balance: tuple[BalanceRow, ...] = ()
     if run.class_balance is not None and len(run.class_balance):
         cb = run.class_balance.sort_values(["n", "label"], ascending=[False, True], kind="stable")
         balance = tuple(BalanceRow(r.label, count(r.n), pct(r.share)) for r in cb.itertuples(index=False))
-    return Cooccurrence(gates=_gates_line(run, "cooccurrence"), heatmap=_strongest(co), flagged_total=len(flagged),
-                        flagged=pairs, balance=balance)
+    return Cooccurrence(
+        gates=_gates_line(run, "cooccurrence"),
+        heatmap=_strongest(co),
+        flagged_total=len(flagged),
+        flagged=pairs,
+        balance=balance,
+    )
 
 
 def _strongest(co: pd.DataFrame) -> Heatmap | None:
@@ -423,13 +470,20 @@ def _strongest(co: pd.DataFrame) -> Heatmap | None:
             cols.append(b)
         if len(rows) >= HEATMAP_TAGS and len(cols) >= HEATMAP_TAGS:
             break
-    values = {(str(a), str(b)): float(v)
-              for a, b, v in zip(usable["tag_a"], usable["tag_b"], usable["npmi"], strict=True)
-              if str(a) in rows and str(b) in cols}
-    flagged_pairs = frozenset(
-        (str(a), str(b))
-        for a, b, f in zip(usable["tag_a"], usable["tag_b"], usable["flagged"].fillna(False), strict=True) if bool(f)
-    ) if "flagged" in usable else frozenset()
+    values = {
+        (str(a), str(b)): float(v)
+        for a, b, v in zip(usable["tag_a"], usable["tag_b"], usable["npmi"], strict=True)
+        if str(a) in rows and str(b) in cols
+    }
+    flagged_pairs = (
+        frozenset(
+            (str(a), str(b))
+            for a, b, f in zip(usable["tag_a"], usable["tag_b"], usable["flagged"].fillna(False), strict=True)
+            if bool(f)
+        )
+        if "flagged" in usable
+        else frozenset()
+    )
     return heatmap(rows, cols, values, flagged=flagged_pairs)
 
 
@@ -487,16 +541,19 @@ def _subgroup_points(frame: pd.DataFrame) -> tuple[list[GroupPoint], float | Non
         higher_better = best >= float(pd.to_numeric(judged["value"]).max()) - 1e-12
     points = []
     ordered = frame.assign(_v=pd.to_numeric(frame["value"], errors="coerce")).sort_values(
-        ["_v", "group"], ascending=[not higher_better, True], na_position="last", kind="stable")
+        ["_v", "group"], ascending=[not higher_better, True], na_position="last", kind="stable"
+    )
     for r in ordered.itertuples(index=False):
-        points.append(GroupPoint(
-            group=str(r.group),
-            n=int(r.n) if not is_missing(r.n) else 0,
-            value=None if is_missing(r.value) else float(r.value),
-            ci_low=None if is_missing(r.ci_low) else float(r.ci_low),
-            ci_high=None if is_missing(r.ci_high) else float(r.ci_high),
-            status=str(getattr(r, "status", "ok")),
-        ))
+        points.append(
+            GroupPoint(
+                group=str(r.group),
+                n=int(r.n) if not is_missing(r.n) else 0,
+                value=None if is_missing(r.value) else float(r.value),
+                ci_low=None if is_missing(r.ci_low) else float(r.ci_low),
+                ci_high=None if is_missing(r.ci_high) else float(r.ci_high),
+                status=str(getattr(r, "status", "ok")),
+            )
+        )
     return points, best, higher_better
 
 
@@ -522,16 +579,34 @@ def subgroups(run: RunTables) -> Subgroups:
         n_gap = sum(p.status == STATUS_GAP for p in points)
         n_small = sum(p.status == STATUS_TOO_SMALL for p in points)
         tags = ([Badge("fail", f"{n_gap} over the gap")] if n_gap else []) + (
-            [Badge("small", f"{n_small} {STATUS_TOO_SMALL}")] if n_small else [])
+            [Badge("small", f"{n_small} {STATUS_TOO_SMALL}")] if n_small else []
+        )
         chart = subgroup_chart(points, metric=metric, best=best, threshold=limit)
         charts.append(AttributeChart(attribute, tuple(tags), chart))
-    rows = tuple(
-        SubgroupRow(r.attribute, r.group, count(r.n), num(r.value), num(r.ci_low), num(r.ci_high), num(r.gap),
-                    _status_mark(str(getattr(r, "status", ""))))
-        for r in sg.sort_values(["attribute", "group"], kind="stable").itertuples(index=False)
-    ) if attributes else ()
-    return Subgroups(gates=_gates_line(run, "subgroups"), metric=metric,
-                     max_gap=None if max_gap is None else num(max_gap), charts=tuple(charts), rows=rows)
+    rows = (
+        tuple(
+            SubgroupRow(
+                r.attribute,
+                r.group,
+                count(r.n),
+                num(r.value),
+                num(r.ci_low),
+                num(r.ci_high),
+                num(r.gap),
+                _status_mark(str(getattr(r, "status", ""))),
+            )
+            for r in sg.sort_values(["attribute", "group"], kind="stable").itertuples(index=False)
+        )
+        if attributes
+        else ()
+    )
+    return Subgroups(
+        gates=_gates_line(run, "subgroups"),
+        metric=metric,
+        max_gap=None if max_gap is None else num(max_gap),
+        charts=tuple(charts),
+        rows=rows,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,8 +683,9 @@ def _confusion_frame(run: RunTables) -> tuple[pd.DataFrame | None, str]:
     return None, ""
 
 
-def _matrix(classes: list[str], counts: dict[tuple[str, str], int],
-            plan: dict[tuple[str, str], list[int]]) -> tuple[MatrixRow, ...]:
+def _matrix(
+    classes: list[str], counts: dict[tuple[str, str], int], plan: dict[tuple[str, str], list[int]]
+) -> tuple[MatrixRow, ...]:
     index = {c: i for i, c in enumerate(classes)}
     row_totals = {c: 0 for c in classes}
     for (label, _), n in counts.items():
@@ -623,22 +699,36 @@ def _matrix(classes: list[str], counts: dict[tuple[str, str], int],
                 cells.append(MatrixCell(0))  # a 100-class matrix has 10,000 of them
                 continue
             share = n / row_totals[label] if row_totals[label] else 0.0
-            colour = (f"rgba(22,121,74,{0.08 + 0.6 * share:.3f})" if label == pred
-                      else f"rgba(179,38,30,{0.08 + 0.7 * share:.3f})")
-            cells.append(MatrixCell(n, colour, f"true {label}, predicted {pred}: {n:,} ({share * 100:.1f}% of the row)",
-                                    _anchor(index, (label, pred)) if (label, pred) in plan else None))
+            colour = (
+                f"rgba(22,121,74,{0.08 + 0.6 * share:.3f})"
+                if label == pred
+                else f"rgba(179,38,30,{0.08 + 0.7 * share:.3f})"
+            )
+            cells.append(
+                MatrixCell(
+                    n,
+                    colour,
+                    f"true {label}, predicted {pred}: {n:,} ({share * 100:.1f}% of the row)",
+                    _anchor(index, (label, pred)) if (label, pred) in plan else None,
+                )
+            )
         rows.append(MatrixRow(label, tuple(cells)))
     return tuple(rows)
 
 
-def _top_confusions(classes: list[str], counts: dict[tuple[str, str], int],
-                    plan: dict[tuple[str, str], list[int]]) -> tuple[tuple[TopConfusion, ...], int]:
+def _top_confusions(
+    classes: list[str], counts: dict[tuple[str, str], int], plan: dict[tuple[str, str], list[int]]
+) -> tuple[tuple[TopConfusion, ...], int]:
     """For too many classes to draw a grid: the most frequent confusions, and how many there are in all."""
     index = {c: i for i, c in enumerate(classes)}
-    off = sorted(((n, label, pred) for (label, pred), n in counts.items() if label != pred and n),
-                 key=lambda t: (-t[0], t[1], t[2]))
-    top = tuple(TopConfusion(label, pred, n, _anchor(index, (label, pred)) if (label, pred) in plan else None)
-                for n, label, pred in off[:MATRIX_LIST_ROWS])
+    off = sorted(
+        ((n, label, pred) for (label, pred), n in counts.items() if label != pred and n),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
+    top = tuple(
+        TopConfusion(label, pred, n, _anchor(index, (label, pred)) if (label, pred) in plan else None)
+        for n, label, pred in off[:MATRIX_LIST_ROWS]
+    )
     return top, len(off)
 
 
@@ -663,18 +753,37 @@ def confusion(run: RunTables, thumbs: Thumbs | None, plan: dict[tuple[str, str],
     galleries = []
     has_images = thumbs is not None and run.images is not None
     if thumbs is not None and run.images is not None:
-        spur = (pd.to_numeric(run.images["spurious_share"], errors="coerce").fillna(-1.0).to_numpy()
-                if "spurious_share" in run.images else np.full(len(run.images), -1.0))
+        spur = (
+            pd.to_numeric(run.images["spurious_share"], errors="coerce").fillna(-1.0).to_numpy()
+            if "spurious_share" in run.images
+            else np.full(len(run.images), -1.0)
+        )
         for label in classes:
             cells = [(label, pred) for pred in classes if (label, pred) in plan]
             # The cell with the worst offender first.
             cells.sort(key=lambda c: (-max(spur[r] for r in plan[c]), c[0] == c[1], index[c[1]]))
             if cells:
-                galleries.append(ClassGallery(label, tuple(
-                    CellGallery(_anchor(index, c), c[0], c[1], counts.get(c, len(plan[c])), thumbs.figures(plan[c]))
-                    for c in cells)))
-    return Confusion(note=note, classes=tuple(classes), matrix=matrix, top=top, off_diagonal=off, has_images=has_images,
-                     per_cell=max((len(v) for v in plan.values()), default=0), galleries=tuple(galleries))
+                galleries.append(
+                    ClassGallery(
+                        label,
+                        tuple(
+                            CellGallery(
+                                _anchor(index, c), c[0], c[1], counts.get(c, len(plan[c])), thumbs.figures(plan[c])
+                            )
+                            for c in cells
+                        ),
+                    )
+                )
+    return Confusion(
+        note=note,
+        classes=tuple(classes),
+        matrix=matrix,
+        top=top,
+        off_diagonal=off,
+        has_images=has_images,
+        per_cell=max((len(v) for v in plan.values()), default=0),
+        galleries=tuple(galleries),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -721,25 +830,44 @@ def saliency(run: RunTables, thumbs: Thumbs | None, plan: dict[str, list[int]]) 
     rows: tuple[SaliencyRow, ...] = ()
     if sc is not None and len(sc):
         ordered = sc.assign(_f=pd.to_numeric(sc["flagged_fraction"], errors="coerce")).sort_values(
-            ["_f", "class"], ascending=[False, True], na_position="last", kind="stable")
-        items = [(str(r["class"]), None if is_missing(r["_f"]) else float(r["_f"]),
-                  bool(r["flagged"]) if "flagged" in r and not is_missing(r["flagged"]) else False)
-                 for _, r in ordered.iterrows()]
-        bars = class_bars(items, threshold=_threshold(run, "saliency", "flagged"),
-                          label="fraction of the class's images flagged as shortcut-driven")
+            ["_f", "class"], ascending=[False, True], na_position="last", kind="stable"
+        )
+        items = [
+            (
+                str(r["class"]),
+                None if is_missing(r["_f"]) else float(r["_f"]),
+                bool(r["flagged"]) if "flagged" in r and not is_missing(r["flagged"]) else False,
+            )
+            for _, r in ordered.iterrows()
+        ]
+        bars = class_bars(
+            items,
+            threshold=_threshold(run, "saliency", "flagged"),
+            label="fraction of the class's images flagged as shortcut-driven",
+        )
         rows = tuple(
-            SaliencyRow(r["class"], count(r.get("images")), count(r.get("images_with_regions")),
-                        pct(r.get("mean_core_share")), pct(r.get("mean_spurious_share")),
-                        pct(r.get("mean_outside_share")), num(r.get("mean_spurious_enrichment"), 2),
-                        pct(r.get("pointing_accuracy")), pct(r.get("flagged_fraction")),
-                        _badge(not bool(r.get("flagged")), yes="ok", no="flagged"))
+            SaliencyRow(
+                r["class"],
+                count(r.get("images")),
+                count(r.get("images_with_regions")),
+                pct(r.get("mean_core_share")),
+                pct(r.get("mean_spurious_share")),
+                pct(r.get("mean_outside_share")),
+                num(r.get("mean_spurious_enrichment"), 2),
+                pct(r.get("pointing_accuracy")),
+                pct(r.get("flagged_fraction")),
+                _badge(not bool(r.get("flagged")), yes="ok", no="flagged"),
+            )
             for _, r in ordered.iterrows()
         )
     galleries = tuple(Gallery(c, thumbs.figures(r)) for c, r in plan.items()) if thumbs is not None else ()
     return Saliency(
-        gates=_gates_line(run, "saliency"), bars=bars, rows=rows,
+        gates=_gates_line(run, "saliency"),
+        bars=bars,
+        rows=rows,
         table_skipped=_skip_message(run, "saliency", "saliency_by_class.parquet") if sc is None else "",
-        per_class=max((len(v) for v in plan.values()), default=0), galleries=galleries,
+        per_class=max((len(v) for v in plan.values()), default=0),
+        galleries=galleries,
     )
 
 
@@ -772,13 +900,23 @@ def quarantine(run: RunTables) -> Quarantine:
     q = run.quarantine_head
     if q is None:
         status = run.check_status("ingest")
-        return Quarantine("Quarantine", skipped=(
-            "ingest check not configured / skipped (no quarantine.parquet in this run)"
-            if status in (None, "skipped") else "no quarantine.parquet in this run folder"))
+        return Quarantine(
+            "Quarantine",
+            skipped=(
+                "ingest check not configured / skipped (no quarantine.parquet in this run)"
+                if status in (None, "skipped")
+                else "no quarantine.parquet in this run folder"
+            ),
+        )
     extra = [c for c in q.columns if c not in _QUARANTINE_FIXED]
     rows = tuple(
-        QuarantineRow(r.get("manifest"), count(r.get("row_number")), r.get("stage"), r.get("reason"),
-                      "; ".join(f"{c}={clip(r[c])}" for c in extra if not is_missing(r[c]) and str(r[c]) != ""))
+        QuarantineRow(
+            r.get("manifest"),
+            count(r.get("row_number")),
+            r.get("stage"),
+            r.get("reason"),
+            "; ".join(f"{c}={clip(r[c])}" for c in extra if not is_missing(r[c]) and str(r[c]) != ""),
+        )
         for _, r in q.iterrows()
     )
     return Quarantine(f"Quarantine ({run.quarantine_total:,})", total=run.quarantine_total, rows=rows)
@@ -809,8 +947,14 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def report(run: RunTables, *, previous: RunDigest | None, max_gallery: int, thumb_size: int,
-           opener: Callable[[str], IO[bytes]] | None = None) -> Report:
+def report(
+    run: RunTables,
+    *,
+    previous: RunDigest | None,
+    max_gallery: int,
+    thumb_size: int,
+    opener: Callable[[str], IO[bytes]] | None = None,
+) -> Report:
     """The views of every section (reads the sampled CAMs and, through `opener`, thumbnail sources)."""
     headline = history.headline_metrics(run.saliency_by_class, run.subgroups, run.cooccurrence)
     thumbs = None
