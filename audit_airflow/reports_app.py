@@ -21,7 +21,7 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -173,7 +173,7 @@ def _finished(summary: Any, modified: float) -> str:
         return summary["created_at"]
     if not modified:
         return ""
-    return datetime.fromtimestamp(modified, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(modified, tz=UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from audit_tasks.config import AuditConfig
+    from audit_tasks.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _airflow_serves(protocol: str, conn_id: str | None) -> bool:
     from airflow.sdk.io import attach
 
     try:
-        attach(protocol, conn_id).fs
+        _ = attach(protocol, conn_id).fs  # building the filesystem is what fails for an unknown scheme
     except ValueError:  # "No filesystem registered for scheme ..."
         return False
     return True
@@ -88,7 +89,7 @@ def bind_storage(config: AuditConfig, conn_id: str | None = None) -> AuditConfig
     return config.model_copy(update={"dataset": dataset, "model": model, "output": output})
 
 
-def publish_run(run_folder: Path, target_uri: str, conn_id: str | None = None) -> str:
+def publish_run(run_folder: StoragePath, target_uri: str, conn_id: str | None = None) -> str:
     """Copy a finished run's top-level files (not `_stages/`) to `<target>/<run_id>/`; returns the report URI.
 
     Re-publishing overwrites the same objects, so a retried task leaves one copy.

@@ -20,6 +20,7 @@ from audit_airflow.storage import bind_storage, publish_run
 
 if TYPE_CHECKING:
     from audit_tasks.config import AuditConfig
+    from audit_tasks.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def ingest() -> str:
     config, run_id = _config_and_run_id()
     result = pipeline.stage_ingest(config, run_id)
     log.info("ingest finished for audit run %s: %s", run_id, result)
-    return _str_or_none(pipeline.run_dir(config, run_id))
+    return _location(pipeline.run_dir(config, run_id))
 
 
 def plan_shards() -> list[dict[str, int]]:
@@ -78,7 +79,9 @@ def score_shard(shard: Mapping[str, int]) -> str | None:
 
     context = get_current_context()
     index, count = int(shard["index"]), int(shard["count"])
-    context["shard_label"] = f"shard {index + 1} of {count}"  # read by map_index_template
+    # Read by map_index_template. Airflow's docs add keys to the context for it, but its `Context` TypedDict
+    # does not model such keys.
+    context["shard_label"] = f"shard {index + 1} of {count}"  # type: ignore[typeddict-unknown-key]
     config, run_id = _config_and_run_id()
     path = pipeline.stage_saliency(config, run_id, shard=index, num_shards=count)
     return _str_or_none(path)
@@ -133,7 +136,7 @@ def report() -> str:
         uri = publish_run(pipeline.run_dir(config, run_id), target, compat.audit_setting("publish_conn_id", "") or None)
         log.info("published audit run %s: %s", run_id, uri)
         return uri
-    return _str_or_none(path)
+    return _location(path)
 
 
 def gate(report_location: str | None = None) -> str:
@@ -175,7 +178,7 @@ def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
     failed = [_gate_name(g) for g in summary.get("failed_gates") or []]
     details = summary.get("failed_details") or []
     if len(details) == len(failed):
-        failed = [f"{name}: {detail}" if detail else name for name, detail in zip(failed, details)]
+        failed = [f"{name}: {detail}" if detail else name for name, detail in zip(failed, details, strict=True)]
     lines = [f"Audit {summary.get('run_id', '?')} FAILED: {len(failed)} gate(s) failed:"]
     lines += [f"  - {name}" for name in failed] or ["  - (summary lists no gate names)"]
     lines.append(f"Report: {report_path}")
@@ -240,7 +243,7 @@ def _config_and_run_id() -> tuple[AuditConfig, str]:
 def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:
     if summary.get("report"):
         return str(summary["report"])
-    return str(_str_or_none(run_folder / "report.html"))
+    return _location(run_folder / "report.html")
 
 
 def _gate_name(gate_entry: Any) -> str:
@@ -251,11 +254,16 @@ def _gate_name(gate_entry: Any) -> str:
     return str(gate_entry)
 
 
-def _str_or_none(path: Any) -> str | None:
+def _location(path: StoragePath) -> str:
     """A location for XCom and logs: a path, or a URI without the connection id."""
     from audit_tasks.storage import public_uri
 
-    return None if path is None else public_uri(path)
+    return public_uri(path)
+
+
+def _str_or_none(path: StoragePath | None) -> str | None:
+    """`_location`, or None for a stage that wrote nothing."""
+    return None if path is None else _location(path)
 
 
 def _ceil_div(a: int, b: int) -> int:

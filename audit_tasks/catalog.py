@@ -11,8 +11,9 @@ orphan part that nothing reads; writing the same run again replaces it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -198,7 +199,7 @@ def _all_parts(catalog: StoragePath) -> list[StoragePath]:
 
 def _committed_parts(catalog: StoragePath, ledger: pd.DataFrame, *, exclude: str | None) -> list[StoragePath]:
     """Catalog parts of runs the ledger lists (an orphan part from a crashed run is never read)."""
-    committed = {(str(r), str(d)) for r, d in zip(ledger["run_id"], ledger["ingest_date"]) if r != exclude}
+    committed = {(str(r), str(d)) for r, d in zip(ledger["run_id"], ledger["ingest_date"], strict=True) if r != exclude}
     return [p for p in _all_parts(catalog) if (_part_run(p), p.parent.name.split("=", 1)[1]) in committed]
 
 

@@ -6,9 +6,9 @@ output folder, so a data team can run a check on a manifest before anything is i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

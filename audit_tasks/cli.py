@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from audit_tasks.errors import AuditError
 from audit_tasks.gates import FAILED, INCONCLUSIVE, PASSED, Verdict

@@ -7,10 +7,10 @@ flags the pairs where `a` almost never appears without `b`.
 
 Counting works on a CSR indicator matrix of images x tags, built straight from the Arrow buffers (strings
 hashed once, a tag repeated in one image counted once), and one code per image and attribute. For a
-vocabulary whose tags x items grid has at most 4M cells (32 MB of counts; about 2,000 tags) the counts are bincounts of pair keys
-generated per group of equally long rows (about 7x faster than scipy's sparse product here); larger
-vocabularies use the one sparse product ``X_tags.T @ X_items``, whose memory is bounded by the pairs that
-occur. Neither path loops in Python per image or holds tags squared times images.
+vocabulary whose tags x items grid has at most 4M cells (32 MB of counts; about 2,000 tags) the counts are
+bincounts of pair keys generated per group of equally long rows (about 7x faster than scipy's sparse
+product here); larger vocabularies use the one sparse product ``X_tags.T @ X_items``, whose memory is
+bounded by the pairs that occur. Neither path loops in Python per image or holds tags squared times images.
 
 Flag rule (all of it must hold; thresholds from ``checks.cooccurrence``):
 
@@ -41,8 +41,8 @@ gate (``max_class_imbalance``). Rows without a label are left out of the class b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,8 +125,8 @@ def check_cooccurrence(
             f"co-occurrence check: attribute column(s) {', '.join(map(repr, missing))} not in the data "
             f"(columns: {', '.join(available)}); fix 'checks.cooccurrence.attributes' or the manifest"
         )
-    with_label = bool(label_column) and label_column in available
-    table = _as_table(data, [tags_column, *attributes, *([label_column] if with_label else [])])
+    label = label_column if label_column and label_column in available else None
+    table = _as_table(data, [tags_column, *attributes, *([label] if label else [])])
     n_rows = table.num_rows
 
     tag_names, x_tags = _tag_matrix(table.column(tags_column), n_rows, tags_column)
@@ -140,6 +140,7 @@ def check_cooccurrence(
             pairs["tag_b"][pairs["flagged"]],
             pairs["p_b_given_a"][pairs["flagged"]],
             pairs["message"][pairs["flagged"]],
+            strict=True,
         )
     ]
     n_flagged = len(gates)
@@ -159,8 +160,8 @@ def check_cooccurrence(
     )
 
     class_balance = _empty_class_balance()
-    if with_label:
-        class_balance = _class_balance(table.column(label_column))
+    if label:
+        class_balance = _class_balance(table.column(label))
         if len(class_balance):
             gates.append(_class_balance_gate(class_balance, check.max_class_imbalance))
     return CooccurrenceResult(pairs=pairs, class_balance=class_balance, gates=gates, n_rows=n_rows)
@@ -442,7 +443,7 @@ def curator_message(tag_a: str, tag_b: str, n_a: int, n_a_only: int, additions: 
 
 
 def _empty_class_balance() -> pd.DataFrame:
-    dtypes = dict(zip(CLASS_BALANCE_COLUMNS, ["str", "int64", "float64"]))
+    dtypes = dict(zip(CLASS_BALANCE_COLUMNS, ["str", "int64", "float64"], strict=True))
     return pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in dtypes.items()})
 
 

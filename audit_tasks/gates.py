@@ -8,8 +8,9 @@ were audited, is `inconclusive`: never green, never a reason to retrain.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal, SupportsFloat
 
 import pandas as pd
 
@@ -82,14 +83,14 @@ def gates_from_frame(frame: pd.DataFrame) -> list[GateResult]:
             row.detail or "",
             bool(was_judged),
         )
-        for row, was_judged in zip(frame.itertuples(index=False), judged)
+        for row, was_judged in zip(frame.itertuples(index=False), judged, strict=True)
     ]
 
 
-def _optional_float(value: object) -> float | None:
+def _optional_float(value: SupportsFloat | None) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -148,7 +149,7 @@ def _encode_classes(
             raise ManifestError(MSG_MISSING_VALUE.format(what=what, row=_row_name(series, int(missing[0]))))
         factorised.append((what, series, codes, names))
     if classes is None:
-        classes = tuple(sorted({u for *_, names in factorised for u in names}))
+        classes = tuple(sorted({u for *_, names in factorised for u in names if u is not None}))
     else:
         classes = tuple(str(c) for c in classes)
         if len(set(classes)) != len(classes):
@@ -156,7 +157,7 @@ def _encode_classes(
     index = {c: i for i, c in enumerate(classes)}
     out = []
     for what, series, codes, names in factorised:
-        lookup = np.array([index.get(name, -1) for name in names], dtype=np.int32)
+        lookup = np.array([-1 if name is None else index.get(name, -1) for name in names], dtype=np.int32)
         bad = np.flatnonzero(lookup < 0)
         if bad.size:
             position = int(np.flatnonzero(codes == bad[0])[0])
@@ -222,7 +223,7 @@ def _group_ids(
     gid = np.zeros(n_rows, dtype=np.int64)
     space = 1
     compacted = False
-    for column_codes, size in zip(codes, sizes):
+    for column_codes, size in zip(codes, sizes, strict=True):
         size = max(size, 1)
         if space * size * cells_per_group > _DENSE_LIMIT and space > 1:
             gid, space = _compact(gid)

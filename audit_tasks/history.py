@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -71,7 +72,7 @@ def parse_time(value: Any) -> datetime | None:
             moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
             return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def headline_metrics(
@@ -173,7 +174,7 @@ def previous_run(output_dir: StoragePath, run_id: str, *, created_at: Any = None
         mine_key = (moment, run_id)
         keep = [
             (t := parse_time(when) if not pd.isna(when) else None) is not None and (t, str(rid)) < mine_key
-            for when, rid in zip(others["created_at"], others["run_id"])
+            for when, rid in zip(others["created_at"], others["run_id"], strict=True)
         ]
         others = others[keep]
     if not len(others):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -41,6 +42,9 @@ from audit_tasks.paths import resolve_under
 from audit_tasks.run_ids import check_run_id
 from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri, storage_path
 from audit_tasks.validation import is_empty_cell, validate_rows
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 #: Columns the ingest fills itself; a manifest may not carry them (it would be silently overwritten).
 INGEST_RECORDED_COLUMNS = (
@@ -295,7 +299,7 @@ class _Run:
         frame["width"] = [r["width"] for r in live]
         frame["height"] = [r["height"] for r in live]
         reasons = validate_rows(frame, classes=self.classes, attributes=self.attributes)
-        for row, reason in zip(live, reasons.tolist()):
+        for row, reason in zip(live, reasons.tolist(), strict=True):
             row["reason"] = reason
 
     def deduplicate(self, known: pd.DataFrame) -> None:
@@ -415,8 +419,9 @@ def _landing_files(landing: StoragePath) -> list[StoragePath]:
             log.info("landing prefix %s holds no objects: nothing to ingest", public_uri(landing))
             return []
         raise ConfigError(f"'dataset.landing' folder does not exist: {public_uri(landing)}")
-    files = []
-    for path in sorted(landing.iterdir(), key=lambda p: p.name):
+    files: list[StoragePath] = []
+    entries: list[StoragePath] = list(landing.iterdir())
+    for path in sorted(entries, key=lambda p: p.name):
         if path.name.startswith((".", "~", "_")) or path.name.lower().endswith(_TEMP_SUFFIXES):
             continue
         if path.is_file():
@@ -424,7 +429,7 @@ def _landing_files(landing: StoragePath) -> list[StoragePath]:
     return files
 
 
-def _bucket_exists(location: StoragePath) -> bool:
+def _bucket_exists(location: UPath) -> bool:
     """Whether the bucket (container) of an object-store location exists, so that a typo in its name is an
     error rather than a landing area that stays empty night after night."""
     fs, inner = filesystem(location)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -113,11 +114,11 @@ def iter_image_batches(
 
 def decode_image(source: str | IO[bytes], input_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
     """One file -> (3, S, S) uint8, upright, RGB, resized whole; raises ValueError/OSError on bad files."""
-    with Image.open(source) as image:
-        _check_pixels(image.size, max_pixels)
-        if image.format == "JPEG":
-            image.draft("RGB", (input_size, input_size))  # let libjpeg scale down while decoding
-        image = ImageOps.exif_transpose(image)
+    with Image.open(source) as opened:
+        _check_pixels(opened.size, max_pixels)
+        if opened.format == "JPEG":
+            opened.draft("RGB", (input_size, input_size))  # let libjpeg scale down while decoding
+        image = ImageOps.exif_transpose(opened)
         image = _to_rgb(image)
         image = image.resize((input_size, input_size), Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
@@ -217,11 +218,11 @@ def _decode_on_device(
             except RuntimeError as exc:
                 decoded.append(exc)
     ok, tensors, failures = [], [], []
-    for position, image in zip(positions, decoded):
+    for position, image in zip(positions, decoded, strict=True):
         if isinstance(image, Exception):
             try:
-                blob = data[positions.index(position)].numpy().tobytes()
-                image = decode_image(io.BytesIO(blob), input_size, max_pixels).to(device)
+                encoded = data[positions.index(position)].numpy().tobytes()
+                image = decode_image(io.BytesIO(encoded), input_size, max_pixels).to(device)
             except Exception as exc:  # noqa: BLE001 - quarantine this one image
                 failures.append((position, f"cannot decode JPEG: {type(exc).__name__}: {exc}"))
                 continue

@@ -12,7 +12,8 @@ import csv
 import io
 import json
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -282,7 +283,8 @@ def _parse_csv(data: bytes, name: str) -> tuple[list[str], list[dict[str, Any]]]
             continue
         row: dict[str, Any] = {}
         errors = []
-        for column, raw in zip(columns, fields):
+        # Not strict: a short row leaves its last columns unset, and a long one is reported just below.
+        for column, raw in zip(columns, fields, strict=False):
             value, bad = _clean_text(raw)
             if bad:
                 errors.append(f"column '{column}' has bytes that are not valid UTF-8 ({bad})")

@@ -48,13 +48,13 @@ def load_model(config: ModelConfig) -> nn.Module:
                 shutil.copyfileobj(source, target, 16 << 20)
         except ModelError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any store error (credentials, network) is a checkpoint we cannot read
+        except Exception as exc:  # any store error (credentials, network) is a checkpoint we cannot read
             raise ModelError(f"cannot read model checkpoint {shown}: {type(exc).__name__}: {exc}") from exc
         try:
             return _load_local(local, config)
         except ModelError as exc:
             raise ModelError(str(exc).replace(str(local), shown)) from exc.__cause__
-        except Exception as exc:  # noqa: BLE001 - name the URI the user configured, not the deleted temporary copy
+        except Exception as exc:  # name the URI the user configured, not the deleted temporary copy
             text = str(exc).replace(str(local), shown)
             raise ModelError(f"cannot load model checkpoint {shown}: {type(exc).__name__}: {text}") from exc
 
@@ -195,7 +195,7 @@ def _check_output_width(model: nn.Module, config: ModelConfig) -> None:
         with torch.no_grad():
             probe = torch.zeros(1, 3, config.input_size, config.input_size)
             out = model(probe)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot be audited
+    except Exception as exc:  # any failure here means the model cannot be audited
         raise ModelError(f"model {config.checkpoint} failed on a {config.input_size}px input: {exc}") from exc
     finally:
         model.train(was_training)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from audit_tasks.errors import PathEscapeError
 from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri, scheme_of
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 #: Schemes that name a file on this machine; "file" in `allowed_schemes` also admits absolute paths.
 _LOCAL_SCHEMES = frozenset({"", "file"})
@@ -109,7 +113,7 @@ def _confine(root: Path, candidate: Path, shown: str) -> Path:
     return real
 
 
-def _protocols(root: StoragePath) -> set[str]:
+def _protocols(root: UPath) -> set[str]:
     """The URI schemes that name `root`'s filesystem (s3 and s3a, gs and gcs, ...)."""
     protocol = filesystem(root)[0].protocol
     return {p.lower() for p in ((protocol,) if isinstance(protocol, str) else protocol)}

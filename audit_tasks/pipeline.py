@@ -12,9 +12,10 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ class AuditOutcome:
 
 def new_run_id(now: datetime | None = None) -> str:
     """A fresh, sortable, filename-safe run id (UTC time plus a short random suffix)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
@@ -295,8 +296,8 @@ def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.Dat
 
 def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Co-occurrence balance over the whole catalog's tags and attributes (no image is touched)."""
-    from audit_tasks.cooccurrence import check_cooccurrence
     from audit_tasks.catalog import read_catalog_table
+    from audit_tasks.cooccurrence import check_cooccurrence
 
     check = config.checks.cooccurrence
     rd = run_dir(config, run_id)
@@ -445,7 +446,7 @@ def _run_created_at(rd: StoragePath) -> str:
     marker = rd / "_stages" / "created_at"
     if not marker.is_file():
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(datetime.now(timezone.utc).isoformat(timespec="seconds"), encoding="utf-8")
+        marker.write_text(datetime.now(UTC).isoformat(timespec="seconds"), encoding="utf-8")
     return marker.read_text(encoding="utf-8").strip()
 
 

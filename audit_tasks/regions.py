@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,34 +172,35 @@ class _GroupPlan:
     core_boxes_px: list[tuple[int, list[float]]]  # (image, pixel box) for the pointing game
 
     @classmethod
-    def build(cls, regions: Sequence[Sequence[Mapping[str, Any]]], sizes: Sequence[tuple[int, int]]) -> "_GroupPlan":
+    def build(cls, regions: Sequence[Sequence[Mapping[str, Any]]], sizes: Sequence[tuple[int, int]]) -> _GroupPlan:
         boxes: list[list[float]] = []
         box_group: list[int] = []
         groups: list[tuple[int, str, str]] = []
         core_px: list[tuple[int, list[float]]] = []
-        for image, (image_regions, (width, height)) in enumerate(zip(regions, sizes)):
+
+        def add(image: int, index: dict[tuple[str, str], int], role: str, name: str, box: list[float]) -> None:
+            """Put `box` in the image's group (role, name); `index` maps the image's groups to their numbers."""
+            key = (role, name)
+            if key not in index:
+                index[key] = len(groups)
+                groups.append((image, role, name))
+            boxes.append(box)
+            box_group.append(index[key])
+
+        for image, (image_regions, (width, height)) in enumerate(zip(regions, sizes, strict=True)):
             if not image_regions:
                 continue
             index: dict[tuple[str, str], int] = {}
-
-            def add(role: str, name: str, box: list[float]) -> None:
-                key = (role, name)
-                if key not in index:
-                    index[key] = len(groups)
-                    groups.append((image, role, name))
-                boxes.append(box)
-                box_group.append(index[key])
-
             for role in ("core", "spurious", "all"):  # every image with regions gets these three groups
                 index[(role, "")] = len(groups)
                 groups.append((image, role, ""))
             for region in image_regions:
                 x0, y0, x1, y1 = region["box"]
                 box = [x0 / width, y0 / height, x1 / width, y1 / height]
-                add(region["kind"], "", box)
-                add("all", "", box)
+                add(image, index, region["kind"], "", box)
+                add(image, index, "all", "", box)
                 if region["kind"] == "spurious":
-                    add("region", region["name"], box)
+                    add(image, index, "region", region["name"], box)
                 else:
                     core_px.append((image, list(region["box"])))
         return cls(boxes, box_group, groups, [g[0] for g in groups], core_px)
@@ -262,12 +264,11 @@ def _assemble(
     for i in range(n):
         groups = per_image.get(i)
         positive = bool(energy[i] > 0)
-        has_regions = groups is not None
-        cols["has_regions"].append(has_regions)
+        cols["has_regions"].append(groups is not None)
         cols["peak_x"].append(float(peak_x[i]) if positive else nan)
         cols["peak_y"].append(float(peak_y[i]) if positive else nan)
         cols["pointing_hit"].append(bool(hit[i]) and positive)
-        if not has_regions or not positive:
+        if groups is None or not positive:
             for c in ("core_share", "spurious_share", "outside_share", "core_enrichment", "spurious_enrichment"):
                 cols[c].append(nan)
             cols["spurious_detail"].append("{}")

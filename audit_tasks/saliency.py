@@ -30,10 +30,12 @@ all of them also have a closed form for a GAP + Linear head (the gradient is con
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -174,7 +176,7 @@ class CamEngine:
         try:
             with _eval_mode(self.model):
                 if self._verified is not False and self._head is not None:
-                    result = self._closed_form(images, targets)
+                    result = self._closed_form(self._head, images, targets)
                     if result is not None:
                         return result
                 elif self.closed_form is True:
@@ -194,7 +196,9 @@ class CamEngine:
 
     # -- closed form ------------------------------------------------------------------------------
 
-    def _closed_form(self, images: Tensor, targets: Tensor | None) -> CamResult | None:
+    def _closed_form(self, head: nn.Linear, images: Tensor, targets: Tensor | None) -> CamResult | None:
+        """Grad-CAM with no backward pass, from the layer's activation and `head`'s weights; None when the
+        model turns out not to end in global average pooling and `head`."""
         seen: dict[str, list[Any]] = {"layer": [], "head": []}
         compiled = self._compiled is not None and self._verified is True
         if compiled:
@@ -204,11 +208,13 @@ class CamEngine:
         with ExitStack() as stack:
             if not compiled:  # the compiled copy carries its own permanent recording hooks
                 stack.enter_context(_hook(self.layer, _recorder(seen["layer"], output=True)))
-                stack.enter_context(_hook(self._head, _recorder(seen["head"], output=False)))
+                stack.enter_context(_hook(head, _recorder(seen["head"], output=False)))
             with torch.no_grad(), self._autocast():
                 logits = self._run_compiled(images) if compiled else self._run(self.model, images)
         if compiled and not (seen["layer"] and seen["head"]):
-            return self._give_up_compile("the compiled model did not report the target activation", images, targets)
+            return self._give_up_compile(
+                "the compiled model did not report the target activation", head, images, targets
+            )
         why = self._closed_form_obstacle(seen, logits, compiled)
         if why is not None:
             if self.closed_form is True:
@@ -221,7 +227,7 @@ class CamEngine:
         seen["head"].clear()
         targets = _resolve_targets(targets, logits)
         h, w = activation.shape[-2:]
-        weight = self._head.weight.detach()[targets].float() / (h * w)  # Grad-CAM's alpha, exactly
+        weight = head.weight.detach()[targets].float() / (h * w)  # Grad-CAM's alpha, exactly
         gradient = weight[:, :, None, None].expand(activation.shape)
         cams = self._combine(activation.float(), gradient)
         return CamResult(logits=logits.detach(), cams=cams.clamp_min_(0), targets=targets, closed_form=True)
@@ -235,9 +241,9 @@ class CamEngine:
             self._disable_compile(f"torch.compile failed, running eagerly: {exc}")
             return self._run(self.model, images)
 
-    def _give_up_compile(self, why: str, images: Tensor, targets: Tensor | None) -> CamResult | None:
+    def _give_up_compile(self, why: str, head: nn.Linear, images: Tensor, targets: Tensor | None) -> CamResult | None:
         self._disable_compile(f"torch.compile disabled: {why}")
-        return self._closed_form(images, targets)
+        return self._closed_form(head, images, targets)
 
     def _disable_compile(self, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
@@ -387,8 +393,8 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -423,7 +429,7 @@ def _recorder(store: list[Any], *, output: bool, version: bool = True) -> Any:
     """A forward hook appending (layer output, its version) or (the module's input, its output)."""
     if output:
 
-        def record(_m: nn.Module, _i: Any, out: Any) -> None:
+        def record(_m: nn.Module, inp: Any, out: Any) -> None:
             store.append((out, out._version if version and isinstance(out, Tensor) else None))
     else:
 
@@ -494,7 +500,7 @@ def fold_batchnorm(model: nn.Module, protect: nn.Module | None = None) -> int:
     for parent in model.modules():
         if type(parent).forward is nn.Sequential.forward and isinstance(parent, nn.Sequential):
             names = list(parent._modules)
-            pairs += [(parent, a, b) for a, b in zip(names, names[1:])]
+            pairs += [(parent, a, b) for a, b in itertools.pairwise(names)]
         elif _is_torchvision_resnet_part(parent):
             pairs += [(parent, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
     folded = 0

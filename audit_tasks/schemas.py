@@ -7,6 +7,7 @@ on what one night's data happened to contain (an all-null column stays float, no
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -146,7 +147,7 @@ def images_schema(images: pd.DataFrame) -> pa.Schema:
     attributes = [c for c in images.columns if c not in fixed and c != "cam"]
     cells = 0
     if "cam_height" in images and "cam_width" in images and len(images):
-        sizes = set(zip(images["cam_height"].astype(int), images["cam_width"].astype(int)))
+        sizes = set(zip(images["cam_height"].astype(int), images["cam_width"].astype(int), strict=True))
         if len(sizes) == 1:
             h, w = sizes.pop()
             cells = h * w
@@ -168,7 +169,7 @@ def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
                 values = values.astype(object).where(values.notna(), None)
                 values = values.map(lambda v: v if v is None or isinstance(v, str) else str(v))
             if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
-                values = values.map(lambda v: _as_list(v, field.type.value_type))
+                values = values.map(partial(_as_list, value_type=field.type.value_type))
             arrays.append(pa.array(values.tolist(), type=field.type, from_pandas=True))
         elif field.nullable:
             arrays.append(pa.nulls(len(frame), type=field.type))

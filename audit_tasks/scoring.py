@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -187,9 +188,11 @@ def _prepare_rows(
         _column(rows, "regions", n),
         _column(rows, "width", n),
         _column(rows, "height", n),
+        strict=True,
     )
     for position, image_id, raw_label, raw_regions, raw_width, raw_height in columns:
         label = _text(raw_label)
+        target_index: int | None = None  # the class to explain; None: the model's prediction
         if target == "label":
             if label is None:
                 rejected.append((position, image_id, MISSING_LABEL))
@@ -197,6 +200,7 @@ def _prepare_rows(
             if label not in class_index:
                 rejected.append((position, image_id, UNKNOWN_LABEL.format(label=label, classes=", ".join(class_index))))
                 continue
+            target_index = class_index[label]
         try:
             regions = row_regions(raw_regions, where=f"row {position} ({image_id})")
         except ImageError as exc:
@@ -206,7 +210,7 @@ def _prepare_rows(
         if regions and (width is None or height is None or width < 1 or height < 1):
             rejected.append((position, image_id, BAD_SIZE.format(width=raw_width, height=raw_height)))
             continue
-        prepared[position] = _Row(class_index[label] if target == "label" else None, regions, (width or 1, height or 1))
+        prepared[position] = _Row(target_index, regions, (width or 1, height or 1))
     return prepared
 
 
@@ -240,6 +244,7 @@ def _score_batch(
     pred_idx, target_idx = packed[:, 0].astype(np.int64), packed[:, 1].astype(np.int64)
     src = rows.iloc[positions]
     labels = [_text(v) for v in src["label"]] if "label" in src else [None] * n
+    widths, heights = _column(src, "width", n), _column(src, "height", n)
     frame = pd.DataFrame(
         {
             "run_id": run_id,
@@ -251,11 +256,11 @@ def _score_batch(
             "confidence": packed[:, 2].astype(np.float64),
             "correct": [
                 lab is not None and lab == (classes[i] if i < len(classes) else None)
-                for lab, i in zip(labels, pred_idx)
+                for lab, i in zip(labels, pred_idx, strict=True)
             ],
             "target_class": [classes[i] if i < len(classes) else str(i) for i in target_idx],
-            "width": [r.size[0] if _int(v) is not None else None for r, v in zip(info, _column(src, "width", n))],
-            "height": [r.size[1] if _int(v) is not None else None for r, v in zip(info, _column(src, "height", n))],
+            "width": [r.size[0] if _int(v) is not None else None for r, v in zip(info, widths, strict=True)],
+            "height": [r.size[1] if _int(v) is not None else None for r, v in zip(info, heights, strict=True)],
         }
     )
     for attribute in attributes:

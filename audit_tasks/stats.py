@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Callable
 from statistics import NormalDist
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ BOOTSTRAP_CHUNK_CELLS = 1 << 23
 
 def check_confidence(confidence: Any) -> float:
     """`confidence` as a float, or ConfigError unless it is a number strictly between 0 and 1."""
-    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < float(confidence) < 1:
         raise ConfigError(MSG_BAD_CONFIDENCE.format(confidence=confidence))  # NaN fails the range test too
     return float(confidence)
 

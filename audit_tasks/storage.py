@@ -17,21 +17,22 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
+from typing_extensions import TypeIs
 from upath import UPath
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 #: A local `Path` or an fsspec-backed `UPath` (Airflow's `ObjectStoragePath`, a proxy of one, included).
-StoragePath = Union[Path, UPath]
+StoragePath = Path | UPath
 
 #: Schemes that mean this machine's disk.
 _LOCAL_SCHEMES = frozenset({"", "file", "local"})
@@ -70,7 +71,7 @@ def storage_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
     if _is_upath(value):
         # Airflow's ObjectStoragePath proxies a UPath that holds the connection's filesystem and whose text
         # has no connection id: the stages work on that one.
-        inner = getattr(value, "__wrapped__", value)
+        inner: UPath = getattr(value, "__wrapped__", value)
         if getattr(inner, "protocol", "") in _LOCAL_SCHEMES:
             return Path(inner.path)
         return inner
@@ -86,8 +87,8 @@ def storage_path(value: str | os.PathLike[str] | StoragePath) -> StoragePath:
     return UPath(text)
 
 
-def is_remote(path: StoragePath) -> bool:
-    """True for object-store locations (anything that is not a local `Path`)."""
+def is_remote(path: StoragePath) -> TypeIs[UPath]:
+    """True for object-store locations (anything that is not a local `Path`); narrows to `UPath`."""
     return not isinstance(path, Path)
 
 
@@ -102,7 +103,7 @@ def public_uri(path: StoragePath | str) -> str:
     return f"{scheme}://{authority.rpartition('@')[2]}{slash}{tail}" if "@" in authority else text
 
 
-def filesystem(path: StoragePath) -> tuple[AbstractFileSystem, str]:
+def filesystem(path: UPath) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem and the path within it (for an Airflow proxy: its connection-bound filesystem)."""
     target = getattr(path, "__wrapped__", path)  # ObjectStoragePath wraps a UPath that holds the authenticated fs
     return target.fs, target.path
@@ -250,7 +251,7 @@ class FileOpener:
         return self._fs
 
 
-def _is_upath(value: Any) -> bool:
+def _is_upath(value: object) -> TypeIs[UPath]:
     """A UPath or a proxy of one (checked on the class: Airflow's `fs` property may connect when read)."""
     kind = type(value)
     return hasattr(kind, "protocol") and hasattr(kind, "fs") and hasattr(kind, "iterdir")

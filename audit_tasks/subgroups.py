@@ -53,8 +53,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -188,7 +188,7 @@ def check_subgroups(
     if positive_class is not None and positive_class not in base.classes:
         raise ConfigError(MSG_BAD_POSITIVE.format(cls=positive_class, classes=", ".join(base.classes)))
 
-    combos = [(a,) for a in attributes]
+    combos: list[tuple[str, ...]] = [(a,) for a in attributes]
     if check.intersections and len(attributes) >= 2:
         combos += [c for r in range(2, len(attributes) + 1) for c in itertools.combinations(attributes, r)]
 
@@ -309,7 +309,10 @@ def _detail(ctx: _Context, i: int, judgeable: bool, gap: float, gap_low: float) 
     n = int(row["n"])
     if not judgeable:
         return f"{STATUS_TOO_SMALL} ({_support_phrase(ctx, row)})"
-    head = f"{ctx.label} {_fmt(row['value'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] for {ctx.attribute}={row['group']}"
+    head = (
+        f"{ctx.label} {_fmt(row['value'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] "
+        f"for {ctx.attribute}={row['group']}"
+    )
     if i == ctx.best:
         return f"{head} is the best of {ctx.m} judgeable group(s) (n={n})"
     best = ctx.table.iloc[ctx.best]

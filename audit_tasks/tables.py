@@ -7,7 +7,8 @@ never half of one. Every Parquet file carries the schema version and the table's
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -48,7 +49,7 @@ def validate_rows(frame: pd.DataFrame, *, classes: Sequence[str] | None, attribu
         return pd.Series([], index=frame.index, dtype=object)
     data = _helper_frame(frame, attributes)
     with _quiet_gx():
-        import great_expectations as gx  # noqa: F401  (imported here: a 3-5 s import only validation needs)
+        import great_expectations as gx  # noqa: F401 - imported here, quietly: a 3-5 s import only validation needs
 
         context = _context()
         rules = _row_rules(frame, classes, attributes)
@@ -95,7 +96,7 @@ def _helper_frame(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFram
         widths = frame["width"].tolist() if "width" in frame.columns else [None] * len(frame)
         heights = frame["height"].tolist() if "height" in frame.columns else [None] * len(frame)
         data["_regions_error"] = pd.Series(
-            [_regions_error(raw, w, h) for raw, w, h in zip(frame["regions"].tolist(), widths, heights)],
+            [_regions_error(raw, w, h) for raw, w, h in zip(frame["regions"].tolist(), widths, heights, strict=True)],
             index=data.index,
             dtype=object,
         )
@@ -119,6 +120,11 @@ def _regions_error(raw: Any, width: Any, height: Any) -> str | None:
     return None
 
 
+def _fixed(message: str) -> Callable[[Any], str]:
+    """A rule's message that does not depend on the failing value."""
+    return lambda _value: message
+
+
 def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: Sequence[str]) -> list[_Rule]:
     import great_expectations.expectations as gxe
 
@@ -128,14 +134,12 @@ def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: S
             rules.append(
                 _Rule(
                     gxe.ExpectColumnToExist(column=column),
-                    lambda _v, c=column: f"required column '{c}' is missing",
+                    _fixed(f"required column '{column}' is missing"),
                     table_level=True,
                 )
             )
         else:
-            rules.append(
-                _Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_{column}"), lambda _v, c=column: f"{c} is empty")
-            )
+            rules.append(_Rule(gxe.ExpectColumnValuesToNotBeNull(column=f"_{column}"), _fixed(f"{column} is empty")))
     if classes is not None and "label" in frame.columns:
         shown = ", ".join(classes)
         rules.append(
@@ -151,7 +155,7 @@ def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: S
             rules.append(
                 _Rule(
                     gxe.ExpectColumnToExist(column=attribute),
-                    lambda _v, a=attribute: f"attribute column '{a}' is missing",
+                    _fixed(f"attribute column '{attribute}' is missing"),
                     table_level=True,
                 )
             )
@@ -159,7 +163,7 @@ def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: S
             rules.append(
                 _Rule(
                     gxe.ExpectColumnValuesToNotBeNull(column=f"_attr_{i}"),
-                    lambda _v, a=attribute: f"attribute '{a}' is empty",
+                    _fixed(f"attribute '{attribute}' is empty"),
                 )
             )
     return rules
@@ -275,5 +279,5 @@ def _quiet_gx() -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, level in zip(loggers, saved):
+        for lg, level in zip(loggers, saved, strict=True):
             lg.setLevel(level)

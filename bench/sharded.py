@@ -9,8 +9,9 @@ resnet18 saved with torch.save, a config), ingests it once, then times on the sa
   then `stage_merge_shards` — wall time from the first start to the merged images.parquet.
 
 Throughput counts audited images per second of wall time, config and model load included (every
-mapped task loads them too); the shard processes' interpreter start and imports are reported apart. Both runs' images tables are compared before anything is printed. A section
-"## Sharded" is written into bench/RESULTS.md (other sections are kept).
+mapped task loads them too); the shard processes' interpreter start and imports are reported apart. Both
+runs' images tables are compared before anything is printed. A section "## Sharded" is written into
+bench/RESULTS.md (other sections are kept).
 
 Usage: ``python bench/sharded.py [--images 96] [--shards 2] [--input-size 112] [--batch-size 32] [--no-write]``
 """
@@ -101,7 +102,7 @@ def _score_shard(config_path: str, run_id: str, shard: int, num_shards: int, thr
     import torch
     import torchvision  # noqa: F401 - imported before the clock, as in the single-process run
 
-    from audit_tasks import modelio, pipeline, scoring  # noqa: F401
+    from audit_tasks import modelio, pipeline, scoring  # noqa: F401 - likewise imported before the clock
     from audit_tasks.config import load_config
 
     torch.set_num_threads(threads)
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     report = (
         f"{SECTION}\n\n"
         f"`python bench/sharded.py --images {args.images} --shards {args.shards} --input-size {args.input_size} "
-        f"--batch-size {args.batch_size} --repeats {args.repeats}` (best of {args.repeats}) — saliency stage (resnet18, random weights, Grad-CAM on layer4), "
+        f"--batch-size {args.batch_size} --repeats {args.repeats}` (best of {args.repeats}) — "
+        f"saliency stage (resnet18, random weights, Grad-CAM on layer4), "
         f"{n} generated {args.input_size}px images; wall time incl. model load; tables compared equal.\n\n"
         f"Machine: {platform.processor() or platform.machine()}, {cores} CPU cores (os.cpu_count), device {device}"
         f" (GPU: {gpu}), torch {torch.__version__}.\n\n"

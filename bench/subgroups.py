@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from audit_tasks.config import SubgroupCheck  # noqa: E402
-from audit_tasks.subgroups import check_subgroups  # noqa: E402
+from audit_tasks.config import SubgroupCheck  # noqa: E402 - after the sys.path entry for the checkout
+from audit_tasks.subgroups import check_subgroups  # noqa: E402 - likewise
 
 ATTRIBUTES = {
     "ethnicity": ["a", "b", "c", "d", "e"],
@@ -135,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1 min) before timing: {load:.1f}")
     seconds, result, cpu = time_check(frame, "accuracy", args.repeats)
     groups = result.groups
+    flagged = groups[groups["flagged"]]
     print(
         f"check_subgroups accuracy, 7 groupings, {len(groups)} groups: {seconds:.2f} s wall, {cpu:.2f} s CPU "
         f"(median of {args.repeats}), {args.rows / seconds:,.0f} rows/s; "
-        f"flagged: {', '.join(groups.loc[groups['flagged'], 'attribute'] + '=' + groups.loc[groups['flagged'], 'group'])}"
+        f"flagged: {', '.join(flagged['attribute'] + '=' + flagged['group'])}"
     )
     seconds_macro, _, cpu_macro = time_check(frame, "macro_recall", args.repeats)
     print(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torchvision
 import yaml
@@ -138,11 +139,9 @@ def forget_object_store(prefix: str) -> None:
         store.fs.rm(store.path, recursive=True)
 
 
-def without_prefix(frame: "pd.DataFrame", prefix: str) -> "pd.DataFrame":
+def without_prefix(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
     """`frame` with `prefix` (the folder or bucket a world lives in) replaced by "<root>" in every text cell,
     so tables of one world audited in two places compare equal."""
-    import pandas as pd
-
     for column in frame.columns:
         if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
             frame[column] = frame[column].map(lambda v: v.replace(prefix, "<root>") if isinstance(v, str) else v)

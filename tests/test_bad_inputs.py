@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from audit_tasks.config import IngestCheck
 from audit_tasks.catalog import read_catalog
+from audit_tasks.config import IngestCheck
 from audit_tasks.ingest import IngestResult, ingest, ingest_gate
 from fixtures_ingest import (
     make_config,
@@ -202,7 +202,8 @@ def test_bad_row_reason_is_exact(corpus: Corpus, number: int, reason: str) -> No
         (15, r"^path '/etc/passwd' leaves the image root .*/images"),
         (
             16,
-            r"^path 'escape_link\.jpg' leaves the image root .*/images through a symlink \(real path .*/outside\.jpg\)$",
+            r"^path 'escape_link\.jpg' leaves the image root .*/images through a symlink "
+            r"\(real path .*/outside\.jpg\)$",
         ),
         (22, r"^URI scheme 's3://' is not allowed in 's3://bucket/img\.jpg' \(allowed: file"),
     ],

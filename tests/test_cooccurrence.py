@@ -64,7 +64,7 @@ def _independent(seed: int, n: int = 5000) -> pd.DataFrame:
 
 def _flagged_pairs(result) -> set[tuple[str, str]]:
     flagged = result.pairs[result.pairs["flagged"]]
-    return set(zip(flagged["tag_a"], flagged["tag_b"]))
+    return set(zip(flagged["tag_a"], flagged["tag_b"], strict=True))
 
 
 def _pair(result, a: str, b: str) -> pd.Series:
@@ -205,7 +205,7 @@ def test_duplicated_tag_in_a_row_counts_once():
     result = check_cooccurrence(frame, check=DEFAULT, attributes=[])
     row = _pair(result, "a", "b")
     assert (row["n_a"], row["n_b"], row["n_ab"]) == (2, 2, 1)
-    assert ("a", "a") not in set(zip(result.pairs["tag_a"], result.pairs["tag_b"]))
+    assert ("a", "a") not in set(zip(result.pairs["tag_a"], result.pairs["tag_b"], strict=True))
 
 
 def test_statistics_hand_computed():
@@ -230,7 +230,12 @@ def test_pair_interval_is_the_shared_wilson_interval_at_the_configured_confidenc
 def test_only_cooccurring_pairs_are_listed():
     frame = pd.DataFrame({"tags": [["a", "b"], ["c"], ["d", "e"]]})
     result = check_cooccurrence(frame, check=DEFAULT, attributes=[])
-    assert set(zip(result.pairs["tag_a"], result.pairs["tag_b"])) == {("a", "b"), ("b", "a"), ("d", "e"), ("e", "d")}
+    assert set(zip(result.pairs["tag_a"], result.pairs["tag_b"], strict=True)) == {
+        ("a", "b"),
+        ("b", "a"),
+        ("d", "e"),
+        ("e", "d"),
+    }
     assert (result.pairs["n_ab"] > 0).all()
 
 
@@ -369,7 +374,9 @@ def test_gates_are_one_per_flagged_pair_plus_a_failing_summary():
     result = check_cooccurrence(_generated(seed=9), check=DEFAULT, attributes=["gender"])
     flagged = result.pairs[result.pairs["flagged"]]
     pair_gates = [g for g in result.gates if g.check == "cooccurrence" and g.subject != "all pairs"]
-    assert [g.subject for g in pair_gates] == [f"{a} -> {b}" for a, b in zip(flagged["tag_a"], flagged["tag_b"])]
+    assert [g.subject for g in pair_gates] == [
+        f"{a} -> {b}" for a, b in zip(flagged["tag_a"], flagged["tag_b"], strict=True)
+    ]
     assert [g.detail for g in pair_gates] == list(flagged["message"])
     assert pair_gates
     assert all(
@@ -412,7 +419,7 @@ def test_class_balance_gate_passes_on_balanced_labels():
 def test_rows_without_a_label_are_left_out_of_class_balance():
     frame = pd.DataFrame({"tags": [["x"]] * 5, "label": ["cat", "dog", None, "", "cat"]})
     balance = check_cooccurrence(frame, check=DEFAULT, attributes=[]).class_balance
-    assert dict(zip(balance["label"], balance["n"])) == {"cat": 2, "dog": 1}
+    assert dict(zip(balance["label"], balance["n"], strict=True)) == {"cat": 2, "dog": 1}
 
 
 def test_no_label_column_means_no_class_balance_gate():
@@ -459,6 +466,6 @@ def test_thresholds_come_from_the_check_config():
 
 def test_every_ordered_pair_appears_in_both_directions_for_tags():
     result = check_cooccurrence(_generated(seed=10, n=1000), check=DEFAULT, attributes=[])
-    pairs = set(zip(result.pairs["tag_a"], result.pairs["tag_b"]))
+    pairs = set(zip(result.pairs["tag_a"], result.pairs["tag_b"], strict=True))
     assert len(pairs) >= 200
     assert all((b, a) in pairs for a, b in itertools.islice(pairs, 200))

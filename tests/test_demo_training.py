@@ -22,8 +22,8 @@ from audit_tasks.demo.train import (
     fingerprint,
     is_cached,
     predict,
-    train_classifier,
     train_cached,
+    train_classifier,
 )
 from audit_tasks.demo.world import CLASSES, SplitSpec, WorldSpec, render_array, sample_split, swap_cue
 

@@ -39,7 +39,10 @@ def test_same_seed_gives_the_same_samples_and_pixels():
     spec = SplitSpec("s", 12)
     a, b = sample_split(spec, WORLD, 3), sample_split(spec, WORLD, 3)
     assert a == b and len(a) == 12
-    assert all(np.array_equal(np.asarray(render(x, WORLD)[0]), np.asarray(render(y, WORLD)[0])) for x, y in zip(a, b))
+    assert all(
+        np.array_equal(np.asarray(render(x, WORLD)[0]), np.asarray(render(y, WORLD)[0]))
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def test_another_seed_gives_other_samples():
@@ -143,7 +146,7 @@ def test_written_split_has_contract_manifest_rows_and_png_images(tmp_path):
     samples = sample_split(SplitSpec("s", 6, p_snow_wolf=1.0), WORLD, 1)
     rows = write_split(samples, WORLD, tmp_path, "batch")
     assert len(rows) == 6 and [r["image_id"] for r in rows] == [s.image_id for s in samples]
-    for row, sample in zip(rows, samples):
+    for row, sample in zip(rows, samples, strict=True):
         assert set(row) == {"image_id", "image_uri", "label", "tags", "regions", *ATTRIBUTES}
         with Image.open(tmp_path / row["image_uri"]) as image:
             assert image.format == "PNG" and image.size == (WORLD.size, WORLD.size) and image.mode == "RGB"
@@ -157,7 +160,7 @@ def test_group_weights_give_every_cell_equal_mass():
     samples = sample_split(SplitSpec("s", 400, p_dark=0.2), WORLD, 1)
     weights = group_weights(samples)
     mass: dict = {}
-    for s, w in zip(samples, weights):
+    for s, w in zip(samples, weights, strict=True):
         key = (s.label, s.snow is not None, s.fur_tone)
         mass[key] = mass.get(key, 0.0) + w
     assert len(mass) == 8

@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from audit_tasks.catalog import LEDGER_NAME, read_catalog, read_ledger
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ManifestError
-from audit_tasks.catalog import LEDGER_NAME, read_catalog, read_ledger
 from audit_tasks.ingest import ingest, ingest_gate
 from audit_tasks.tables import table_metadata
 from fixtures_ingest import make_config, regions, write_csv, write_jpeg, write_jsonl, write_parquet

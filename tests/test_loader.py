@@ -65,7 +65,7 @@ def test_parallel_workers_give_the_same_batches(tmp_path):
     parallel = _batches(paths, num_workers=2)
     assert serial and [b.positions for b in serial] == [b.positions for b in parallel]
     assert [b.failures for b in serial] == [b.failures for b in parallel]
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert np.allclose(a.images.numpy(), b.images.numpy())
 
 

@@ -265,7 +265,10 @@ def test_parse_tags_of_any_text_is_idempotent(text: str) -> None:
 
 
 def test_parse_region_boxes_reads_core_and_spurious_boxes() -> None:
-    raw = '[{"kind": "core", "name": "face", "box": [1, 2, 10, 20]}, {"kind": "spurious", "name": "wm", "box": [0, 0, 5.5, 5]}]'
+    raw = (
+        '[{"kind": "core", "name": "face", "box": [1, 2, 10, 20]}, '
+        '{"kind": "spurious", "name": "wm", "box": [0, 0, 5.5, 5]}]'
+    )
     assert parse_region_boxes(raw, width=10, height=20) == [
         {"kind": "core", "name": "face", "box": [1, 2, 10, 20]},
         {"kind": "spurious", "name": "wm", "box": [0, 0, 5.5, 5]},

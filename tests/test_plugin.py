@@ -27,9 +27,8 @@ def _write_run(root: Path, run_id: str, *, passed: bool, failed: list[str], repo
 @pytest.fixture(scope="module")
 def api(airflow_db):
     """The api-server's FastAPI app (core apps, plugins mounted) and its auth manager."""
-    from fastapi.testclient import TestClient
-
     from airflow.api_fastapi.app import create_app, get_auth_manager
+    from fastapi.testclient import TestClient
 
     app = create_app("core")
     return TestClient(app), get_auth_manager()

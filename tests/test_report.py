@@ -15,8 +15,6 @@ import jinja2
 import numpy as np
 import pandas as pd
 import pytest
-from browser import chromium_or_skip, dump_dom, screenshot
-from fixtures_report import XSS_ATTR, XSS_SCRIPT, build_large_run, build_run
 from PIL import Image
 
 from audit_tasks import history
@@ -25,6 +23,8 @@ from audit_tasks.report import CSP, QUARANTINE_ROWS, render, render_report
 from audit_tasks.report import data as report_data
 from audit_tasks.report.images import colourise, jet_lut, render_overlay
 from audit_tasks.tables import write_table
+from browser import chromium_or_skip, dump_dom, screenshot
+from fixtures_report import XSS_ATTR, XSS_SCRIPT, build_large_run, build_run
 
 FIVE_MB = 5 * 1024 * 1024
 

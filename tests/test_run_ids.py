@@ -59,7 +59,7 @@ def test_anything_else_is_refused_with_the_rule_in_the_message(run_id: str) -> N
 def test_a_value_that_is_not_a_string_is_not_a_run_id(value: object) -> None:
     assert not is_run_id(value)
     with pytest.raises(ConfigError):
-        check_run_id(value)  # type: ignore[arg-type]
+        check_run_id(value)
 
 
 @pytest.mark.parametrize("run_id", [r for r in GOOD + BAD if not r.endswith("\n")])

@@ -20,13 +20,13 @@ import pytest
 pytest.importorskip("s3fs", reason="optional: pip install s3fs 'moto[server]'")
 pytest.importorskip("moto", reason="optional: pip install s3fs 'moto[server]'")
 
-from upath import UPath  # noqa: E402
+from upath import UPath
 
-from audit_tasks.config import load_config  # noqa: E402
-from audit_tasks.pipeline import run_audit  # noqa: E402
-from audit_tasks.storage import atomic_path  # noqa: E402
-from audit_tasks.tables import read_table  # noqa: E402
-from fixtures_pipeline import make_world, without_prefix  # noqa: E402
+from audit_tasks.config import load_config
+from audit_tasks.pipeline import run_audit
+from audit_tasks.storage import atomic_path
+from audit_tasks.tables import read_table
+from fixtures_pipeline import make_world, without_prefix
 
 pytestmark = pytest.mark.slow
 BUCKET = "audit-lake"

@@ -26,7 +26,7 @@ from audit_tasks.saliency import (
 SIZE = 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(arch: str) -> nn.Module:
     """A small random torchvision model whose BatchNorm statistics are set from random data (O(1) activations)."""
     torch.manual_seed(0)

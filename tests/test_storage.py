@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from upath import UPath
 
+from audit_tasks.catalog import read_catalog, read_ledger
 from audit_tasks.config import load_config
 from audit_tasks.errors import PathEscapeError
-from audit_tasks.catalog import read_catalog, read_ledger
 from audit_tasks.paths import safe_child
 from audit_tasks.pipeline import run_audit
 from audit_tasks.storage import FileOpener, atomic_path, is_remote, public_uri, storage_path

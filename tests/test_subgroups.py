@@ -71,7 +71,7 @@ def fairlearn_by_group(frame: pd.DataFrame, features: list[str], metric) -> dict
     keys = table.index.to_flat_index() if isinstance(table.index, pd.MultiIndex) else table.index
     return {
         ("&".join(k) if isinstance(k, tuple) else str(k)): (float(v), int(n))
-        for k, v, n in zip(keys, table["value"], table["n"])
+        for k, v, n in zip(keys, table["value"], table["n"], strict=True)
     }
 
 
@@ -440,7 +440,7 @@ def test_gates_are_consistent_with_flags() -> None:
     groups = result.groups
     assert [(g.subject, g.passed, g.metric) for g in result.gates] == [
         (f"{a}={g}", not f, m)
-        for a, g, f, m in zip(groups["attribute"], groups["group"], groups["flagged"], groups["metric"])
+        for a, g, f, m in zip(groups["attribute"], groups["group"], groups["flagged"], groups["metric"], strict=True)
     ]
     assert groups["flagged"].any()
     assert (groups["flagged"] == (groups["status"] == "gap")).all()

@@ -16,6 +16,7 @@ from pathlib import Path
 from audit_tasks.config import load_config
 from audit_tasks.demo.story import story_holds
 from audit_tasks.errors import AuditError
+from audit_tasks.storage import is_remote, public_uri
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def came_out_as_planted(runs: list[DemoRun]) -> bool:
 
 def _read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) -> DemoRun:
     config = load_config(config_path)
-    run_dir = Path(config.output.dir) / run_id
+    if is_remote(config.output.dir):
+        raise AuditError(f"the demo reads its runs from this machine, not from {public_uri(config.output.dir)}")
+    run_dir = config.output.dir / run_id
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise AuditError(f"the {name} audit left no summary at {summary_path}")

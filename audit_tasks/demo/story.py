@@ -8,7 +8,7 @@ an intersection that holds the planted group go either way.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 #: (check, subject) of every planted problem: the biased model's audit fails each one on any CPU.
 PLANTED_FAILURES: frozenset[tuple[str, str]] = frozenset(
@@ -33,7 +33,8 @@ def within_planted_story(check: str, subject: str) -> bool:
     attribute, _, group = subject.partition("=")
     if "&" not in attribute:
         return False
-    values = dict(zip(attribute.split("&"), group.split("&")))
+    # Not strict: a group value may itself hold "&", so the parts need not pair up; that must not raise.
+    values = dict(zip(attribute.split("&"), group.split("&"), strict=False))
     return values.get(PLANTED_GROUP[0]) == PLANTED_GROUP[1]
 
 

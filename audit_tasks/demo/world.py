@@ -21,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -227,8 +227,9 @@ def _place(rng: np.random.Generator, size: int, w: int, h: int, occupied: Sequen
         if len(free):
             y0, x0 = free[int(rng.integers(len(free)))] + 1
             return (int(x0), int(y0), int(x0) + w, int(y0) + h)
-    y0, x0 = np.unravel_index(int(np.argmin(window)), window.shape)
-    return (int(x0) + 1, int(y0) + 1, int(x0) + 1 + w, int(y0) + 1 + h)
+    least_y, least_x = np.unravel_index(int(np.argmin(window)), window.shape)  # no free window: the emptiest
+    y0, x0 = int(least_y) + 1, int(least_x) + 1
+    return (x0, y0, x0 + w, y0 + h)
 
 
 def _intersection(a: Box, b: Box) -> Box:
@@ -260,7 +261,7 @@ def render(sample: Sample, world: WorldSpec) -> tuple[Image.Image, Box]:
         _draw_snow(draw, sample.snow.box, rng_snow)
     for obj in sample.objects:
         _draw_object(draw, obj)
-    pixels = np.asarray(image, dtype=np.float32)
+    pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     pixels = pixels + rng_noise.normal(0, 6, pixels.shape)  # sensor noise
     if sample.lighting == "night":
         pixels = pixels * world.night_gain + np.array([4.0, 8.0, 26.0])
@@ -277,7 +278,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     mottled = (
         np.asarray(
             Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8), "RGB").resize(
-                (size, size), Image.BILINEAR
+                (size, size), Image.Resampling.BILINEAR
             ),
             dtype=np.float32,
         )

@@ -108,7 +108,7 @@ def _load_original(path: Any, size: tuple[int, int], opener: Callable[[str], IO[
                     return None
                 img.draft("RGB", (size[0] * 2, size[1] * 2))
                 return img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-    except Exception:  # a thumbnail is optional: any unreadable source (or store error) shows none
+    except Exception:  # noqa: BLE001 - a thumbnail is optional: any unreadable source (or store error) shows none
         return None
 
 
