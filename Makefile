@@ -41,6 +41,7 @@ test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml; runs all three and fails if any does.
+# The first step of .ci/run.
 lint: $(VENV)/.dev
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
@@ -49,7 +50,7 @@ lint: $(VENV)/.dev
 	exit $$status
 
 # The package as users get it: a wheel in a fresh virtualenv with only its declared dependencies
-# (pinned by requirements.lock), checked from outside the checkout. Also the first step of .ci/run.
+# (pinned by requirements.lock), checked from outside the checkout. Also a step of .ci/run (after lint).
 wheel-check:
 	.ci/run wheel-check
 
