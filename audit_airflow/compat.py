@@ -1,17 +1,9 @@
 """Everything that depends on the Airflow version or deployment lives here, so the rest stays plain.
 
 Pinned against apache-airflow 3.3.2 (task SDK 1.3.2). Deployment knobs are read from the Airflow
-config section ``[audit]`` (so ``AIRFLOW__AUDIT__<KEY>`` environment variables work too):
-
-| key | default | meaning |
-| --- | --- | --- |
-| ``config`` | ``$AUDIT_CONFIG`` or ``config/audit.yaml`` | default of the ``config`` param |
-| ``reports_dir`` | ``$AUDIT_REPORTS_DIR`` or ``./audit_reports`` | root the UI plugin serves runs from |
-| ``gpu_pool`` | ``default_pool`` | pool of the mapped saliency shards (create ``gpu`` and set this to it) |
-| ``shard_size`` | ``512`` | default of the ``shard_size`` param |
-| ``reports_conn_id`` | (none) | Airflow connection for an object-store ``reports_dir`` |
-| ``publish_uri`` | (none) | copy each finished run there (e.g. ``s3://bucket/audits``) |
-| ``publish_conn_id`` | (none) | Airflow connection for ``publish_uri`` |
+config section ``[audit]`` (so ``AIRFLOW__AUDIT__<KEY>`` environment variables work too); every key, its
+meaning and its default are declared once, in `audit_airflow.provider` (``airflow config list --section
+audit`` shows them).
 
 Reading the config at parse time is cheap (no DB); checking whether a pool exists would need the
 metadata DB, which DAG parsing in Airflow 3 must not touch, so the pool is a deployment setting.

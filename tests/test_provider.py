@@ -201,3 +201,10 @@ def test_importing_the_provider_module_pulls_in_neither_pandas_nor_torch():
     code = f"import sys, audit_airflow.provider; print(sorted({heavy} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_reading_the_provider_info_imports_no_airflow_sdk():
+    """Airflow imports our provider info while it reads its configuration: that must stay cheap."""
+    code = "import sys, audit_airflow.provider; print(any(m.startswith('airflow.sdk') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
