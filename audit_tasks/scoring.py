@@ -25,7 +25,7 @@ from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
-from audit_tasks.regions import flag_images, region_metrics, row_regions
+from audit_tasks.regions import METRIC_COLUMNS, flag_images, region_metrics, row_regions
 from audit_tasks.saliency import GradCAM
 
 #: The images table's columns before the attributes, and after them (docs/ARCHITECTURE.md).
@@ -45,16 +45,7 @@ HEAD_COLUMNS = (
 TAIL_COLUMNS = (
     "tags",
     "regions",
-    "core_share",
-    "spurious_share",
-    "outside_share",
-    "core_enrichment",
-    "spurious_enrichment",
-    "spurious_detail",
-    "peak_x",
-    "peak_y",
-    "pointing_hit",
-    "has_regions",
+    *METRIC_COLUMNS,
     "spurious_flag",
     "cam",
     "cam_height",

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from audit_tasks import history
+from audit_tasks.group_metrics import OVERALL_ATTRIBUTE
 from audit_tasks.report.charts import ClassBars, GroupPoint, Heatmap, SubgroupChart, class_bars, heatmap, subgroup_chart
 from audit_tasks.report.data import RunDigest, RunTables, is_missing, read_cams
 from audit_tasks.report.format import clip, count, num, pct
@@ -34,7 +35,6 @@ CHANGED_GATES = 50
 #: Above this many classes the confusion grid becomes a list of the most frequent confusions.
 MATRIX_MAX_CLASSES = 60
 MATRIX_LIST_ROWS = 300
-OVERALL = "__overall__"
 _VERDICT_WORDS = {"passed": "PASSED", "failed": "FAILED", "inconclusive": "INCONCLUSIVE", None: "NO VERDICT"}
 _GATE_COLUMNS = ["check", "subject", "metric", "value", "threshold", "passed", "detail"]
 
@@ -673,7 +673,7 @@ def _anchor(index: dict[str, int], cell: tuple[str, str]) -> str:
 
 def _confusion_frame(run: RunTables) -> tuple[pd.DataFrame | None, str]:
     if run.confusion is not None:
-        overall = run.confusion[run.confusion["attribute"].astype(str) == OVERALL]
+        overall = run.confusion[run.confusion["attribute"].astype(str) == OVERALL_ATTRIBUTE]
         if len(overall):
             return overall.groupby(["label", "prediction"], as_index=False)["n"].sum(), ""
     if run.images is not None and len(run.images) and {"label", "prediction"} <= set(run.images.columns):
