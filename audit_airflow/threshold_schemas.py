@@ -95,8 +95,8 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "Class whose recall/TPR/FPR/precision is judged (one of model.classes).",
     },
     "checks.subgroups.multiple_comparisons": {
-        "description": "bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.",
-        "enum": ["bonferroni", "none"],
+        "description": "holm (default), bonferroni: family-wise error at most 1 - confidence; none: no adjustment.",
+        "enum": ["holm", "bonferroni", "none"],
         "type": "string",
     },
     "checks.subgroups.n_bootstrap": {

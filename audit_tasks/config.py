@@ -256,7 +256,12 @@ class SubgroupCheck(_Section):
     """Thresholds of the subgroup performance check (see audit_tasks.subgroups for the rule)."""
 
     attributes: Names = Field(default=(), description="Attribute columns whose groups are compared.")
-    intersections: bool = Field(default=True, description="Also compare the groups of every pair of attributes.")
+    # true: an intersection group fails on its own only when its flagged parents do not explain its gap;
+    # report_all: every flagged intersection is its own failure (the behaviour before issue 16).
+    intersections: bool | Literal["report_all"] = Field(
+        default=True,
+        description="Also compare the groups of every combination of attributes (report_all: fail each one).",
+    )
     metric: SubgroupMetric = Field(default="accuracy", description="Metric compared across subgroups.")
     max_gap: float = Field(
         default=0.05, ge=0, le=1, description="Largest allowed metric gap between a group and the best group."
@@ -267,11 +272,11 @@ class SubgroupCheck(_Section):
     positive_class: Name | None = Field(
         default=None, description="Class whose recall/TPR/FPR/precision is judged (one of model.classes)."
     )
-    # bonferroni: the gap test's confidence is shared by every pair of judgeable groups (no false alarm from
-    # testing many groups); none: each comparison at `confidence` (more alarms).
-    multiple_comparisons: Literal["bonferroni", "none"] = Field(
-        default="bonferroni",
-        description="bonferroni: share the confidence over every pair of groups (fewer false alarms); none: do not.",
+    # holm: Holm's step-down over every comparison of the check (family-wise error 1 - confidence, more
+    # power than bonferroni); bonferroni: the same family at a fixed share each; none: each comparison alone.
+    multiple_comparisons: Literal["holm", "bonferroni", "none"] = Field(
+        default="holm",
+        description="holm (default), bonferroni: family-wise error at most 1 - confidence; none: no adjustment.",
     )
     # More resamples: steadier intervals, slower.
     n_bootstrap: int = Field(

@@ -505,6 +505,17 @@ class GroupMetricFrame:
             {"group": pd.Series(self._labels, dtype=str), "difference": diff, "diff_low": low, "diff_high": high}
         )
 
+    def proportion_counts(self, metric: str, *, positive_class: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(successes, trials) per group of a proportion metric: the counts its Wilson interval rests on.
+
+        Raises ConfigError for a macro metric (it is no proportion) or an unknown metric.
+        """
+        check_metric(metric)
+        if metric in MACRO_METRICS:
+            raise ConfigError(MSG_UNKNOWN_METRIC.format(metric=metric, known="the proportion metrics"))
+        s, t = self._proportion(self._counts, metric, self._positive_or_none(metric, positive_class))
+        return np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
+
     # --- internals ---------------------------------------------------------------------------
 
     def _positive_or_none(self, metric: str, positive_class: str | None) -> int | None:

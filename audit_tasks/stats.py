@@ -11,6 +11,10 @@ against statsmodels to 1e-12 over a grid of counts, including 0 and n.
   interval (macro recall, macro precision).
 * `normal_interval`: estimate +- z * standard error, for differences of bootstrapped statistics.
 * `bonferroni_confidence`: the per-comparison level that keeps a family of intervals at `confidence`.
+* `newcombe_exceedance_pvalue`, `wilson_exceedance_pvalue`, `normal_exceedance_pvalue`: one-sided
+  p-values of "the difference (or proportion) exceeds a margin", each the exact inverse of its interval:
+  the p-value is the one-sided level at which the interval's lower end equals the margin.
+* `holm_adjust`: Holm's step-down adjusted p-values over a family of one-sided tests.
 
 Checks are `if ... raise`, never `assert` (which `python -O` strips): a two-sided `confidence` outside
 (0, 1) or a resample count below 1 is a ConfigError (both come from the config); counts with successes
@@ -38,10 +42,14 @@ __all__ = [
     "bootstrap_std_error",
     "check_confidence",
     "check_resamples",
+    "holm_adjust",
     "multinomial_bootstrap",
+    "newcombe_exceedance_pvalue",
     "newcombe_interval",
+    "normal_exceedance_pvalue",
     "normal_interval",
     "percentile_interval",
+    "wilson_exceedance_pvalue",
     "wilson_interval",
     "z_quantile",
 ]
@@ -147,6 +155,110 @@ def bonferroni_confidence(confidence: float, comparisons: float) -> float:
     if not comparisons >= 1:  # also refuses NaN
         raise ConfigError(MSG_BAD_COMPARISONS.format(comparisons=comparisons))
     return 1 - (1 - confidence) / comparisons
+
+
+#: Bisection steps of `newcombe_exceedance_pvalue` on z in [0, 40]: 40 / 2**70 is far below float noise.
+_BISECTION_STEPS = 70
+_Z_MAX = 40.0
+
+
+def _wilson_bounds_z(s: np.ndarray, t: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson bounds at quantile z (broadcast), for the bisection below; same formula as `wilson_interval`."""
+    z2 = z * z
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = s / t
+        denom = 1.0 + z2 / t
+        center = (p + z2 / (2.0 * t)) / denom
+        half = z * np.sqrt(np.maximum(p * (1.0 - p), 0.0) / t + z2 / (4.0 * t * t)) / denom
+    return np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
+
+
+def _one_sided_p(z: np.ndarray) -> np.ndarray:
+    """1 - Phi(z), accurate in the far tail (erfc, not 1 - cdf)."""
+    from scipy.special import ndtr  # scipy is a core dependency; the import stays local to this helper
+
+    return np.asarray(ndtr(-np.asarray(z, dtype=float)), dtype=float)
+
+
+def newcombe_exceedance_pvalue(s1: Any, t1: Any, s2: Any, t2: Any, margin: Any = 0.0) -> np.ndarray:
+    """One-sided p-value of H1: p1 - p2 > margin (H0: p1 - p2 <= margin), consistent with Newcombe.
+
+    The p-value is the alpha at which the lower end of the one-sided Newcombe interval at level 1 - alpha
+    (the two-sided `newcombe_interval` at level 1 - 2 * alpha) equals `margin`: so p <= alpha exactly when
+    that lower end exceeds the margin, and a decision by p-value and a decision by interval never
+    disagree. The lower end falls monotonically as z grows (both Wilson intervals widen), so z is found by
+    bisection, vectorised. Where the observed difference does not exceed the margin the p-value is 1 (no
+    level below 1/2 rejects); where a trial count is 0 it is NaN.
+    """
+    s1, t1 = _counts(s1, t1, "newcombe_exceedance_pvalue (s1, t1)")
+    s2, t2 = _counts(s2, t2, "newcombe_exceedance_pvalue (s2, t2)")
+    s1, t1, s2, t2, margin = np.broadcast_arrays(s1, t1, s2, t2, np.asarray(margin, dtype=float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p1, p2 = s1 / t1, s2 / t2
+    d = p1 - p2
+
+    def lower(z: np.ndarray) -> np.ndarray:
+        l1, _ = _wilson_bounds_z(s1, t1, z)
+        _, u2 = _wilson_bounds_z(s2, t2, z)
+        return d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+
+    lo = np.zeros(d.shape)
+    hi = np.full(d.shape, _Z_MAX)
+    for _ in range(_BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        above = lower(mid) > margin
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    out = _one_sided_p((lo + hi) / 2)
+    out = np.where(d > margin, out, 1.0)
+    return np.where(np.isnan(d), np.nan, out)
+
+
+def wilson_exceedance_pvalue(successes: Any, trials: Any, floor: Any) -> np.ndarray:
+    """One-sided score-test p-value of H1: proportion > floor (H0: <= floor); NaN where trials == 0.
+
+    z = (p - floor) / sqrt(floor * (1 - floor) / n): the Wilson interval is the inversion of this test, so
+    p <= alpha exactly when the one-sided Wilson lower bound at level 1 - alpha is above `floor`.
+    `floor` must lie in (0, 1).
+    """
+    s, t = _counts(successes, trials, "wilson_exceedance_pvalue")
+    f = np.asarray(floor, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (s / t - f) / np.sqrt(f * (1.0 - f) / t)
+    return np.where(np.isnan(z), np.nan, _one_sided_p(z))
+
+
+def normal_exceedance_pvalue(estimate: Any, std_error: Any, margin: Any = 0.0) -> np.ndarray:
+    """One-sided p-value of H1: estimate > margin under a normal estimate: 1 - Phi((estimate - margin) / se)."""
+    est = np.asarray(estimate, dtype=float)
+    se = np.asarray(std_error, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (est - np.asarray(margin, dtype=float)) / se
+    return _one_sided_p(z)
+
+
+def holm_adjust(pvalues: Any, n_hypotheses: int | None = None) -> np.ndarray:
+    """Holm's step-down adjusted p-values: reject hypothesis i at family-wise level alpha when adj[i] <= alpha.
+
+    Sorted ascending, adj_(j) = max over i <= j of min(1, (M - i + 1) * p_(i)) with M = `n_hypotheses`
+    (default: the number of p-values; statsmodels' ``multipletests(method="holm")``). NaN p-values are
+    left out and stay NaN. Passing M larger than the p-values given runs Holm on a subset of a family of
+    M hypotheses: still family-wise valid (the first true null rejected at rank j has at most j - 1 false
+    nulls before it, so its threshold alpha / (M - j + 1) is at most alpha / M0), only less powerful
+    than Holm with every p-value; the subgroup check uses it to test only each group against the best.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    live = np.flatnonzero(~np.isnan(p))
+    m = live.size if n_hypotheses is None else int(n_hypotheses)
+    if live.size == 0:
+        return out
+    if m < live.size:
+        raise ConfigError(MSG_BAD_COMPARISONS.format(comparisons=m))
+    order = live[np.argsort(p[live], kind="stable")]
+    factors = m - np.arange(live.size)
+    out[order] = np.minimum(1.0, np.maximum.accumulate(factors * p[order]))
+    return out
 
 
 def percentile_interval(replicates: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

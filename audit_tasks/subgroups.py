@@ -17,29 +17,37 @@ Per attribute (or intersection) and metric:
    detail that says so.
 2. The reference is the best judgeable group (highest value; lowest for ``fpr``; ties go to the first
    group in sort order). ``gap`` is how much worse each group is than the reference (positive = worse).
-3. A judgeable group is flagged (``status == "gap"``, failing gate) only when ``gap > max_gap`` AND the
-   lower end of a confidence interval on the gap also exceeds ``max_gap``; i.e. the data show, at the
-   configured confidence, that the group trails the reference by more than the tolerance. The interval
-   on the gap is Newcombe's hybrid score interval for a difference of two independent proportions
-   (built from the two groups' Wilson intervals); for the macro metrics it is gap +- z * sqrt(se_ref^2 +
-   se_group^2) with bootstrap standard errors (audit_tasks.stats).
+3. A judgeable group is flagged (``status == "gap"``, failing gate) only when ``gap > max_gap`` AND a
+   one-sided test establishes it: H0 "the group trails the reference by at most max_gap" against H1 "by
+   more than max_gap", with the p-value read off the interval used to describe the gap (stats:
+   the level at which the lower end of Newcombe's hybrid score interval for a difference of two
+   independent proportions, built from the two Wilson intervals, equals ``max_gap``; for the macro
+   metrics a normal test on gap / sqrt(se_ref^2 + se_group^2) with bootstrap standard errors).
 4. Comparing every group with the best observed one is a many-comparison problem (intersections have
-   dozens of groups, and the best of many small groups is lucky). The difference intervals are
-   therefore Bonferroni-adjusted over every pair of the m judgeable groups: each is a two-sided interval
-   at level ``1 - (1 - confidence) / (m * (m - 1) / 2)``. With probability at least ``confidence`` all
-   pairwise intervals hold at once, so some flag of an attribute is false (its group does not truly
-   trail the reference by more than ``max_gap``) at most ``1 - confidence`` of the time per attribute and
-   metric, night after night, whatever the number of groups (up to the approximate coverage of the
-   score intervals); with two groups this is the plain interval.
-   ``multiple_comparisons: none`` turns the adjustment off (each comparison at ``confidence``): more real
-   gaps on small groups are caught, at the price of false alarms that grow with the number of groups.
+   dozens of groups, and the best of many small groups is lucky). The family is the whole check: every
+   ordered (better, worse) pair of judgeable groups of every attribute, intersection and metric variant,
+   ``M = sum m * (m - 1)``. Each flag rests on one of these pairs (the group against the best), and
+   ``multiple_comparisons: holm`` (default) runs Holm's step-down over the family's p-values (only the
+   comparisons with the best are computed; Holm on a subset of a family of M, with M in the
+   denominators, stays family-wise valid: stats.holm_adjust). So some flag of the check is false (its
+   group does not truly trail some group by more than ``max_gap``) at most ``1 - confidence`` of the time,
+   whatever the number of groups and attributes, up to the approximate coverage of the score intervals.
+   Holm rejects everything Bonferroni (``bonferroni``: each p-value times M) rejects, and more when
+   several gaps are real. ``none`` tests each comparison at ``1 - confidence`` alone: more real gaps on
+   small groups are caught, at the price of false alarms that grow with the number of groups.
+   bench/false_alarms.py measures the false-alarm rate and the power by simulation.
+5. Intersections (``intersections: true``): a flagged intersection group is a failure of its own only
+   when the flagged groups it belongs to do not explain its gap: it must be worse than each flagged
+   parent (every group of a sub-combination of its attributes, dark&day -> fur_tone=dark, lighting=day)
+   by more than ``max_gap``, established one-sided at the Bonferroni share ``(1 - confidence) / M``.
+   Otherwise its row has ``flagged`` false and status ``explained by fur_tone=dark``, its gate passes,
+   and the parent's gate detail ends with ``also low: dark&day, dark&night``. An intersection flagged
+   while no parent is (only dark&female low) stays a failure. ``intersections: report_all`` keeps every
+   flagged intersection a failure of its own; ``false`` judges single attributes only.
 
 So a real gap with enough images fails; the same gap on a dozen images is too small to judge; and an
 observed gap just above ``max_gap``, or a chance fluctuation between big groups, passes (its gate detail
-says the gap is not established). The price is images: accuracy 0.95 vs 0.85 with ``max_gap: 0.05`` is
-flagged from about 250 images per group when there are 2 groups, 570 with 6, 970 with 24; 0.99 vs 0.95
-with ``max_gap: 0.02`` from about 510 per group with 2 groups. (Without the adjustment, 24 groups of 40
-images with no real gap at all failed 13 of 20 simulated nights; with it, none.)
+says the gap is not established).
 
 Gates: one per (attribute, group, metric), check ``subgroups``, subject ``<attribute>=<group>``, value
 = gap, threshold = ``max_gap``. There is no summary gate per attribute: a failing attribute shows up as
@@ -54,7 +62,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -66,6 +74,7 @@ from audit_tasks.group_metrics import (
     BY_GROUP_COLUMNS,
     DIFFERENCE_COLUMNS,
     LOWER_IS_BETTER,
+    MACRO_METRICS,
     METRIC_NAMES,
     MSG_BAD_POSITIVE,
     MSG_DUPLICATE_CLASSES,
@@ -86,7 +95,13 @@ from audit_tasks.group_metrics import (
     SubgroupMetric,
     check_metric,
 )
-from audit_tasks.stats import bonferroni_confidence, newcombe_interval, wilson_interval
+from audit_tasks.stats import (
+    holm_adjust,
+    newcombe_exceedance_pvalue,
+    newcombe_interval,
+    normal_exceedance_pvalue,
+    wilson_interval,
+)
 
 __all__ = [
     "BY_GROUP_COLUMNS",
@@ -110,6 +125,7 @@ __all__ = [
     "OVERALL_COLUMNS",
     "OVERALL_GROUP",
     "SEPARATOR",
+    "STATUS_EXPLAINED",
     "STATUS_GAP",
     "STATUS_OK",
     "STATUS_TOO_SMALL",
@@ -130,6 +146,8 @@ STATUS_OK = "ok"
 STATUS_GAP = "gap"
 #: Status of a group whose metric is undefined or rests on fewer than min_group_size images.
 STATUS_TOO_SMALL = "too small to judge"
+#: Status of a flagged intersection group whose gap its flagged parent groups explain (then the parents).
+STATUS_EXPLAINED = "explained by"
 CHECK_NAME = "subgroups"
 
 GROUPS_COLUMNS = ("attribute", "group", "n", "metric", "value", "ci_low", "ci_high", "gap", "flagged", "status")
@@ -192,17 +210,19 @@ def check_subgroups(
     if check.intersections and len(attributes) >= 2:
         combos += [c for r in range(2, len(attributes) + 1) for c in itertools.combinations(attributes, r)]
 
-    group_tables, gates = [], []
+    units: list[_Unit] = []
     confusion = [_confusion_rows(base.marginal(()), OVERALL_ATTRIBUTE)]
     for combo in combos:
         gmf = base.marginal(combo)
-        attribute = SEPARATOR.join(combo)
-        confusion.append(_confusion_rows(gmf, attribute))
+        confusion.append(_confusion_rows(gmf, SEPARATOR.join(combo)))
         for label, metric, positive in _metric_variants(check.metric, base, positive_class):
-            table, combo_gates = _judge(gmf, attribute, label, metric, positive, check)
-            group_tables.append(table)
-            gates.extend(combo_gates)
+            units.append(_measure(gmf, combo, label, metric, positive, check))
+    _decide(units, check)
+    if check.intersections is True:
+        _explain(units, check)
 
+    group_tables = [unit.frame() for unit in units]
+    gates = [gate for unit in units for gate in unit.gates()]
     groups = pd.concat(group_tables, ignore_index=True) if group_tables else _empty_groups()
     overall = _overall_table(base, positive_class)
     return SubgroupResult(
@@ -224,10 +244,96 @@ def _metric_variants(
     return [(f"{metric}[{c}]", metric, c) for c in frame.classes]
 
 
-def _judge(
-    gmf: GroupMetricFrame, attribute: str, label: str, metric: str, positive: str | None, check: SubgroupCheck
-) -> tuple[pd.DataFrame, list[GateResult]]:
-    """Apply the gate rule to one attribute and metric."""
+@dataclass
+class _Unit:
+    """One attribute (or intersection) and metric: its groups, gaps, p-values and, once decided, flags."""
+
+    combo: tuple[str, ...]
+    label: str
+    metric: str
+    positive: str | None
+    check: SubgroupCheck
+    gmf: GroupMetricFrame
+    table: pd.DataFrame
+    judgeable: np.ndarray
+    m: int
+    best: int
+    gap: np.ndarray
+    pvalue: np.ndarray  # one-sided, vs the best group; NaN for the best and the unjudgeable
+    adjusted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    flagged: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    family: int = 1
+    explained_by: dict[int, list[str]] = field(default_factory=dict)
+    also_low: dict[int, list[str]] = field(default_factory=dict)
+
+    @property
+    def attribute(self) -> str:
+        return SEPARATOR.join(self.combo)
+
+    def frame(self) -> pd.DataFrame:
+        status = np.where(~self.judgeable, STATUS_TOO_SMALL, np.where(self.flagged, STATUS_GAP, STATUS_OK)).astype(
+            object
+        )
+        for i, parents in self.explained_by.items():
+            status[i] = f"{STATUS_EXPLAINED} {', '.join(parents)}"
+        n = len(self.table)
+        return pd.DataFrame(
+            {
+                "attribute": pd.Series([self.attribute] * n, dtype=str),
+                "group": self.table["group"].astype(str),
+                "n": self.table["n"].astype(np.int64),
+                "metric": pd.Series([self.label] * n, dtype=str),
+                "value": self.table["value"].to_numpy(float),
+                "ci_low": self.table["ci_low"].to_numpy(float),
+                "ci_high": self.table["ci_high"].to_numpy(float),
+                "gap": self.gap,
+                "flagged": self.flagged.astype(bool),
+                "status": pd.Series(status, dtype=str),
+            }
+        )
+
+    def gates(self) -> list[GateResult]:
+        return [
+            GateResult(
+                check=CHECK_NAME,
+                subject=f"{self.attribute}={row.group}",
+                metric=self.label,
+                value=None if math.isnan(self.gap[i]) else float(self.gap[i]),
+                threshold=float(self.check.max_gap),
+                passed=not bool(self.flagged[i]),
+                detail=_detail(self, i),
+                judged=bool(self.judgeable[i]) and self.m >= 2,  # a gap needs a second judgeable group
+            )
+            for i, row in enumerate(self.table.itertuples(index=False))
+        ]
+
+
+def _proportion_or_normal(gmf: GroupMetricFrame, metric: str, positive: str | None, table: pd.DataFrame) -> tuple:
+    """What a gap test needs per group: (successes, trials) of a proportion, else (value, std_error)."""
+    if metric in MACRO_METRICS:
+        return table["value"].to_numpy(float), table["std_error"].to_numpy(float)
+    return gmf.proportion_counts(metric, positive_class=positive)
+
+
+def _worse_pvalue(metric: str, ref: tuple, ref_index: int, grp: tuple, margin: float) -> np.ndarray:
+    """One-sided p-values of "each group of `grp` is worse than group `ref_index` of `ref` by more than margin".
+
+    Proportions: Newcombe's score interval inverted (stats.newcombe_exceedance_pvalue); the macro metrics:
+    a normal test on the bootstrap standard errors (stats.normal_exceedance_pvalue).
+    """
+    if metric in MACRO_METRICS:
+        value, se = grp
+        return normal_exceedance_pvalue(ref[0][ref_index] - value, np.hypot(ref[1][ref_index], se), margin)
+    s, t = grp
+    if metric in LOWER_IS_BETTER:  # worse = higher: group - reference
+        return newcombe_exceedance_pvalue(s, t, ref[0][ref_index], ref[1][ref_index], margin)
+    return newcombe_exceedance_pvalue(ref[0][ref_index], ref[1][ref_index], s, t, margin)
+
+
+def _measure(
+    gmf: GroupMetricFrame, combo: tuple[str, ...], label: str, metric: str, positive: str | None, check: SubgroupCheck
+) -> _Unit:
+    """Steps 1-2 of the gate rule for one attribute and metric, and each group's p-value against the best."""
     table = gmf.by_group(metric, positive_class=positive)
     value = table["value"].to_numpy(float)
     support = table["support"].to_numpy(np.int64)
@@ -235,102 +341,119 @@ def _judge(
     m = int(judgeable.sum())
     lower_better = metric in LOWER_IS_BETTER
     gap = np.full(len(table), np.nan)
-    gap_low = np.full(len(table), np.nan)
+    pvalue = np.full(len(table), np.nan)
     best = -1
-    adjusted = check.confidence
     if m:
         candidates = np.where(judgeable, -value if lower_better else value, -np.inf)
         best = int(np.argmax(candidates))
         gap = (value - value[best]) if lower_better else (value[best] - value)
         if m >= 2:
-            pairs = m * (m - 1) / 2 if check.multiple_comparisons == "bonferroni" else 1
-            adjusted = bonferroni_confidence(check.confidence, pairs)
-            diffs = gmf.differences(metric, reference=gmf.groups[best], positive_class=positive, confidence=adjusted)
-            gap_low = (-diffs["diff_high"] if lower_better else diffs["diff_low"]).to_numpy(float)
-    flagged = judgeable & (gap > check.max_gap) & (gap_low > check.max_gap)
-    status = np.where(~judgeable, STATUS_TOO_SMALL, np.where(flagged, STATUS_GAP, STATUS_OK))
-    out = pd.DataFrame(
-        {
-            "attribute": pd.Series([attribute] * len(table), dtype=str),
-            "group": table["group"].astype(str),
-            "n": table["n"].astype(np.int64),
-            "metric": pd.Series([label] * len(table), dtype=str),
-            "value": value,
-            "ci_low": table["ci_low"].to_numpy(float),
-            "ci_high": table["ci_high"].to_numpy(float),
-            "gap": gap,
-            "flagged": flagged.astype(bool),
-            "status": pd.Series(status, dtype=str),
-        }
-    )
-    context = _Context(
-        attribute=attribute,
-        label=label,
-        metric=metric,
-        positive=positive,
-        check=check,
-        best=best,
-        m=m,
-        adjusted=adjusted,
-        table=table,
-    )
-    gates = [
-        GateResult(
-            check=CHECK_NAME,
-            subject=f"{attribute}={row.group}",
-            metric=label,
-            value=None if math.isnan(gap[i]) else float(gap[i]),
-            threshold=float(check.max_gap),
-            passed=not bool(flagged[i]),
-            detail=_detail(context, i, bool(judgeable[i]), gap[i], gap_low[i]),
-            judged=bool(judgeable[i]) and m >= 2,
-        )  # a gap needs a second judgeable group
-        for i, row in enumerate(table.itertuples(index=False))
-    ]
-    return out, gates
+            stats_ = _proportion_or_normal(gmf, metric, positive, table)
+            pvalue = np.where(judgeable, _worse_pvalue(metric, stats_, best, stats_, check.max_gap), np.nan)
+            pvalue[best] = np.nan
+    return _Unit(combo, label, metric, positive, check, gmf, table, judgeable, m, best, gap, pvalue)
 
 
-@dataclass(frozen=True)
-class _Context:
-    attribute: str
-    label: str
-    metric: str
-    positive: str | None
-    check: SubgroupCheck
-    best: int
-    m: int
-    adjusted: float
-    table: pd.DataFrame
+def _decide(units: list[_Unit], check: SubgroupCheck) -> None:
+    """Step 3: one family over the whole check, Holm (or Bonferroni) over every ordered pair of groups."""
+    alpha = 1 - check.confidence
+    family = sum(u.m * (u.m - 1) for u in units)  # every (better, worse) ordered pair of judgeable groups
+    pvalues = np.concatenate([u.pvalue for u in units]) if units else np.zeros(0)
+    if check.multiple_comparisons == "holm" and family:
+        adjusted = holm_adjust(pvalues, family)
+    elif check.multiple_comparisons == "bonferroni":
+        adjusted = np.minimum(1.0, pvalues * family)
+    else:
+        adjusted = pvalues
+    start = 0
+    for u in units:
+        u.adjusted = adjusted[start : start + len(u.pvalue)]
+        start += len(u.pvalue)
+        u.family = max(family, 1)
+        with np.errstate(invalid="ignore"):
+            u.flagged = u.judgeable & (u.gap > check.max_gap) & (u.adjusted <= alpha)
 
 
-def _detail(ctx: _Context, i: int, judgeable: bool, gap: float, gap_low: float) -> str:
+def _explain(units: list[_Unit], check: SubgroupCheck) -> None:
+    """Step 4: a flagged intersection group is its own failure only when its flagged parents do not explain it.
+
+    Its parents are the groups of every sub-combination of its attributes it belongs to (dark&day ->
+    fur_tone=dark, lighting=day). It stays failed only when it is worse than each flagged parent by more than
+    max_gap, established one-sided at the check's Bonferroni share (1 - confidence) / family (the intersection
+    is part of its parent, so the independent-samples test is conservative); otherwise it is listed under
+    each parent it does not beat ("also low: ...") and its own gate passes.
+    """
+    alpha = 1 - check.confidence
+    by_key = {(u.combo, u.label): u for u in units}
+    for u in sorted(units, key=lambda x: len(x.combo)):
+        if len(u.combo) < 2 or not u.flagged.any():
+            continue
+        keys = u.gmf.group_keys
+        child = _proportion_or_normal(u.gmf, u.metric, u.positive, u.table)
+        level = alpha if check.multiple_comparisons == "none" else alpha / u.family
+        for i in np.flatnonzero(u.flagged):
+            explainers: list[tuple[_Unit, int]] = []
+            for r in range(1, len(u.combo)):
+                for sub in itertools.combinations(u.combo, r):
+                    parent = by_key[(sub, u.label)]
+                    pkeys = parent.gmf.group_keys
+                    mask = np.ones(len(pkeys), dtype=bool)
+                    for name in sub:
+                        mask &= (pkeys[name] == keys.loc[i, name]).to_numpy()
+                    j = int(np.flatnonzero(mask)[0])
+                    if not parent.flagged[j]:
+                        continue
+                    ref = _proportion_or_normal(parent.gmf, u.metric, u.positive, parent.table)
+                    single = tuple(np.asarray(x)[i : i + 1] for x in child)
+                    p = float(_worse_pvalue(u.metric, ref, j, single, check.max_gap)[0])
+                    parent_gap = float(u.gap[i] - parent.gap[j])
+                    if not (parent_gap > check.max_gap and p <= level):
+                        explainers.append((parent, j))
+            if explainers:
+                u.flagged[i] = False
+                u.explained_by[int(i)] = [f"{p.attribute}={p.table['group'].iloc[j]}" for p, j in explainers]
+                for parent, j in explainers:
+                    parent.also_low.setdefault(j, []).append(str(u.table["group"].iloc[i]))
+
+
+def _detail(u: _Unit, i: int) -> str:
     """The gate's sentence: what was measured, against what, and why it passed or failed."""
-    row = ctx.table.iloc[i]
+    row = u.table.iloc[i]
     n = int(row["n"])
-    if not judgeable:
-        return f"{STATUS_TOO_SMALL} ({_support_phrase(ctx, row)})"
-    head = (
-        f"{ctx.label} {_fmt(row['value'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] "
-        f"for {ctx.attribute}={row['group']}"
+    check = u.check
+    if not u.judgeable[i]:
+        return f"{STATUS_TOO_SMALL} ({_support_phrase(u, row)})"
+    interval = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+    head = f"{u.label} {_fmt(row['value'])} {interval} for {u.attribute}={row['group']}"
+    also = f"; also low: {', '.join(u.also_low[i])}" if i in u.also_low else ""
+    if i == u.best:
+        return f"{head} is the best of {u.m} judgeable group(s) (n={n})"
+    best = u.table.iloc[u.best]
+    versus = f"{head} vs {_fmt(best['value'])} for {u.attribute}={best['group']}"
+    conf = f"{_fmt(100 * check.confidence)}% confidence" + (
+        f" adjusted for {u.m} groups ({check.multiple_comparisons} over {u.family} comparisons of the check)"
+        if check.multiple_comparisons != "none"
+        else ""
     )
-    if i == ctx.best:
-        return f"{head} is the best of {ctx.m} judgeable group(s) (n={n})"
-    best = ctx.table.iloc[ctx.best]
-    versus = f"{head} vs {_fmt(best['value'])} for {ctx.attribute}={best['group']}"
-    conf = f"{_fmt(100 * ctx.check.confidence)}% confidence" + (
-        f" adjusted for {ctx.m} groups" if ctx.check.multiple_comparisons == "bonferroni" else ""
-    )
-    if gap > ctx.check.max_gap and gap_low > ctx.check.max_gap:
-        return f"{versus} (gap {_fmt(gap)} > {_fmt(ctx.check.max_gap)}, at least {_fmt(gap_low)} at {conf}, n={n})"
-    if gap > ctx.check.max_gap:
+    gap, p = u.gap[i], u.adjusted[i]
+    evidence = f"one-sided p {_fmt_p(p)} at {conf}, n={n}"
+    if i in u.explained_by:
         return (
-            f"{versus} (gap {_fmt(gap)} > {_fmt(ctx.check.max_gap)} but not established: at least "
-            f"{_fmt(gap_low)} at {conf}, n={n})"
+            f"{versus} (gap {_fmt(gap)} > {_fmt(check.max_gap)}, {evidence}) "
+            f"{STATUS_EXPLAINED} {', '.join(u.explained_by[i])}: not worse than it by more than {_fmt(check.max_gap)}"
         )
-    return f"{versus} (gap {_fmt(gap)} <= {_fmt(ctx.check.max_gap)}, n={n})"
+    if u.flagged[i]:
+        return f"{versus} (gap {_fmt(gap)} > {_fmt(check.max_gap)}, established: {evidence}){also}"
+    if gap > check.max_gap:
+        return f"{versus} (gap {_fmt(gap)} > {_fmt(check.max_gap)} but not established: {evidence}){also}"
+    return f"{versus} (gap {_fmt(gap)} <= {_fmt(check.max_gap)}, n={n})"
 
 
-def _support_phrase(ctx: _Context, row: pd.Series) -> str:
+def _fmt_p(p: float) -> str:
+    return "nan" if math.isnan(p) else f"{p:.2g}"
+
+
+def _support_phrase(ctx: _Unit, row: pd.Series) -> str:
     n, support, minimum = int(row["n"]), int(row["support"]), ctx.check.min_group_size
     if ctx.metric not in PER_CLASS_METRICS:
         if math.isnan(row["value"]) and n >= minimum:

@@ -87,7 +87,11 @@ def test_impossible_threshold_is_named(tmp_path, dataset_dirs):
     ("key", "value", "message"),
     [
         ("n_bootstrap", 10, r"'checks\.subgroups\.n_bootstrap' must be between 100 and 100000"),
-        ("multiple_comparisons", "holm", r"'checks\.subgroups\.multiple_comparisons' must be one of bonferroni, none"),
+        (
+            "multiple_comparisons",
+            "sidak",
+            r"'checks\.subgroups\.multiple_comparisons' must be one of holm, bonferroni, none",
+        ),
     ],
 )
 def test_unusable_subgroup_test_settings_are_named(tmp_path, dataset_dirs, key, value, message):
@@ -198,7 +202,7 @@ def test_unknown_key_lists_the_known_keys_at_its_level(tmp_path, dataset_dirs):
     with pytest.raises(
         ConfigError,
         match=r"unknown key 'modle' \(known keys here: checks, dataset, model, output, "
-        r"saliency\)",
+        r"policy, saliency\)",
     ):
         load_config(write_config(tmp_path, body))
 

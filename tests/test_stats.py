@@ -17,10 +17,14 @@ from audit_tasks.stats import (
     MSG_BAD_RESAMPLES,
     bonferroni_confidence,
     bootstrap_std_error,
+    holm_adjust,
     multinomial_bootstrap,
+    newcombe_exceedance_pvalue,
     newcombe_interval,
+    normal_exceedance_pvalue,
     normal_interval,
     percentile_interval,
+    wilson_exceedance_pvalue,
     wilson_interval,
     z_quantile,
 )
@@ -265,3 +269,78 @@ def test_multinomial_bootstrap_refuses_zero_resamples() -> None:
     with pytest.raises(ConfigError) as raised:
         multinomial_bootstrap(np.array([[1, 1]]), 0, lambda draws: draws[..., 0], np.random.default_rng(0))
     assert str(raised.value) == MSG_BAD_RESAMPLES.format(name="n_resamples", n=0)
+
+
+# --------------------------------------------------------------------------------------------- one-sided tests, Holm
+
+
+def test_holm_adjust_matches_statsmodels() -> None:
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 10, 1000):
+        p = np.concatenate([rng.random(size) ** 4, [0.0, 1.0, 0.5, 0.5]])  # ties and the ends included
+        expected = multitest.multipletests(p, alpha=0.05, method="holm")[1]
+        np.testing.assert_allclose(holm_adjust(p), expected, rtol=0, atol=1e-12)
+
+
+def test_holm_adjust_on_a_subset_equals_holm_with_the_rest_of_the_family_at_p_one() -> None:
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(1).random(20) ** 6
+    expected = multitest.multipletests(np.concatenate([p, np.ones(80)]), method="holm")[1][:20]
+    np.testing.assert_allclose(holm_adjust(p, n_hypotheses=100), expected, rtol=0, atol=1e-12)
+
+
+def test_holm_adjust_keeps_nan_and_refuses_a_family_smaller_than_its_p_values() -> None:
+    np.testing.assert_array_equal(holm_adjust([np.nan, 0.01]), [np.nan, 0.01])
+    with pytest.raises(ConfigError):
+        holm_adjust([0.1, 0.2], n_hypotheses=1)
+
+
+def test_newcombe_exceedance_pvalue_is_the_level_where_the_interval_touches_the_margin() -> None:
+    k, n = count_grid()
+    small = np.flatnonzero((n >= 10) & (n <= 1000))
+    i, j = (x.ravel() for x in np.meshgrid(small, small))
+    k1, n1, k2, n2 = k[i], n[i], k[j], n[j]
+    for margin in (0.0, 0.05, 0.2):
+        p = newcombe_exceedance_pvalue(k1, n1, k2, n2, margin)
+        live = np.flatnonzero((p > 1e-6) & (p < 0.5))  # 1 - 2p keeps the digits
+        assert live.size > 50
+        for i in live[:: max(1, live.size // 200)]:  # the interval takes one confidence per call
+            low, _ = newcombe_interval(k1[i], n1[i], k2[i], n2[i], 1 - 2 * p[i])
+            assert float(low) == pytest.approx(margin, abs=1e-9)
+        assert np.all(p[k1 / n1 - k2 / n2 <= margin] == 1.0)
+
+
+@pytest.mark.parametrize("alpha", (0.05, 0.001))
+def test_newcombe_exceedance_pvalue_decides_as_the_one_sided_interval(alpha: float) -> None:
+    rng = np.random.default_rng(2)
+    n1, n2 = rng.integers(20, 2000, 5000), rng.integers(20, 2000, 5000)
+    k1, k2 = rng.binomial(n1, 0.9), rng.binomial(n2, 0.8)
+    low, _ = newcombe_interval(k1, n1, k2, n2, 1 - 2 * alpha)
+    p = newcombe_exceedance_pvalue(k1, n1, k2, n2, 0.05)
+    clear = np.abs(low - 0.05) > 1e-9
+    np.testing.assert_array_equal((p <= alpha)[clear], (low > 0.05)[clear])
+
+
+def test_wilson_exceedance_pvalue_is_the_score_test_of_statsmodels() -> None:
+    k, n = count_grid()
+    live = n >= 1
+    for floor in (0.5, 0.8, 0.95):
+        expected = [
+            statsmodels_proportion.proportions_ztest(kk, nn, value=floor, alternative="larger", prop_var=floor)[1]
+            for kk, nn in zip(k[live], n[live], strict=True)
+        ]
+        np.testing.assert_allclose(wilson_exceedance_pvalue(k[live], n[live], floor), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_wilson_exceedance_pvalue_decides_as_the_one_sided_wilson_bound() -> None:
+    k, n = count_grid()
+    low, _ = wilson_interval(k, n, 0.9)  # two-sided 0.9: one-sided lower bound at 0.95
+    p = wilson_exceedance_pvalue(k, n, 0.8)
+    clear = np.abs(low - 0.8) > 1e-9
+    np.testing.assert_array_equal((p <= 0.05)[clear], (low > 0.8)[clear])
+
+
+def test_normal_exceedance_pvalue_is_the_upper_normal_tail() -> None:
+    assert float(normal_exceedance_pvalue(0.05 + 1.959963984540054 * 0.01, 0.01, 0.05)) == pytest.approx(0.025)
+    assert float(normal_exceedance_pvalue(0.0, 0.01, 0.05)) == pytest.approx(1.0)

@@ -4,6 +4,7 @@ MetricFrame, the gate rule, the tables. The interval maths itself is tested in t
 from __future__ import annotations
 
 import functools
+import math
 import typing
 
 import numpy as np
@@ -201,8 +202,10 @@ def eight_groups(n: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def test_bonferroni_needs_more_evidence_for_a_gap_among_eight_groups() -> None:
-    result = check_subgroups(eight_groups(300), check=SubgroupCheck(attributes=("group",)), classes=CLASSES)
+@pytest.mark.parametrize("method", ["holm", "bonferroni"])
+def test_the_adjustment_needs_more_evidence_for_a_gap_among_eight_groups(method: str) -> None:
+    check = SubgroupCheck(attributes=("group",), multiple_comparisons=method)
+    result = check_subgroups(eight_groups(300), check=check, classes=CLASSES)
     assert result.groups.set_index("group").loc["g7", "status"] == "ok"
     assert "adjusted for 8 groups" in next(g for g in result.gates if g.subject == "group=g7").detail
 
@@ -585,3 +588,110 @@ def test_unknown_positive_class_raises_config_error() -> None:
             classes=CLASSES,
             positive_class="bird",
         )
+
+
+# --------------------------------------------------------------------------------------------- issue 16
+
+
+def cells(spec: dict[tuple[str, str], float], n: int, seed: int = 0) -> pd.DataFrame:
+    """Attributes `tone` and `light`; each (tone, light) cell has `n` images at exactly its accuracy."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for (tone, light), acc in spec.items():
+        label = rng.choice(CLASSES, n)
+        right = np.arange(n) < round(acc * n)
+        rng.shuffle(right)
+        prediction = np.where(right, label, np.where(label == "cat", "dog", "cat"))
+        parts.append(pd.DataFrame({"tone": tone, "light": light, "label": label, "prediction": prediction}))
+    return pd.concat(parts, ignore_index=True)
+
+
+DARK_LOW = {("dark", "day"): 0.6, ("dark", "night"): 0.62, ("light", "day"): 0.9, ("light", "night"): 0.9}
+
+
+def test_intersections_of_a_failing_group_are_explained_by_it_and_listed_under_its_gate() -> None:
+    result = check_subgroups(cells(DARK_LOW, 300), check=SubgroupCheck(attributes=("tone", "light")), classes=CLASSES)
+    groups = result.groups.set_index(["attribute", "group"])
+    assert groups.loc[("tone", "dark"), "status"] == "gap"
+    for cell in ("dark&day", "dark&night"):
+        assert groups.loc[("tone&light", cell), "status"] == "explained by tone=dark"
+        assert not groups.loc[("tone&light", cell), "flagged"]
+    failed = [g.subject for g in result.gates if not g.passed]
+    assert failed == ["tone=dark"]
+    assert result.gates[[g.subject for g in result.gates].index("tone=dark")].detail.endswith(
+        "also low: dark&day, dark&night"
+    )
+
+
+def test_report_all_keeps_every_flagged_intersection_a_failure_of_its_own() -> None:
+    check = SubgroupCheck(attributes=("tone", "light"), intersections="report_all")
+    result = check_subgroups(cells(DARK_LOW, 300), check=check, classes=CLASSES)
+    failed = sorted(g.subject for g in result.gates if not g.passed)
+    assert failed == ["tone&light=dark&day", "tone&light=dark&night", "tone=dark"]
+
+
+def test_an_intersection_much_worse_than_its_failing_parent_is_its_own_failure() -> None:
+    spec = {("dark", "day"): 0.45, ("dark", "night"): 0.85, ("light", "day"): 0.92, ("light", "night"): 0.92}
+    result = check_subgroups(cells(spec, 400), check=SubgroupCheck(attributes=("tone", "light")), classes=CLASSES)
+    failed = {g.subject for g in result.gates if not g.passed}
+    assert {"tone=dark", "tone&light=dark&day"} <= failed
+    assert "tone&light=dark&night" not in failed
+
+
+def test_a_failing_intersection_whose_parents_pass_is_its_own_failure() -> None:
+    spec = {("dark", "day"): 0.7, ("dark", "night"): 0.9, ("light", "day"): 0.9, ("light", "night"): 0.9}
+    check = SubgroupCheck(attributes=("tone", "light"), max_gap=0.1)
+    result = check_subgroups(cells(spec, 400), check=check, classes=CLASSES)
+    assert [g.subject for g in result.gates if not g.passed] == ["tone&light=dark&day"]
+    assert result.groups.set_index(["attribute", "group"]).loc[("tone&light", "dark&day"), "status"] == "gap"
+
+
+def test_holm_steps_down_where_bonferroni_stops() -> None:
+    """Eight groups, 56 ordered comparisons: six clear gaps are rejected first, so Holm tests the seventh
+    (one-sided p 0.00091) at 0.05 / 50, where Bonferroni's 0.05 / 56 = 0.00089 misses it."""
+    rng = np.random.default_rng(3)
+    rows = []
+    specs = [("a", 2000, 1900), *[(f"b{i}", 2000, 1400) for i in range(6)], ("c", 1001, 866)]
+    for name, n, right_count in specs:
+        label = rng.choice(CLASSES, n)
+        right = np.arange(n) < right_count
+        prediction = np.where(right, label, np.where(label == "cat", "dog", "cat"))
+        rows.append(pd.DataFrame({"group": name, "label": label, "prediction": prediction}))
+    frame = pd.concat(rows, ignore_index=True)
+    flagged = {
+        method: set(
+            check_subgroups(
+                frame, check=SubgroupCheck(attributes=("group",), multiple_comparisons=method), classes=CLASSES
+            ).flagged["group"]
+        )
+        for method in ("holm", "bonferroni")
+    }
+    assert flagged["bonferroni"] == {f"b{i}" for i in range(6)}
+    assert flagged["holm"] == flagged["bonferroni"] | {"c"}
+
+
+def null_worlds(worlds: int, groups: int, n: int, accuracy: float, seed: int) -> np.ndarray:
+    """Per world, whether the gate rule flagged any group when every group has the same true accuracy."""
+    rng = np.random.default_rng(seed)
+    hits = rng.binomial(n, accuracy, size=(worlds, groups))
+    alarms = np.zeros(worlds, dtype=bool)
+    check = SubgroupCheck(attributes=("group",))
+    for w in range(worlds):
+        label = np.repeat(np.array(["cat"]), groups * n)
+        right = (np.arange(n)[None, :] < hits[w][:, None]).ravel()
+        frame = pd.DataFrame(
+            {
+                "group": np.repeat(np.arange(groups).astype(str), n),
+                "label": label,
+                "prediction": np.where(right, "cat", "dog"),
+            }
+        )
+        alarms[w] = check_subgroups(frame, check=check, classes=CLASSES).groups["flagged"].any()
+    return alarms
+
+
+def test_null_worlds_false_alarm_at_most_five_percent_plus_a_binomial_margin() -> None:
+    """200 worlds of 50 groups of 100 images with the same true accuracy: a family-wise false-alarm rate
+    at or under 5% (plus 3 binomial standard errors, for the 200 draws) -- bench/false_alarms.py has more."""
+    alarms = null_worlds(200, 50, 100, 0.85, seed=16)
+    assert alarms.mean() <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
