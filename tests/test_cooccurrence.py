@@ -163,7 +163,8 @@ def test_perfect_record_flags_from_min_support_but_not_below():
         return bool(_pair(result, "a", "b")["flagged"])
 
     assert flagged(30, 30)
-    assert flagged(30, 29)
+    # 29 of 30 (one-sided p 0.011) clears the plain interval but not Holm over the 4 pairs tested here
+    assert not flagged(30, 29)
     assert not flagged(29, 29)  # below min_support
     assert not flagged(30, 28)  # point estimate 0.93 but the interval reaches below 0.8
     assert not flagged(30, 27)
@@ -469,3 +470,23 @@ def test_every_ordered_pair_appears_in_both_directions_for_tags():
     pairs = set(zip(result.pairs["tag_a"], result.pairs["tag_b"], strict=True))
     assert len(pairs) >= 200
     assert all((b, a) in pairs for a, b in itertools.islice(pairs, 200))
+
+
+def test_the_confidence_rule_is_holm_over_the_pairs_tested():
+    """Each pair's score-test p-value, Holm-adjusted over the pairs with n_a >= min_support (statsmodels),
+    at (1 - confidence) / 2, decides rule 3: the flags follow it exactly."""
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    result = check_cooccurrence(_generated(0, n=2000), check=DEFAULT, attributes=["gender"])
+    pairs = result.pairs
+    tested = pairs[pairs["n_a"] >= DEFAULT.min_support]
+    floor = min(DEFAULT.max_conditional, 1 - DEFAULT.target_share)
+    pvalues = [
+        proportion.proportions_ztest(k, n, value=floor, alternative="larger", prop_var=floor)[1]
+        for k, n in zip(tested["n_ab"], tested["n_a"], strict=True)
+    ]
+    reject = multitest.multipletests(pvalues, alpha=(1 - DEFAULT.confidence) / 2, method="holm")[0]
+    expected = reject & (tested["p_b_given_a"] >= DEFAULT.max_conditional) & (tested["lift"] >= DEFAULT.min_lift)
+    assert expected.any()
+    np.testing.assert_array_equal(tested["flagged"].to_numpy(), expected.to_numpy())
+    assert not pairs.loc[pairs["n_a"] < DEFAULT.min_support, "flagged"].any()
