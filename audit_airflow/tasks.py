@@ -181,6 +181,16 @@ def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
         failed = [f"{name}: {detail}" if detail else name for name, detail in zip(failed, details, strict=True)]
     lines = [f"Audit {summary.get('run_id', '?')} FAILED: {len(failed)} gate(s) failed:"]
     lines += [f"  - {name}" for name in failed] or ["  - (summary lists no gate names)"]
+    regressed = [_gate_name(g) for g in summary.get("regressed_gates") or []]
+    if regressed:
+        baseline = summary.get("baseline") or {}
+        since = (
+            f" (baseline run {baseline['run_id']})" if isinstance(baseline, Mapping) and baseline.get("run_id") else ""
+        )
+        lines.append(f"Regressed against the baseline{since}: {', '.join(regressed)}")
+    expired = [_gate_name(g) for g in summary.get("expired_waivers") or []]
+    if expired:
+        lines.append(f"Expired waivers (their gates fail again): {', '.join(expired)}")
     lines.append(f"Report: {report_path}")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -36,6 +37,7 @@ from pydantic_core import PydanticCustomError
 from upath import UPath
 
 from audit_tasks.errors import ConfigError
+from audit_tasks.gates import GATE_CHECKS
 from audit_tasks.group_metrics import SubgroupMetric
 from audit_tasks.storage import StoragePath, is_remote, storage_path
 
@@ -47,9 +49,11 @@ __all__ = [
     "IngestCheck",
     "ModelConfig",
     "OutputConfig",
+    "PolicyConfig",
     "SaliencyCheck",
     "SaliencyConfig",
     "SubgroupCheck",
+    "Waiver",
     "default_checks",
     "dotted_keys",
     "field_schema",
@@ -318,6 +322,96 @@ class OutputConfig(_Section):
     dir: Location = Field(default=Path("audit_reports"), validate_default=True)
 
 
+def _iso_date(value: Any) -> Any:
+    """YAML reads an unquoted 2027-01-31 as a date; a quoted one (or an Airflow param) is ISO text."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            raise _problem("must be a date as YYYY-MM-DD, got {value}", value=repr(value)) from None
+    return value
+
+
+def _gate_check(name: str) -> str | None:
+    """The check of a gate name `check/subject/metric`, or None when the name has not that shape."""
+    parts = name.split("/")
+    if len(parts) < 3 or not all(parts) or parts[0] not in GATE_CHECKS:
+        return None
+    return parts[0]
+
+
+def _gate_name(name: str) -> str:
+    if _gate_check(name) is None:
+        raise _problem(
+            "must name a gate as check/subject/metric with check one of {checks}; got {name}",
+            checks=", ".join(GATE_CHECKS),
+            name=repr(name),
+        )
+    return name
+
+
+def _warn_name(name: str) -> str:
+    return name if name in GATE_CHECKS else _gate_name(name)
+
+
+def _check_metric(key: str) -> str:
+    check, dot, metric = key.partition(".")
+    if not dot or not metric or check not in GATE_CHECKS:
+        raise _problem(
+            "key {key} must be check.metric with check one of {checks}",
+            key=repr(key),
+            checks=", ".join(GATE_CHECKS),
+        )
+    return key
+
+
+#: A gate's name, `check/subject/metric`, as summary.json's failed_gates prints it.
+GateName = Annotated[str, StringConstraints(min_length=1), AfterValidator(_gate_name)]
+WarnName = Annotated[str, StringConstraints(min_length=1), AfterValidator(_warn_name)]
+CheckMetric = Annotated[str, AfterValidator(_check_metric)]
+
+
+class Waiver(_Section):
+    """A known failure accepted for a while: the gate it names reports `waived` instead of failing until
+    `expires` (inclusive); from the day after, it fails again."""
+
+    gate: GateName
+    owner: Name
+    reason: Name
+    expires: Annotated[date, BeforeValidator(_iso_date)]
+
+    def describe(self) -> str:
+        """One line for gates.parquet's `waiver` column and the logs."""
+        return f"{self.owner}: {self.reason} (expires {self.expires.isoformat()})"
+
+
+class PolicyConfig(_Section):
+    """How gate results become a verdict over nights (see audit_tasks.policy for the rule)."""
+
+    baseline: Literal["last_clean", "none"] = Field(
+        default="last_clean",
+        description="last_clean: compare with the newest passing run of the same audit; none: no baseline.",
+    )
+    max_increase: dict[CheckMetric, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="check.metric -> largest allowed increase over the baseline's value."
+    )
+    warn: Annotated[tuple[WarnName, ...], BeforeValidator(_list_to_tuple)] = Field(
+        default=(), description="Checks or check/subject/metric gates that warn when they fail, never fail the run."
+    )
+    waivers: Annotated[tuple[Waiver, ...], BeforeValidator(_list_to_tuple)] = Field(
+        default=(), description="Failing gates accepted until a date, each with an owner and a reason."
+    )
+
+    @field_validator("waivers")
+    @classmethod
+    def _one_waiver_per_gate(cls, waivers: tuple[Waiver, ...]) -> tuple[Waiver, ...]:
+        names = [w.gate for w in waivers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise _problem("waive the same gate more than once: {names}", names=", ".join(duplicates))
+        return waivers
+
+
 class AuditConfig(_Section):
     """The whole parsed config. `dataset` and `model` are None for the check-only commands."""
 
@@ -326,6 +420,7 @@ class AuditConfig(_Section):
     saliency: SaliencyConfig = Field(default_factory=SaliencyConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     source: Path | None = None  # the file it was read from, for messages; not a key of the file
 
     @model_validator(mode="after")
@@ -452,7 +547,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None 
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     problems = [_unknown_key(key, AuditConfig) for key in raw if key in _NOT_KEYS]
     data = {key: value for key, value in raw.items() if key not in _NOT_KEYS}
-    for name in ("saliency", "checks", "output"):  # `saliency:` with nothing below means its defaults
+    for name in ("saliency", "checks", "output", "policy"):  # `saliency:` with nothing below: its defaults
         if data.get(name) is None:
             data[name] = {}
     checks = data["checks"]

@@ -17,6 +17,7 @@ import pandas as pd
 from audit_tasks.schemas import GATES as GATES_SCHEMA
 
 __all__ = [
+    "GATE_CHECKS",
     "GATES_SCHEMA",
     "PASSED",
     "FAILED",
@@ -35,12 +36,21 @@ PASSED: VerdictStatus = "passed"
 FAILED: VerdictStatus = "failed"
 INCONCLUSIVE: VerdictStatus = "inconclusive"
 
+#: Every gate's `check` name (class_balance gates come from the co-occurrence check).
+GATE_CHECKS = ("ingest", "cooccurrence", "class_balance", "saliency", "subgroups")
+
+#: A gate's status under the policy (audit_tasks.policy); `passed` means neither fail nor regressed.
+GateStatus = Literal["pass", "warn", "fail", "waived", "regressed"]
+FAILING_STATUSES = frozenset({"fail", "regressed"})
+
 
 @dataclass(frozen=True)
 class GateResult:
     """One gate: did `metric` of `subject` (a class, a group, a tag pair) stay within `threshold`?
 
     `judged` is False for a gate that passed only because there was too little data to judge it.
+    `status` is "pass" or "fail" as the check judged it (left empty, it follows `passed`); the policy
+    (audit_tasks.policy) may turn it into warn, waived or regressed, and records `baseline_value` and `waiver`.
     """
 
     check: str
@@ -51,6 +61,13 @@ class GateResult:
     passed: bool
     detail: str = ""
     judged: bool = True
+    status: str = ""
+    baseline_value: float | None = None
+    waiver: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", "pass" if self.passed else "fail")
 
     @property
     def name(self) -> str:
@@ -64,7 +81,7 @@ def gates_frame(gates: Iterable[GateResult]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[f.name for f in GATES_SCHEMA])
     for column in ("passed", "judged"):
         frame[column] = frame[column].astype(bool)
-    for column in ("value", "threshold"):
+    for column in ("value", "threshold", "baseline_value"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return frame
 
@@ -72,6 +89,9 @@ def gates_frame(gates: Iterable[GateResult]) -> pd.DataFrame:
 def gates_from_frame(frame: pd.DataFrame) -> list[GateResult]:
     """Read gates back from a gates table (a table written before `judged` existed counts as judged)."""
     judged = frame["judged"] if "judged" in frame.columns else pd.Series(True, index=frame.index)
+    status = frame["status"] if "status" in frame.columns else pd.Series("", index=frame.index)
+    baseline = frame["baseline_value"] if "baseline_value" in frame.columns else pd.Series(None, index=frame.index)
+    waiver = frame["waiver"] if "waiver" in frame.columns else pd.Series(None, index=frame.index)
     return [
         GateResult(
             row.check,
@@ -82,8 +102,13 @@ def gates_from_frame(frame: pd.DataFrame) -> list[GateResult]:
             bool(row.passed),
             row.detail or "",
             bool(was_judged),
+            str(was_status) if isinstance(was_status, str) else "",
+            _optional_float(base),
+            str(waived) if isinstance(waived, str) and waived else None,
         )
-        for row, was_judged in zip(frame.itertuples(index=False), judged, strict=True)
+        for row, was_judged, was_status, base, waived in zip(
+            frame.itertuples(index=False), judged, status, baseline, waiver, strict=True
+        )
     ]
 
 
@@ -120,10 +145,11 @@ class Verdict:
 
 
 def verdict(gates: Sequence[GateResult], *, audited: int | None = None, min_audited: int = 1) -> Verdict:
-    """Failed when any gate failed; else inconclusive without evidence; else passed.
+    """Failed when any gate failed (status fail or regressed); else inconclusive without evidence; else passed.
 
     Evidence means at least one judged gate and, when `audited` (images the model checks scored) is
     given, at least `min_audited` of them. A failed gate is evidence on its own, so it always fails.
+    A judged gate the policy waived or only warns about still counts as evidence: it was judged.
     """
     failed = tuple(g for g in gates if not g.passed)
     if failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,11 @@ RUNS_SCHEMA = pa.schema(
         ],
         pa.field("report", pa.string(), metadata={"meaning": b"report.html path relative to the output dir"}),
         pa.field("model_fingerprint", pa.string(), metadata={"meaning": b"hash of the audited checkpoint and recipe"}),
+        pa.field(
+            "audit_fingerprint",
+            pa.string(),
+            metadata={"meaning": b"hash of the dataset locations, model fingerprint and checks config (same audit)"},
+        ),
     ]
 )
 
@@ -190,6 +196,48 @@ def last_model_fingerprint(output_dir: StoragePath, run_id: str) -> str | None:
     return str(others.iloc[-1]["model_fingerprint"]) if len(others) else None
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The run a policy compares with, or why there is none (`run_id` None, `reason` says why)."""
+
+    run_id: str | None
+    created_at: str | None
+    reason: str
+
+
+def last_clean_run(output_dir: StoragePath, run_id: str, audit_fingerprint: str | None) -> Baseline:
+    """The newest passed run of the same audit (same `audit_fingerprint`) recorded before `run_id`.
+
+    Without one, `reason` says whether this audit has no passed run yet or whether its dataset, model or
+    checks changed since the last recorded run (which starts a new baseline).
+    """
+    runs = read_runs(output_dir)
+    mine = runs[runs["run_id"] == run_id]
+    others = runs[runs["run_id"] != run_id]
+    moment = parse_time(mine.iloc[0]["created_at"]) if len(mine) and not pd.isna(mine.iloc[0]["created_at"]) else None
+    if moment is not None:
+        earlier = [(t := parse_time(w)) is not None and t <= moment for w in others["created_at"]]
+        others = others[pd.Series(earlier, index=others.index, dtype=bool)]
+    if audit_fingerprint is None:
+        return Baseline(None, None, "this run has no audit fingerprint (no model fingerprint recorded)")
+    same = others[others["audit_fingerprint"] == audit_fingerprint]
+    clean = same[same["passed"].fillna(False).astype(bool)]
+    if len(clean):
+        row = clean.iloc[-1]
+        when = parse_time(row["created_at"])
+        return Baseline(str(row["run_id"]), when.isoformat(timespec="seconds") if when else None, "")
+    if len(same):
+        return Baseline(None, None, "no earlier run of this audit passed: this run starts the baseline")
+    if len(others):
+        latest = str(others.iloc[-1]["run_id"])
+        return Baseline(
+            None,
+            None,
+            f"the dataset, model or checks config changed since run {latest}: this run starts a new baseline",
+        )
+    return Baseline(None, None, "no earlier run recorded: this run starts the baseline")
+
+
 def _row(run_id: str, summary: Mapping[str, Any], headline: Mapping[str, Any]) -> dict[str, Any]:
     counts = dict(summary.get("counts") or {})
     failed = [str(g) for g in summary.get("failed_gates") or []]
@@ -208,6 +256,7 @@ def _row(run_id: str, summary: Mapping[str, Any], headline: Mapping[str, Any]) -
         "checks_json": json.dumps(dict(summary.get("checks") or {}), sort_keys=True, default=str),
         "report": f"{run_id}/report.html",
         "model_fingerprint": summary.get("model_fingerprint"),
+        "audit_fingerprint": summary.get("audit_fingerprint"),
     }
     for name, dtype in HEADLINE_FIELDS.items():
         value = headline.get(name)

@@ -14,16 +14,18 @@ import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from audit_tasks import schemas
-from audit_tasks.config import AuditConfig
+from audit_tasks.config import AuditConfig, PolicyConfig
 from audit_tasks.errors import AuditError, ConfigError
 from audit_tasks.gates import INCONCLUSIVE, GateResult, Verdict, check_status, gates_frame, gates_from_frame, verdict
+from audit_tasks.history import Baseline
+from audit_tasks.policy import PolicyOutcome, apply_policy, audit_fingerprint, check_waivers
 from audit_tasks.run_ids import check_run_id  # also the shells' pipeline.check_run_id
 from audit_tasks.storage import FileOpener, StoragePath, parquet_rows, parquet_schema, public_uri, storage_path
 from audit_tasks.tables import read_table, write_json, write_table
@@ -362,26 +364,121 @@ def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
     return gates
 
 
-def stage_gate(config: AuditConfig, run_id: str, *, airflow: Mapping[str, str] | None = None) -> Verdict:
-    """Merge the checks' gates into gates.parquet and write summary.json; never raises for a failed gate.
+def stage_gate(
+    config: AuditConfig, run_id: str, *, airflow: Mapping[str, str] | None = None, today: date | None = None
+) -> Verdict:
+    """Merge the checks' gates into gates.parquet under the policy and write summary.json; never raises for a
+    failed gate.
 
-    The verdict is `inconclusive` (never passed) when fewer than `checks.min_audited` images were
-    audited or no gate was judged. `airflow` (dag_id, dag_run_id) is recorded in the summary so the UI
+    The policy (audit_tasks.policy) compares each gate with the newest passed run of the same audit and
+    applies the `warn` list and the waivers (`today` decides whether a waiver has expired; default: the
+    date today). The verdict is `inconclusive` (never passed) when fewer than `checks.min_audited` images
+    were audited or no gate was judged. `airflow` (dag_id, dag_run_id) is recorded in the summary so the UI
     can find a DAG run's report.
+
+    Raises ConfigError (exit 2) when a waiver names no gate of a check that judged something this run.
     """
     from audit_tasks.history import read_headline, record_run
 
     rd = run_dir(config, run_id)
-    gates = collect_gates(config, run_id)
+    checked = collect_gates(config, run_id)
+    ruled = _apply_policy(config, run_id, checked, today or date.today())
+    gates = list(ruled.outcome.gates)
     write_table(gates_frame(gates), rd / "gates.parquet", name="gates", schema=schemas.GATES)
     counts = _counts(config, run_id)
     result = verdict(gates, audited=counts.get("audited", 0), min_audited=config.checks.min_audited)
     summary = _summary(config, run_id, result, gates, counts)
+    summary.update(ruled.summary())
     if airflow:
         summary["airflow"] = dict(airflow)
     write_json(summary, rd / "summary.json")
     record_run(storage_path(config.output.dir), summary, read_headline(rd))
     return result
+
+
+@dataclass(frozen=True)
+class _Ruled:
+    """The policy's outcome for one run, with the baseline it compared against."""
+
+    outcome: PolicyOutcome
+    baseline: Baseline | None  # None: policy.baseline is none
+    fingerprint: str | None
+    unmatched_waivers: tuple[str, ...]
+    policy: PolicyConfig
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's policy keys."""
+        baseline = self.baseline
+        return {
+            "audit_fingerprint": self.fingerprint,
+            "warned_gates": self.outcome.names("warn"),
+            "waived_gates": self.outcome.names("waived"),
+            "regressed_gates": self.outcome.names("regressed"),
+            "stale_waivers": list(self.outcome.stale_waivers),
+            "expired_waivers": list(self.outcome.expired_waivers),
+            "unmatched_waivers": list(self.unmatched_waivers),
+            "baseline": (
+                {"run_id": baseline.run_id, "created_at": baseline.created_at}
+                if baseline is not None and baseline.run_id
+                else None
+            ),
+            "baseline_reason": ("policy.baseline is none" if baseline is None else baseline.reason),
+            "policy": self.policy.model_dump(mode="json"),
+        }
+
+
+def _apply_policy(config: AuditConfig, run_id: str, gates: list[GateResult], today: date) -> _Ruled:
+    """The policy's I/O: the audit's fingerprint, its baseline run and that run's gates; then the pure rule."""
+    from audit_tasks.history import last_clean_run
+
+    policy = config.policy
+    scope = read_audit_scope(config, run_id)
+    dataset = config.dataset
+    locations = {name: str(getattr(dataset, name)) for name in ("landing", "image_root", "catalog")} if dataset else {}
+    fingerprint = audit_fingerprint(
+        locations, scope.model_fingerprint if scope else None, config.checks.model_dump(mode="json")
+    )
+    unmatched = check_waivers(
+        policy.waivers,
+        [g.name for g in gates] + _unflagged_pair_gates(config, run_id),
+        {g.check for g in gates if g.judged or not g.passed},
+        where=str(config.source) if config.source else "config",
+    )
+    baseline: Baseline | None = None
+    values: dict[str, float] | None = None
+    if policy.baseline == "last_clean":
+        baseline = last_clean_run(storage_path(config.output.dir), run_id, fingerprint)
+        if baseline.run_id is not None:
+            values = _baseline_values(config, baseline.run_id)
+            if values is None:
+                baseline = Baseline(None, None, f"baseline run {baseline.run_id} has no readable gates.parquet")
+    outcome = apply_policy(
+        gates, policy, baseline=values, today=today, baseline_run=baseline.run_id if baseline else None
+    )
+    return _Ruled(outcome, baseline, fingerprint, unmatched, policy)
+
+
+def _baseline_values(config: AuditConfig, baseline_run: str) -> dict[str, float] | None:
+    """gate name -> value in the baseline run's gates.parquet (None when it is missing)."""
+    path = run_dir(config, baseline_run) / "gates.parquet"
+    if not path.is_file():
+        return None
+    frame = read_table(path, columns=["check", "subject", "metric", "value"])
+    return {
+        f"{row.check}/{row.subject}/{row.metric}": float(row.value)
+        for row in frame.itertuples(index=False)
+        if not pd.isna(row.value)
+    }
+
+
+def _unflagged_pair_gates(config: AuditConfig, run_id: str) -> list[str]:
+    """Co-occurrence pairs have a gate only when flagged; the others are gates that pass (a waiver naming one is
+    stale, not unknown)."""
+    path = run_dir(config, run_id) / "cooccurrence.parquet"
+    if config.checks.cooccurrence is None or not path.is_file():
+        return []
+    pairs = read_table(path, columns=["tag_a", "tag_b"])
+    return [f"cooccurrence/{a} -> {b}/p_b_given_a" for a, b in zip(pairs["tag_a"], pairs["tag_b"], strict=True)]
 
 
 def _counts(config: AuditConfig, run_id: str) -> dict[str, int]:
@@ -465,8 +562,8 @@ def stage_report(config: AuditConfig, run_id: str) -> StoragePath:
     return render_report(run_dir(config, run_id), opener=_image_opener(config))
 
 
-def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditOutcome:
-    """The whole audit in one process: ingest, checks, gates, report."""
+def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | None = None) -> AuditOutcome:
+    """The whole audit in one process: ingest, checks, gates, report (`today`: see `stage_gate`)."""
     run_id = check_run_id(run_id or new_run_id())
     config.require_dataset()
     config.require_model()
@@ -477,7 +574,7 @@ def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditOutcome:
     stage_cooccurrence(config, run_id)
     stage_saliency(config, run_id)
     stage_subgroups(config, run_id)
-    result = stage_gate(config, run_id)
+    result = stage_gate(config, run_id, today=today)
     report = stage_report(config, run_id)
     return AuditOutcome(run_id, rd, result, report, read_summary(config, run_id))
 

@@ -40,6 +40,9 @@ GATES = pa.schema(
         _f("passed", pa.bool_(), False),
         _f("detail", pa.string()),
         _f("judged", pa.bool_(), False, doc="false: passed only because there was too little data to judge"),
+        _f("status", pa.string(), doc="pass | warn | fail | waived | regressed (see audit_tasks.policy)"),
+        _f("baseline_value", pa.float64(), doc="the same gate's value in the baseline run (policy.baseline)"),
+        _f("waiver", pa.string(), doc="the waiver naming this gate: owner, reason, expiry"),
     ]
 )
 

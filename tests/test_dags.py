@@ -332,6 +332,23 @@ def test_failure_message_adds_each_gate_detail():
     assert "  - ingest/all manifests/quarantine_fraction: 1 of 13 rows quarantined" in message
 
 
+def test_failure_message_names_regressed_gates_and_expired_waivers():
+    from audit_airflow.tasks import failure_message
+
+    message = failure_message(
+        {
+            "run_id": "r2",
+            "failed_gates": ["saliency/wolf/flagged_fraction", "ingest/all manifests/quarantine_fraction"],
+            "regressed_gates": ["ingest/all manifests/quarantine_fraction"],
+            "expired_waivers": ["saliency/wolf/flagged_fraction"],
+            "baseline": {"run_id": "r1", "created_at": "2027-01-01T00:00:00+00:00"},
+        },
+        "/reports/r2/report.html",
+    )
+    assert "Regressed against the baseline (baseline run r1): ingest/all manifests/quarantine_fraction" in message
+    assert "Expired waivers (their gates fail again): saliency/wolf/flagged_fraction" in message
+
+
 class _Event:
     def __init__(self, extra: dict) -> None:
         self.extra = extra

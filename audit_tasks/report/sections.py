@@ -133,11 +133,12 @@ def _gate_name(row: Any) -> str:
 
 
 def _gate_rows(gates: pd.DataFrame) -> list[Any]:
-    """Failing gates first, then by check, subject and metric."""
+    """Failing gates first, then warned and waived ones, then by check, subject and metric."""
     frame = gates.copy()
     frame["_failed"] = ~frame["passed"].astype(bool)
+    frame["_noted"] = frame["status"].isin(["warn", "waived"]) if "status" in frame.columns else False
     frame = frame.sort_values(
-        ["_failed", "check", "subject", "metric"], ascending=[False, True, True, True], kind="stable"
+        ["_failed", "_noted", "check", "subject", "metric"], ascending=[False, False, True, True, True], kind="stable"
     )
     return list(frame.itertuples(index=False))
 
@@ -271,6 +272,73 @@ class GateRow:
     value: str
     threshold: str
     detail: str
+    baseline: str = ""  # the baseline run's value of this gate ("" without a baseline)
+    waiver: str = ""  # owner, reason, expiry of the waiver naming this gate
+
+
+#: A gate's status (gates.parquet `status`, audit_tasks.policy) as a badge.
+_STATUS_BADGES = {
+    "pass": Badge("pass", "pass"),
+    "fail": Badge("fail", "FAIL"),
+    "regressed": Badge("fail", "REGRESSED"),
+    "waived": Badge("skip", "waived"),
+    "warn": Badge("skip", "warn"),
+}
+
+
+@dataclass(frozen=True)
+class WaiverRow:
+    gate: str
+    owner: str
+    reason: str
+    expires: str
+    mark: Badge  # in force, stale (its gate passes), expired, or no gate this run
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """The "Policy in force" block: the baseline, the allowed increases, the warn list, the waivers."""
+
+    baseline_run: str | None
+    baseline_date: str | None
+    baseline_reason: str
+    max_increase: tuple[tuple[str, str], ...]
+    warn: tuple[str, ...]
+    waivers: tuple[WaiverRow, ...]
+
+
+def policy_view(run: RunTables) -> PolicyView | None:
+    """The policy the gate stage applied, from summary.json (None for a run recorded before policies)."""
+    summary = run.summary or {}
+    policy = summary.get("policy")
+    if not isinstance(policy, Mapping):
+        return None
+    found = summary.get("baseline")
+    baseline: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    stale = set(summary.get("stale_waivers") or [])
+    expired = set(summary.get("expired_waivers") or [])
+    unmatched = set(summary.get("unmatched_waivers") or [])
+    waivers = []
+    for w in policy.get("waivers") or []:
+        name = str(w.get("gate", ""))
+        if name in expired:
+            mark = Badge("fail", "expired")
+        elif name in stale:
+            mark = Badge("skip", "stale: its gate passes")
+        elif name in unmatched:
+            mark = Badge("skip", "no such gate this run")
+        else:
+            mark = Badge("pass", "in force")
+        waivers.append(WaiverRow(name, str(w.get("owner", "")), str(w.get("reason", "")), str(w.get("expires")), mark))
+    increases = policy.get("max_increase") or {}
+    return PolicyView(
+        baseline_run=str(baseline["run_id"]) if baseline.get("run_id") else None,
+        baseline_date=str(baseline.get("created_at") or "") or None,
+        baseline_reason=str(summary.get("baseline_reason") or ""),
+        max_increase=tuple((str(k), num(v)) for k, v in sorted(increases.items())),
+        warn=tuple(str(w) for w in policy.get("warn") or []),
+        waivers=tuple(waivers),
+    )
 
 
 @dataclass(frozen=True)
@@ -280,6 +348,7 @@ class Summary:
     change: Change | None  # None: no previous run
     gates: tuple[GateRow, ...] | None  # None: no gates.parquet
     hidden_gates: int
+    policy: PolicyView | None = None  # None: a run recorded before policies
 
 
 _HEADLINE_LABELS = {
@@ -322,7 +391,7 @@ def summary(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]
         else ()
     )
     gates, hidden = _gate_table(run.gates) if run.gates is not None else (None, 0)
-    return Summary(cards, chips, _change(run, previous, headline), gates, hidden)
+    return Summary(cards, chips, _change(run, previous, headline), gates, hidden, policy_view(run))
 
 
 def _change(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]) -> Change | None:
@@ -362,21 +431,32 @@ def _gate_table(gates: pd.DataFrame) -> tuple[tuple[GateRow, ...], int]:
     rows = []
     shown_passed = hidden = 0
     for g in _gate_rows(gates):
-        if bool(g.passed):
+        status = getattr(g, "status", None)
+        if bool(g.passed) and status not in ("warn", "waived"):
             if shown_passed >= PASSED_GATES_ROWS:
                 hidden += 1
                 continue
             shown_passed += 1
-        not_judged = bool(g.passed) and getattr(g, "judged", True) is False
+        not_judged = bool(g.passed) and getattr(g, "judged", True) is False and status in (None, "pass")
+        if not_judged:
+            mark = Badge("skip", "not judged")
+        elif isinstance(status, str) and status in _STATUS_BADGES:
+            mark = _STATUS_BADGES[status]
+        else:
+            mark = _badge(bool(g.passed))
+        baseline = getattr(g, "baseline_value", None)
+        waiver = getattr(g, "waiver", None)
         rows.append(
             GateRow(
-                Badge("skip", "not judged") if not_judged else _badge(bool(g.passed)),
+                mark,
                 g.check,
                 g.subject,
                 g.metric,
                 num(g.value),
                 num(g.threshold),
                 g.detail if isinstance(g.detail, str) else "",
+                "" if is_missing(baseline) else num(baseline),
+                waiver if isinstance(waiver, str) else "",
             )
         )
     return tuple(rows), hidden
