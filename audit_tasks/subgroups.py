@@ -406,7 +406,8 @@ def _explain(units: list[_Unit], check: SubgroupCheck) -> None:
                     ref = _proportion_or_normal(parent.gmf, u.metric, u.positive, parent.table)
                     single = tuple(np.asarray(x)[i : i + 1] for x in child)
                     p = float(_worse_pvalue(u.metric, ref, j, single, check.max_gap)[0])
-                    parent_gap = float(u.gap[i] - parent.gap[j])
+                    worse = float(u.table["value"].iloc[i] - parent.table["value"].iloc[j])  # child - parent
+                    parent_gap = worse if u.metric in LOWER_IS_BETTER else -worse  # how much worse than the parent
                     if not (parent_gap > check.max_gap and p <= level):
                         explainers.append((parent, j))
             if explainers:

@@ -695,3 +695,24 @@ def test_null_worlds_false_alarm_at_most_five_percent_plus_a_binomial_margin() -
     at or under 5% (plus 3 binomial standard errors, for the 200 draws) -- bench/false_alarms.py has more."""
     alarms = null_worlds(200, 50, 100, 0.85, seed=16)
     assert alarms.mean() <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
+
+
+def test_intersections_are_explained_for_a_lower_is_better_metric_too() -> None:
+    rng = np.random.default_rng(5)
+    parts = []
+    for tone, light, fpr in (
+        ("dark", "day", 0.35),
+        ("dark", "night", 0.33),
+        ("light", "day", 0.05),
+        ("light", "night", 0.05),
+    ):
+        false_alarm = np.arange(300) < round(fpr * 300)
+        rng.shuffle(false_alarm)
+        label = np.array(["cat"] * 300 + ["dog"] * 100)
+        prediction = np.concatenate([np.where(false_alarm, "dog", "cat"), np.array(["dog"] * 100)])
+        parts.append(pd.DataFrame({"tone": tone, "light": light, "label": label, "prediction": prediction}))
+    check = SubgroupCheck(attributes=("tone", "light"), metric="fpr")
+    result = check_subgroups(pd.concat(parts, ignore_index=True), check=check, classes=CLASSES)
+    assert [g.subject for g in result.gates if not g.passed] == ["tone=dark"]
+    status = result.groups.set_index(["attribute", "group"])["status"]
+    assert status[("tone&light", "dark&day")] == status[("tone&light", "dark&night")] == "explained by tone=dark"
