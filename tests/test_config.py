@@ -202,7 +202,7 @@ def test_unknown_key_lists_the_known_keys_at_its_level(tmp_path, dataset_dirs):
     with pytest.raises(
         ConfigError,
         match=r"unknown key 'modle' \(known keys here: checks, dataset, model, output, "
-        r"saliency\)",
+        r"policy, saliency\)",
     ):
         load_config(write_config(tmp_path, body))
 
