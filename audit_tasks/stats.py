@@ -105,14 +105,7 @@ def wilson_interval(successes: Any, trials: Any, confidence: float = 0.95) -> tu
     [0, trials].
     """
     s, t = _counts(successes, trials, "wilson_interval")
-    z = z_quantile(confidence)
-    z2 = z * z
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = s / t
-        denom = 1.0 + z2 / t
-        center = (p + z2 / (2.0 * t)) / denom
-        half = z * np.sqrt(np.maximum(p * (1.0 - p), 0.0) / t + z2 / (4.0 * t * t)) / denom
-        return np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)  # trials == 0: 0/0 is NaN
+    return _wilson_bounds_z(s, t, np.asarray(z_quantile(confidence)))  # trials == 0: 0/0 is NaN
 
 
 def newcombe_interval(s1: Any, t1: Any, s2: Any, t2: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +156,7 @@ _Z_MAX = 40.0
 
 
 def _wilson_bounds_z(s: np.ndarray, t: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson bounds at quantile z (broadcast), for the bisection below; same formula as `wilson_interval`."""
+    """Wilson bounds at normal quantile z (broadcast): `wilson_interval`'s formula, and the bisection's."""
     z2 = z * z
     with np.errstate(invalid="ignore", divide="ignore"):
         p = s / t
