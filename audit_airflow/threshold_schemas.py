@@ -111,6 +111,12 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 0,
         "type": "number",
     },
+    "checks.image_properties.bins": {
+        "description": "Quantile bins per numeric property (q1 lowest).",
+        "maximum": 20,
+        "minimum": 2,
+        "type": "integer",
+    },
     "checks.min_audited": {
         "description": "Fewer audited images than this make the run inconclusive (never green, no retraining).",
         "minimum": 0,

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from audit_tasks.errors import ManifestError
+from audit_tasks.image_properties import PROPERTY_FIELDS
 from audit_tasks.paths import safe_child
 from audit_tasks.storage import StoragePath, exclusive_lock, parquet_schema, read_parquet, storage_path
 from audit_tasks.tables import write_table
@@ -47,6 +48,7 @@ CATALOG_FIELDS = [
     pa.field("regions", pa.string()),
     pa.field("width", pa.int64(), nullable=False),
     pa.field("height", pa.int64(), nullable=False),
+    *PROPERTY_FIELDS,  # nullable: null where not measured, absent from older parts (read as null)
 ]
 #: The names of CATALOG_FIELDS, in order.
 CATALOG_COLUMNS = tuple(f.name for f in CATALOG_FIELDS)

@@ -288,6 +288,33 @@ class SubgroupCheck(_Section):
     )
 
 
+#: The image properties the ingest measures (see audit_tasks.image_properties), in the catalog's order.
+ImagePropertyName = Literal[
+    "brightness",
+    "contrast",
+    "colourfulness",
+    "sharpness",
+    "border_uniformity",
+    "aspect",
+    "jpeg_quality",
+    "format",
+    "width",
+    "height",
+]
+IMAGE_PROPERTY_NAMES: tuple[ImagePropertyName, ...] = typing.get_args(ImagePropertyName)
+
+
+class ImagePropertiesCheck(_Section):
+    """Image-property shortcuts (see audit_tasks.image_properties): measured at ingest, binned into quantiles,
+    and paired with the labels by the co-occurrence check. On unless `enabled: false`."""
+
+    enabled: bool = Field(default=True, description="Measure image properties at ingest and check them.")
+    bins: int = Field(default=5, ge=2, le=20, description="Quantile bins per numeric property (q1 lowest).")
+    properties: Annotated[tuple[ImagePropertyName, ...], BeforeValidator(_list_to_tuple)] = Field(
+        default=IMAGE_PROPERTY_NAMES, description="Properties binned and paired with the labels."
+    )
+
+
 class IngestCheck(_Section):
     """Thresholds on the ingest itself: too much bad input fails the audit."""
 
@@ -303,6 +330,8 @@ class ChecksConfig(_Section):
     saliency: SaliencyCheck | None = None
     subgroups: SubgroupCheck | None = None
     ingest: IngestCheck | None = None
+    # On by default: a missing section measures and checks every property.
+    image_properties: ImagePropertiesCheck = Field(default_factory=lambda: ImagePropertiesCheck())
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.
     min_audited: int = Field(
         default=1,

@@ -45,6 +45,7 @@ gate (``max_class_imbalance``). Rows without a label are left out of the class b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -499,3 +500,59 @@ def _class_balance_gate(balance: pd.DataFrame, max_ratio: float) -> GateResult:
         detail,
         judged=len(balance) >= 2,
     )
+
+
+# --------------------------------------------------------------------------------------------- image properties
+
+#: Gate subject of the label -> image-property family's summary gate.
+PROPERTY_PAIRS_SUBJECT = "labels -> image properties"
+
+
+def check_label_properties(labels: pd.Series, bins: pd.DataFrame, *, check: CooccurrenceCheck) -> CooccurrenceResult:
+    """Property-bin -> label pairs ("brightness=q5 -> label=wolf"), flagged by the same rule as tag pairs.
+
+    The direction is bin -> label: "nearly every image in the brightest fifth is a wolf" is what a model
+    can learn from. The other direction cannot work with quantile bins: a bin holds 1/bins of the images,
+    so P(bin | label) is at most 1 / (bins x the label's share) and could flag only rare classes.
+
+    Each image appears once per property (the column of `bins`, from
+    audit_tasks.image_properties.bin_properties) with that property's bin as its one tag and its label as
+    the attribute `label`, so only bin -> label pairs are counted: no bin x bin pairs (width and aspect
+    would always go together) and no tag pairs, which would dilute Holm's correction. P(b | a) and lift are
+    those over images (each image counts once per property, with the same label); `n_b`, `n_b_only` and
+    `npmi` are recomputed over images. The family is corrected on its own; its summary gate is
+    `PROPERTY_PAIRS_SUBJECT`. No class balance (the main check reports it).
+    """
+    k, n_images = len(bins.columns), len(bins)
+    label_text = pd.Series(
+        [None if label is None or label != label or str(label) == "" else str(label) for label in labels], dtype=object
+    )
+    tags: list[list[str]] = []
+    for name in bins.columns:
+        tags.extend([] if cell is None or cell != cell else [f"{name}={cell}"] for cell in bins[name].tolist())
+    frame = pd.DataFrame({"tags": tags, "label": pd.concat([label_text] * k, ignore_index=True) if k else label_text})
+    result = check_cooccurrence(frame, check=check, attributes=["label"], label_column=None)
+    pairs = result.pairs.copy()
+    if k and len(pairs):
+        pairs["n_b"] = pairs["n_b"] // k
+        pairs["n_b_only"] = pairs["n_b"] - pairs["n_ab"]
+        p_ab = pairs["n_ab"] / n_images
+        lift = pairs["n_ab"] * n_images / (pairs["n_a"] * pairs["n_b"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pairs["npmi"] = np.where(p_ab < 1, np.log(lift) / -np.log(p_ab), 0.0)
+    gates = [
+        dataclasses.replace(
+            g, subject=PROPERTY_PAIRS_SUBJECT, detail=g.detail.replace("co-occurring pairs", "property -> label pairs")
+        )
+        if g.subject == "all pairs"
+        else g
+        for g in result.gates
+    ]
+    return dataclasses.replace(result, pairs=pairs, gates=gates, n_rows=n_images)
+
+
+def merge_results(main: CooccurrenceResult, extra: CooccurrenceResult) -> CooccurrenceResult:
+    """The main check's result with another family's pairs and gates added (flagged pairs still first)."""
+    pairs = pd.concat([main.pairs, extra.pairs], ignore_index=True)
+    pairs = pairs.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
+    return dataclasses.replace(main, pairs=pairs, gates=[*main.gates, *extra.gates])

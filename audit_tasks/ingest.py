@@ -36,6 +36,7 @@ from audit_tasks.catalog import (
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ImageError, ManifestError, PathEscapeError
 from audit_tasks.gates import GateResult
+from audit_tasks.image_properties import PROPERTY_FIELDS, empty_properties, measure_image
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, read_manifest, regions_json
 from audit_tasks.paths import resolve_under
@@ -56,6 +57,7 @@ INGEST_RECORDED_COLUMNS = (
     "content_sha256",
     "width",
     "height",
+    *(f.name for f in PROPERTY_FIELDS),
     "reason",
     "stage",
 )
@@ -143,6 +145,7 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
         min_side=dataset.min_image_side,
         attributes=config.attribute_columns(),
         classes=classes,
+        measure=config.checks.image_properties.enabled,
     )
     for path in selected:
         work.read(path, hashes[path])
@@ -214,6 +217,7 @@ class _Run:
         min_side: int,
         attributes: Sequence[str],
         classes: list[str] | None,
+        measure: bool = True,
     ) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date
@@ -223,6 +227,7 @@ class _Run:
         self.min_side = min_side
         self.attributes = tuple(attributes)
         self.classes = classes
+        self.measure = measure  # image properties (audit_tasks.image_properties)
         self.manifests: list[dict[str, Any]] = []
         self.columns: dict[str, None] = {}  # every manifest column, first-seen order
         self.rows: list[dict[str, Any]] = []  # one per manifest row: values + bookkeeping
@@ -284,6 +289,8 @@ class _Run:
         except OSError as exc:
             return f"cannot read image {uri!r}: {exc.strerror or exc}"
         row.update(path=public_uri(path), width=info.width, height=info.height, sha256=sha)
+        # Never raises: an image it cannot measure keeps null properties and is judged as before.
+        row["properties"] = measure_image(path, width=info.width, height=info.height) if self.measure else None
         return None
 
     # -- across the run ---------------------------------------------------------------------------
@@ -368,6 +375,7 @@ class _Run:
                 "regions": regions,
                 "width": r["width"],
                 "height": r["height"],
+                **(r.get("properties") or empty_properties()),
             }
             record.update({c: _stripped(v.get(c)) for c in extras})
             records.append(record)

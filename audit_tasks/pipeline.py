@@ -299,7 +299,8 @@ def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.Dat
 def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Co-occurrence balance over the whole catalog's tags and attributes (no image is touched)."""
     from audit_tasks.catalog import read_catalog_table
-    from audit_tasks.cooccurrence import check_cooccurrence
+    from audit_tasks.cooccurrence import check_cooccurrence, check_label_properties, merge_results
+    from audit_tasks.image_properties import PROPERTY_COLUMNS, bin_properties
 
     check = config.checks.cooccurrence
     rd = run_dir(config, run_id)
@@ -309,8 +310,19 @@ def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
     attributes = config.checks.cooccurrence_attributes()
     # Only what the check reads; a configured attribute no row has stays absent and the check names it.
     wanted = ["tags", "label", *attributes]
-    catalog = read_catalog_table(config.require_dataset().catalog, columns=wanted, dictionary=wanted)
+    measured = config.checks.image_properties
+    extra = [PROPERTY_COLUMNS[p] for p in measured.properties] if measured.enabled else []
+    catalog = read_catalog_table(
+        config.require_dataset().catalog, columns=list(dict.fromkeys([*wanted, *extra])), dictionary=wanted
+    )
     result = check_cooccurrence(catalog, check=check, attributes=attributes)
+    if measured.enabled and measured.properties:
+        # Bins over the rows this check reads (the catalog); a column older parts lack reads as null.
+        present = catalog.select([c for c in dict.fromkeys(["label", *extra]) if c in catalog.column_names])
+        frame = present.to_pandas()
+        bins = bin_properties(frame, measured.properties, measured.bins)
+        labels = frame["label"].astype(object) if "label" in frame else pd.Series([None] * len(frame), dtype=object)
+        result = merge_results(result, check_label_properties(labels, bins, check=check))
     target = write_cooccurrence_tables(result, rd)
     _write_gates(config, run_id, "cooccurrence", result.gates)
     return target

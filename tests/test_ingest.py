@@ -79,6 +79,14 @@ def test_catalog_rows_have_the_contract_columns(config: AuditConfig) -> None:
         "regions",
         "width",
         "height",
+        "prop_brightness",
+        "prop_contrast",
+        "prop_colourfulness",
+        "prop_sharpness",
+        "prop_border_uniformity",
+        "prop_aspect",
+        "prop_jpeg_quality",
+        "prop_format",
         "gender",
         "site",
     ]
@@ -88,6 +96,7 @@ def test_catalog_rows_have_the_contract_columns(config: AuditConfig) -> None:
     assert row.tags == ["coat", "stethoscope"]
     assert row.regions == '[{"kind": "core", "name": "face", "box": [0, 0, 10, 10]}]'
     assert (row.width, row.height, row.gender, row.site) == (32, 24, "f", "A")
+    assert row.prop_format == "JPEG" and row.prop_aspect == 32 / 24 and 1 <= row.prop_jpeg_quality <= 100
 
 
 def test_catalog_values_are_stripped(config: AuditConfig) -> None:
