@@ -254,6 +254,31 @@ class SaliencyCheck(_Section):
         default=0.25, ge=0, le=1, description="Largest allowed fraction of a class's images flagged as shortcuts."
     )
     min_images: int = Field(default=20, ge=1, description="Classes with fewer audited images are not judged.")
+    pairs: Names = Field(
+        default=(),
+        description='Co-occurring pairs "a -> b" whose class-a saliency on b regions is judged, beside flagged ones.',
+    )
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_are_arrows(cls, pairs: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in pairs if len(split_pair(p)) != 2 or not all(split_pair(p))]
+        if bad:
+            raise _problem('has pairs not written "class -> region": {pairs}', pairs=", ".join(bad))
+        return pairs
+
+    def pair_list(self) -> list[tuple[str, str]]:
+        """The configured pairs as (class, region name)."""
+        return [(a, b) for a, b in (split_pair(p) for p in self.pairs)]
+
+
+#: How a pair is written, in the config and in gate subjects of the co-occurrence check.
+PAIR_ARROW = "->"
+
+
+def split_pair(text: str) -> list[str]:
+    """ "laptop -> mouse" -> ["laptop", "mouse"] (anything else: a list of another length or with blanks)."""
+    return [part.strip() for part in text.split(PAIR_ARROW)]
 
 
 class SubgroupCheck(_Section):

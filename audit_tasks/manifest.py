@@ -30,7 +30,7 @@ from audit_tasks.storage import StoragePath, open_input, read_parquet, storage_p
 ROW_ERROR = "_row_error"
 #: File suffixes read_manifest understands, by format.
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-REGION_KINDS = ("core", "spurious")
+REGION_KINDS = ("core", "spurious", "context")
 _REGION_KEYS = {"kind", "name", "box"}
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def _parse_region(region: Any, i: int, width: int | None, height: int | None) ->
         raise ValueError(f"{where} lacks key(s) {', '.join(sorted(missing))}")
     kind = region["kind"]
     if kind not in REGION_KINDS:
-        raise ValueError(f"{where} has kind {kind!r}; it must be 'core' or 'spurious'")
+        raise ValueError(f"{where} has kind {kind!r}; it must be 'core', 'spurious' or 'context'")
     name = region["name"]
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{where} needs a non-empty string name, got {name!r}")

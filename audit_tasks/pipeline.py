@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from audit_tasks import schemas
-from audit_tasks.config import AuditConfig, PolicyConfig
+from audit_tasks.config import IMAGE_PROPERTY_NAMES, AuditConfig, PolicyConfig
 from audit_tasks.errors import AuditError, ConfigError
 from audit_tasks.gates import INCONCLUSIVE, GateResult, Verdict, check_status, gates_frame, gates_from_frame, verdict
 from audit_tasks.history import Baseline
@@ -33,7 +33,7 @@ from audit_tasks.tables import read_table, write_json, write_table
 log = logging.getLogger("audit_tasks")
 
 #: Order in which check gates appear in gates.parquet and the report.
-GATE_FILES = ("ingest", "cooccurrence", "saliency", "subgroups")
+GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups")
 
 
 @dataclass(frozen=True)
@@ -366,6 +366,34 @@ def write_subgroup_tables(result, out_dir: StoragePath) -> StoragePath:
     return write_table(result.groups, out_dir / "subgroups.parquet", name="subgroups", schema=schemas.SUBGROUPS)
 
 
+def stage_saliency_pairs(config: AuditConfig, run_id: str) -> StoragePath | None:
+    """Co-occurrence-aware saliency (audit_tasks.saliency_pairs): needs images.parquet and, when the
+    co-occurrence check runs, cooccurrence.parquet, so it runs after both (before the gate stage)."""
+    from audit_tasks.saliency_pairs import candidate_pairs, summarize_pairs
+
+    check = config.checks.saliency
+    rd = run_dir(config, run_id)
+    images_path = rd / "images.parquet"
+    if check is None or not images_path.is_file():
+        _skip_check(config, run_id, "saliency_pairs", ("saliency_pairs.parquet",))
+        return None
+    co_path = rd / "cooccurrence.parquet"
+    co = read_table(co_path) if config.checks.cooccurrence is not None and co_path.is_file() else None
+    configured = check.pair_list()
+    # tag_b must be a tag: not `attribute=value`, nor the `property=bin` / `label=class` of image properties
+    not_tags = [*config.checks.cooccurrence_attributes(), *IMAGE_PROPERTY_NAMES, "label"]
+    pairs = candidate_pairs(co, configured, config.require_model().classes, attributes=not_tags)
+    present = set(parquet_schema(images_path).names)
+    wanted = ["label", "region_shares", "core_share", "core_enrichment"]
+    images = read_table(images_path, columns=[c for c in wanted if c in present])
+    summary = summarize_pairs(images, pairs, check, configured=configured)
+    target = write_table(
+        summary.pairs, rd / "saliency_pairs.parquet", name="saliency_pairs", schema=schemas.SALIENCY_PAIRS
+    )
+    _write_gates(config, run_id, "saliency_pairs", summary.gates)
+    return target
+
+
 def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
     """Every configured check's gates, in the fixed check order."""
     gates: list[GateResult] = []
@@ -586,6 +614,7 @@ def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | N
     stage_cooccurrence(config, run_id)
     stage_saliency(config, run_id)
     stage_subgroups(config, run_id)
+    stage_saliency_pairs(config, run_id)
     result = stage_gate(config, run_id, today=today)
     report = stage_report(config, run_id)
     return AuditOutcome(run_id, rd, result, report, read_summary(config, run_id))

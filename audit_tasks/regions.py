@@ -14,6 +14,8 @@ Per image (`region_metrics`), with E = the map's positive energy (sum of its ReL
   *_enrichment    share / the region's fraction of the image area (a uniform map scores 1);
                   spurious_enrichment is the MAX over spurious regions (boxes grouped by name), and
                   `spurious_detail` (JSON) gives each spurious region's share and enrichment
+  region_shares   JSON: every named spurious or context region (boxes grouped by name) -> share,
+                  enrichment; what the co-occurrence-aware saliency check (saliency_pairs.py) reads
   peak_x, peak_y  centre of the arg-max cell as a fraction of width / height
   pointing_hit    the peak, in original pixels, lies inside a core box grown by `pointing_tolerance_px`
                   (15 px, as in the published pointing game)
@@ -65,6 +67,7 @@ METRIC_COLUMNS = (
     "core_enrichment",
     "spurious_enrichment",
     "spurious_detail",
+    "region_shares",
     "peak_x",
     "peak_y",
     "pointing_hit",
@@ -83,6 +86,8 @@ BY_CLASS_COLUMNS = (
     "flagged",
 )
 POINTING_TOLERANCE_PX = 15.0
+#: Region kinds measured by name in `region_shares` (another object or a cue, never the object itself).
+NAMED_KINDS = ("spurious", "context")
 TOO_FEW = "too few images to judge (n={n} < min_images={min_images})"
 
 
@@ -167,7 +172,7 @@ class _GroupPlan:
 
     boxes: list[list[float]]  # normalised [x0, y0, x1, y1] per (group, box) pair
     box_group: list[int]
-    groups: list[tuple[int, str, str]]  # (image, role, name); role: core | spurious | all | region
+    groups: list[tuple[int, str, str]]  # (image, role, name); role: core | spurious | all | region | named
     group_image: list[int]
     core_boxes_px: list[tuple[int, list[float]]]  # (image, pixel box) for the pointing game
 
@@ -199,9 +204,11 @@ class _GroupPlan:
                 box = [x0 / width, y0 / height, x1 / width, y1 / height]
                 add(image, index, region["kind"], "", box)
                 add(image, index, "all", "", box)
+                if region["kind"] in NAMED_KINDS:
+                    add(image, index, "named", region["name"], box)
                 if region["kind"] == "spurious":
                     add(image, index, "region", region["name"], box)
-                else:
+                elif region["kind"] == "core":
                     core_px.append((image, list(region["box"])))
         return cls(boxes, box_group, groups, [g[0] for g in groups], core_px)
 
@@ -272,13 +279,10 @@ def _assemble(
             for c in ("core_share", "spurious_share", "outside_share", "core_enrichment", "spurious_enrichment"):
                 cols[c].append(nan)
             cols["spurious_detail"].append("{}")
+            cols["region_shares"].append("{}")
             continue
         core, spurious, every = groups[("core", "")], groups[("spurious", "")], groups[("all", "")]
-        detail = {
-            name: {"share": round(s, 6), "enrichment": None if math.isnan(e) else round(e, 6)}
-            for (role, name), (s, e) in groups.items()
-            if role == "region"
-        }
+        detail = _named(groups, "region")
         enrichments = [e for (role, _), (_, e) in groups.items() if role == "region" and not math.isnan(e)]
         cols["core_share"].append(core[0])
         cols["spurious_share"].append(spurious[0])
@@ -286,8 +290,18 @@ def _assemble(
         cols["core_enrichment"].append(core[1])
         cols["spurious_enrichment"].append(max(enrichments) if enrichments else nan)
         cols["spurious_detail"].append(json.dumps(detail, sort_keys=True))
+        cols["region_shares"].append(json.dumps(_named(groups, "named"), sort_keys=True))
     frame = pd.DataFrame(cols, columns=list(METRIC_COLUMNS))
     return frame.astype({"pointing_hit": bool, "has_regions": bool})
+
+
+def _named(groups: Mapping[tuple[str, str], tuple[float, float]], role: str) -> dict[str, dict[str, float | None]]:
+    """name -> {share, enrichment} of an image's groups of `role` (rounded; NaN enrichment as None)."""
+    return {
+        name: {"share": round(s, 6), "enrichment": None if math.isnan(e) else round(e, 6)}
+        for (r, name), (s, e) in groups.items()
+        if r == role
+    }
 
 
 # ---------------------------------------------------------------------------------------------

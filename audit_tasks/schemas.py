@@ -89,6 +89,18 @@ SALIENCY_BY_CLASS = pa.schema(
     ]
 )
 
+SALIENCY_PAIRS = pa.schema(
+    [
+        _f("class", pa.string(), False, doc="tag_a of the pair: the class whose Grad-CAM is measured"),
+        _f("region", pa.string(), False, doc="tag_b of the pair: the name of the context or spurious region"),
+        _f("images", pa.int64(), False, unit="class images carrying a region of that name"),
+        _f("mean_share", pa.float64(), unit=SHARE),
+        _f("mean_enrichment", pa.float64(), unit=ENRICH),
+        _f("flagged_fraction", pa.float64(), unit="fraction of those images flagged"),
+        _f("flagged", pa.bool_(), False),
+    ]
+)
+
 SUBGROUPS = pa.schema(
     [
         _f("attribute", pa.string(), False, doc="an attribute, or attributes joined by & for an intersection"),
@@ -134,6 +146,7 @@ _IMAGES_FIXED = [
     _f("core_enrichment", pa.float64(), unit=ENRICH),
     _f("spurious_enrichment", pa.float64(), unit=ENRICH),
     _f("spurious_detail", pa.string(), doc="JSON: spurious region name -> share, enrichment"),
+    _f("region_shares", pa.string(), doc="JSON: spurious or context region name -> share, enrichment"),
     _f("peak_x", pa.float64(), unit="fraction of image width"),
     _f("peak_y", pa.float64(), unit="fraction of image height"),
     _f("pointing_hit", pa.bool_()),

@@ -293,7 +293,7 @@ def test_absent_regions_parse_to_an_empty_list(raw) -> None:
         ('[{"kind": "core", "name": "f"}]', "region 0 lacks key(s) box"),
         (
             '[{"kind": "object", "name": "f", "box": [0, 0, 1, 1]}]',
-            "region 0 has kind 'object'; it must be 'core' or 'spurious'",
+            "region 0 has kind 'object'; it must be 'core', 'spurious' or 'context'",
         ),
         ('[{"kind": "core", "name": "", "box": [0, 0, 1, 1]}]', "region 0 needs a non-empty string name, got ''"),
         (

@@ -158,3 +158,19 @@ def test_skipped_checks_write_no_tables_and_summary_says_skipped(tmp_path):
     assert not (outcome.run_dir / "subgroups.parquet").exists()
     assert outcome.summary["checks"]["subgroups"] == "skipped"
     assert outcome.summary["checks"]["saliency"] == "ran"
+
+
+def test_pair_stage_measures_a_configured_pair_on_the_merged_images(lenient_run):
+    from audit_tasks.pipeline import collect_gates, stage_saliency_pairs
+    from fixtures_pipeline import CLASSES
+
+    world, outcome = lenient_run
+    config = load_config(world.config)
+    saliency = config.checks.saliency.model_copy(update={"pairs": (f"{CLASSES[0]} -> patch",)})
+    config = config.model_copy(update={"checks": config.checks.model_copy(update={"saliency": saliency})})
+    stage_saliency_pairs(config, outcome.run_id)
+    pairs = read_table(outcome.run_dir / "saliency_pairs.parquet")
+    assert pairs[["class", "region", "images"]].values.tolist() == [[CLASSES[0], "patch", 6]]
+    assert 0 <= pairs["mean_share"].iloc[0] <= 1
+    subjects = [g.subject for g in collect_gates(config, outcome.run_id) if g.check == "saliency"]
+    assert f"{CLASSES[0]} on patch" in subjects

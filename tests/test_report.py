@@ -399,3 +399,25 @@ def test_max_gallery_zero_renders_without_thumbnails(tmp_path):
     page = _render(build_run(tmp_path), max_gallery=0)
     assert "data:image/jpeg" not in page
     assert '<section id="confusion">' in page and 'href="#cm-' not in page
+
+
+def test_pair_saliency_sentence_sits_beside_its_cooccurrence_row(tmp_path):
+    run = build_run(tmp_path)
+    pairs = pd.DataFrame(
+        {
+            "class": ["stethoscope", "nurse"],
+            "region": ["gender=male", "watermark"],
+            "images": [40, 25],
+            "mean_share": [0.31, 0.62],
+            "mean_enrichment": [2.0, 9.0],
+            "flagged_fraction": [0.1, 0.8],
+            "flagged": [False, True],
+        }
+    )
+    write_table(pairs, run / "saliency_pairs.parquet", name="saliency_pairs")
+    section = re.search(r'<section id="cooccurrence">(.*?)</section>', _render(run), flags=re.S).group(1)
+    row = re.search(r"<tr><td>stethoscope → gender=male</td>(.*?)</tr>", section, flags=re.S).group(1)
+    assert "stethoscope images: 31% of the stethoscope saliency sits on the gender=male" in row
+    listed = section.split("Where the model looks in co-occurring pairs")[1]
+    assert "nurse images: 62% of the nurse saliency sits on the watermark" in listed
+    assert "80% of them flagged; pair flagged" in listed

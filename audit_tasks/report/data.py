@@ -77,6 +77,7 @@ class RunTables:
     quarantine_head: pd.DataFrame | None
     quarantine_total: int
     images: pd.DataFrame | None  # without the cam column; `_row` is the row number in images.parquet
+    saliency_pairs: pd.DataFrame | None = None  # co-occurrence-aware saliency (saliency_pairs.parquet)
 
     @property
     def run_id(self) -> str:
@@ -163,6 +164,7 @@ def load_run(run_dir: StoragePath) -> RunTables:
         quarantine_head=head,
         quarantine_total=total,
         images=_read_images(run_dir / "images.parquet"),
+        saliency_pairs=_read(run_dir / "saliency_pairs.parquet"),
     )
 
 

@@ -480,6 +480,7 @@ class PairRow:
     npmi: str
     message: Any
     suggestions: str
+    saliency: str = ""  # where class a's saliency sits on the b boxes, when measured
 
 
 @dataclass(frozen=True)
@@ -497,6 +498,7 @@ class Cooccurrence:
     flagged_total: int = 0
     flagged: tuple[PairRow, ...] = ()
     balance: tuple[BalanceRow, ...] = ()
+    saliency: tuple[str, ...] = ()  # saliency sentences of measured pairs not among the flagged rows shown
 
 
 def cooccurrence(run: RunTables) -> Cooccurrence:
@@ -505,6 +507,7 @@ def cooccurrence(run: RunTables) -> Cooccurrence:
         return Cooccurrence(skipped=_skip_message(run, "cooccurrence", "cooccurrence.parquet"))
     flagged = co[co["flagged"].fillna(False).astype(bool)] if "flagged" in co and len(co) else co.iloc[0:0]
     flagged = flagged.sort_values(["p_b_given_a", "tag_a", "tag_b"], ascending=[False, True, True], kind="stable")
+    sentences = _pair_saliency(run.saliency_pairs)
     pairs = tuple(
         PairRow(
             r.tag_a,
@@ -518,6 +521,7 @@ def cooccurrence(run: RunTables) -> Cooccurrence:
             num(r.npmi),
             getattr(r, "message", ""),
             _suggestions(getattr(r, "suggested_additions", None)),
+            sentences.pop((str(r.tag_a), str(r.tag_b)), ""),
         )
         for r in flagged.head(FLAGGED_PAIRS_ROWS).itertuples(index=False)
     )
@@ -531,7 +535,26 @@ def cooccurrence(run: RunTables) -> Cooccurrence:
         flagged_total=len(flagged),
         flagged=pairs,
         balance=balance,
+        saliency=tuple(sentences.values()),
     )
+
+
+def _pair_saliency(table: pd.DataFrame | None) -> dict[tuple[str, str], str]:
+    """(class, region) -> "laptop images: 31% of the laptop saliency sits on the mouse" for each measured pair."""
+    if table is None or not len(table):
+        return {}
+    out = {}
+    for r in table.to_dict("records"):
+        cls, region = str(r["class"]), str(r["region"])
+        if not r["images"]:
+            continue
+        verdict = "pair flagged" if r["flagged"] else "pair within the limit"
+        out[(cls, region)] = (
+            f"{cls} images: {pct(r['mean_share'], 0)} of the {cls} saliency sits on the {region} "
+            f"({count(r['images'])} images with a {region} box, {pct(r['flagged_fraction'], 0)} of them flagged; "
+            f"{verdict})"
+        )
+    return out
 
 
 def _strongest(co: pd.DataFrame) -> Heatmap | None:
