@@ -74,13 +74,14 @@ def test_disabled_properties_are_neither_measured_nor_paired(tmp_path: Path) -> 
     assert read_catalog(config.dataset.catalog)["prop_brightness"].isna().all()
 
 
-def test_a_missing_section_means_on(tmp_path: Path) -> None:
-    config = _world(tmp_path, wolf_brightness=180, husky_brightness=70)
-    assert load_config(tmp_path / "audit.yaml").checks.image_properties.enabled
+def test_a_missing_section_means_off_until_measuring_is_cheap(tmp_path: Path) -> None:
+    _world(tmp_path, wolf_brightness=180, husky_brightness=70)
     body = yaml.safe_load((tmp_path / "audit.yaml").read_text())
     del body["checks"]["image_properties"]
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(body))
-    assert load_config(tmp_path / "audit.yaml").checks.image_properties == config.checks.image_properties
+    config = load_config(tmp_path / "audit.yaml")
+    assert not config.checks.image_properties.enabled
+    assert _flagged(config, tmp_path) == []
 
 
 def test_an_undecodable_image_gets_null_properties(tmp_path: Path) -> None:
