@@ -345,10 +345,8 @@ def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySu
         with_regions = part[part["has_regions"].astype(bool)]
         judged = part[part["_judged"]]
         cored = part[part["_has_core"]]
-        n_judged = len(judged)
-        fraction = float(judged["_flag"].mean()) if n_judged else float("nan")
-        enough = n_judged >= check.min_images
-        flagged = bool(enough and fraction > check.max_flagged_fraction)
+        gate = flagged_fraction_gate(label, judged["_flag"], check, "images lean on a spurious region")
+        fraction, flagged = float("nan") if gate.value is None else gate.value, not gate.passed
         rows.append(
             {
                 "class": label,
@@ -363,27 +361,37 @@ def summarize_saliency(images: pd.DataFrame, check: SaliencyCheck) -> SaliencySu
                 "flagged": flagged,
             }
         )
-        if enough:
-            detail = (
-                f"{int(judged['_flag'].sum())} of {n_judged} images lean on a spurious region "
-                f"(flagged fraction {fraction:.3f} vs max {check.max_flagged_fraction})"
-            )
-        else:
-            detail = TOO_FEW.format(n=n_judged, min_images=check.min_images)
-        gates.append(
-            GateResult(
-                check="saliency",
-                subject=label,
-                metric="flagged_fraction",
-                value=fraction if n_judged else None,
-                threshold=check.max_flagged_fraction,
-                passed=not flagged,
-                detail=detail,
-                judged=enough,
-            )
-        )
+        gates.append(gate)
     by_class = pd.DataFrame(rows, columns=list(BY_CLASS_COLUMNS)).astype({"flagged": bool})
     return SaliencySummary(by_class=by_class, gates=gates)
+
+
+def flagged_fraction_gate(subject: str, flags: pd.Series, check: SaliencyCheck, leaning: str) -> GateResult:
+    """The saliency gate on one set of judged images (a class, or a class on a named region): its flagged
+    fraction against `max_flagged_fraction`, judged only with at least `min_images` images.
+
+    `leaning` says what the flagged images do, e.g. "images lean on a spurious region".
+    """
+    n = len(flags)
+    fraction = float(flags.mean()) if n else float("nan")
+    enough = n >= check.min_images
+    flagged = bool(enough and fraction > check.max_flagged_fraction)
+    if enough:
+        detail = (
+            f"{int(flags.sum())} of {n} {leaning} (flagged fraction {fraction:.3f} vs max {check.max_flagged_fraction})"
+        )
+    else:
+        detail = TOO_FEW.format(n=n, min_images=check.min_images)
+    return GateResult(
+        check="saliency",
+        subject=subject,
+        metric="flagged_fraction",
+        value=fraction if n else None,
+        threshold=check.max_flagged_fraction,
+        passed=not flagged,
+        detail=detail,
+        judged=enough,
+    )
 
 
 def _mean(values: pd.Series) -> float:

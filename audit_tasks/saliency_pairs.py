@@ -19,7 +19,7 @@ import pandas as pd
 
 from audit_tasks.config import SaliencyCheck
 from audit_tasks.gates import GateResult
-from audit_tasks.regions import TOO_FEW, flag_images
+from audit_tasks.regions import flag_images, flagged_fraction_gate
 
 PAIR_COLUMNS = ("class", "region", "images", "mean_share", "mean_enrichment", "flagged_fraction", "flagged")
 
@@ -72,9 +72,8 @@ def summarize_pairs(
         if not n and (a, b) not in keep_empty:
             continue
         flags = flag_images(part, check) if n else pd.Series(dtype=bool)
-        fraction = float(flags.mean()) if n else float("nan")
-        enough = n >= check.min_images
-        flagged = bool(enough and fraction > check.max_flagged_fraction)
+        gate = flagged_fraction_gate(pair_subject(a, b), flags, check, f"{a} images lean on the {b}")
+        fraction, flagged = float("nan") if gate.value is None else gate.value, not gate.passed
         rows.append(
             {
                 "class": a,
@@ -86,25 +85,7 @@ def summarize_pairs(
                 "flagged": flagged,
             }
         )
-        if enough:
-            detail = (
-                f"{int(flags.sum())} of {n} {a} images lean on the {b} "
-                f"(flagged fraction {fraction:.3f} vs max {check.max_flagged_fraction})"
-            )
-        else:
-            detail = TOO_FEW.format(n=n, min_images=check.min_images)
-        gates.append(
-            GateResult(
-                check="saliency",
-                subject=pair_subject(a, b),
-                metric="flagged_fraction",
-                value=fraction if n else None,
-                threshold=check.max_flagged_fraction,
-                passed=not flagged,
-                detail=detail,
-                judged=enough,
-            )
-        )
+        gates.append(gate)
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS)).astype({"flagged": bool, "images": "int64"})
     return PairSummary(pairs=frame, gates=gates)
 
