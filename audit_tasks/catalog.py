@@ -4,6 +4,11 @@ Layout under `dataset.catalog`: `ingest_date=<date>/run-<run_id>.parquet` (one p
 `pq.read_table(catalog)` works too) and `_ledger.parquet` (one row per manifest content ever ingested or
 refused, with its run and counts).
 
+Beside it, `_measured/run-<run_id>.parquet`: the pixel properties (audit_tasks.image_properties) the
+scoring stage measured on the images of that run, by `image_id`. They are measured where the pixels are
+decoded anyway, and kept here so that whole-catalog checks see every image ever scored. The leading `_`
+keeps them out of `pq.read_table(catalog)`.
+
 Crash safety comes from the order of writes: a run's part is written (atomically) first and its ledger rows
 (atomically) last, and readers trust only parts whose run the ledger lists. A crash in between leaves an
 orphan part that nothing reads; writing the same run again replaces it.
@@ -19,12 +24,15 @@ import pandas as pd
 import pyarrow as pa
 
 from audit_tasks.errors import ManifestError
-from audit_tasks.image_properties import PROPERTY_FIELDS
+from audit_tasks.image_properties import PIXEL_COLUMNS, PIXEL_FIELDS, PROPERTY_FIELDS
 from audit_tasks.paths import safe_child
 from audit_tasks.storage import StoragePath, exclusive_lock, parquet_schema, read_parquet, storage_path
 from audit_tasks.tables import write_table
 
 LEDGER_NAME = "_ledger.parquet"
+#: Folder of the measured pixel properties, one part per scoring run.
+MEASURED_DIR = "_measured"
+MEASURED_SCHEMA = pa.schema([pa.field("image_id", pa.string(), nullable=False), *PIXEL_FIELDS])
 _LOCK_NAME = ".ingest.lock"
 #: Ledger status of a manifest whose rows were accepted or quarantined one by one.
 STATUS_INGESTED = "ingested"
@@ -182,6 +190,33 @@ def commit_run(
     kept = ledger[ledger["run_id"] != run_id]
     merged = pd.concat([kept, mine], ignore_index=True) if len(kept) else mine.reset_index(drop=True)
     write_table(merged, storage_path(catalog) / LEDGER_NAME, name="ingest_ledger", schema=LEDGER_SCHEMA)
+
+
+def write_measured_properties(catalog: StoragePath, run_id: str, images: pd.DataFrame) -> StoragePath | None:
+    """Keep the pixel properties a run measured (images with none measured are left out; a run that measured
+    nothing writes nothing). Re-running the run replaces its part."""
+    catalog = storage_path(catalog)
+    target = safe_child(catalog, f"{MEASURED_DIR}/run-{run_id}.parquet")
+    if not set(PIXEL_COLUMNS) <= set(images.columns):
+        return None
+    measured = images.loc[images[list(PIXEL_COLUMNS)].notna().any(axis=1), ["image_id", *PIXEL_COLUMNS]]
+    if measured.empty:
+        if target.is_file():
+            target.unlink()
+        return None
+    return write_table(measured.reset_index(drop=True), target, name="measured_properties", schema=MEASURED_SCHEMA)
+
+
+def read_measured_properties(catalog: StoragePath) -> pd.DataFrame:
+    """Every measured image's pixel properties, one row per `image_id` (the newest run's measure where an
+    image was scored more than once: run ids sort by time)."""
+    folder = storage_path(catalog) / MEASURED_DIR
+    parts = sorted(p for p in folder.glob("run-*.parquet") if p.is_file()) if folder.is_dir() else []
+    if not parts:
+        return MEASURED_SCHEMA.empty_table().to_pandas()
+    table = pa.concat_tables([read_parquet(p, None, partitioning=None) for p in parts], promote_options="default")
+    frame = table.to_pandas()
+    return frame.drop_duplicates("image_id", keep="last").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from upath import UPath
 from audit_tasks.errors import ConfigError
 from audit_tasks.gates import GATE_CHECKS
 from audit_tasks.group_metrics import SubgroupMetric
+from audit_tasks.image_properties import IMAGE_PROPERTY_NAMES, ImagePropertyName
 from audit_tasks.storage import StoragePath, is_remote, storage_path
 
 __all__ = [
@@ -313,32 +314,20 @@ class SubgroupCheck(_Section):
     )
 
 
-#: The image properties the ingest measures (see audit_tasks.image_properties), in the catalog's order.
-ImagePropertyName = Literal[
-    "brightness",
-    "contrast",
-    "colourfulness",
-    "sharpness",
-    "border_uniformity",
-    "aspect",
-    "jpeg_quality",
-    "format",
-    "width",
-    "height",
-]
-IMAGE_PROPERTY_NAMES: tuple[ImagePropertyName, ...] = typing.get_args(ImagePropertyName)
-
-
 class ImagePropertiesCheck(_Section):
-    """Image-property shortcuts (see audit_tasks.image_properties): measured at ingest, binned into quantiles,
-    and paired with the labels by the co-occurrence check. Off unless `enabled: true`: measuring decodes every
-    image at ingest, which today multiplies ingest time several-fold (bench/image_properties.py), so it is
-    opt-in until it moves to the scoring stage, which decodes every audited image anyway."""
+    """Image-property shortcuts (see audit_tasks.image_properties): read from the header at ingest and
+    measured on the pixels while scoring (where they are decoded anyway: bench/image_properties.py), binned
+    into quantiles over the catalog, paired with the labels by the co-occurrence check and compared by the
+    subgroup check. On by default: a missing section measures and checks every property."""
 
-    enabled: bool = Field(default=False, description="Measure image properties at ingest and check them.")
+    enabled: bool = Field(default=True, description="Measure image properties and check them.")
     bins: int = Field(default=5, ge=2, le=20, description="Quantile bins per numeric property (q1 lowest).")
     properties: Annotated[tuple[ImagePropertyName, ...], BeforeValidator(_list_to_tuple)] = Field(
         default=IMAGE_PROPERTY_NAMES, description="Properties binned and paired with the labels."
+    )
+    subgroups: bool = Field(
+        default=True,
+        description="Also compare the subgroup metric across each property's bins (needs checks.subgroups).",
     )
 
 
@@ -571,8 +560,8 @@ def load_config(
 ) -> AuditConfig:
     """Read, parse and validate a YAML config; `overrides` maps dotted keys to values (Airflow params).
 
-    With `checks_only`, only the `checks` section is parsed (the standalone check commands need no
-    dataset or model); unknown top-level keys are still refused.
+    With `checks_only`, only the `checks` and `policy` sections are parsed (the standalone check commands
+    need no dataset or model); unknown top-level keys are still refused.
     """
     config_path = Path(path)
     if not config_path.is_file():
@@ -588,7 +577,8 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, config_path)
     if checks_only:
-        raw = {key: value for key, value in raw.items() if key == "checks" or key not in _top_level_keys()}
+        kept = ("checks", "policy")
+        raw = {key: value for key, value in raw.items() if key in kept or key not in _top_level_keys()}
     return parse_config(raw, base_dir=config_path.resolve().parent, source=config_path)
 
 

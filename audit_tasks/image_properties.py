@@ -1,62 +1,81 @@
-"""Image-property shortcuts: cheap per-image properties measured at ingest, and their quantile bins.
+"""Image-property shortcuts: cheap per-image properties and their quantile bins.
 
 A model can tell wolves from huskies by brightness alone when every wolf photo is brighter. Such a shortcut
-shows in the data before any model is trained, if the ingest measures the image itself. Each image is
-decoded once, small: a JPEG through PIL's `draft` (DCT scaling, 1/2 to 1/8, no full decode), any image then
-thumbnailed to at most `THUMBNAIL_SIDE` pixels. On that thumbnail:
+is in the data, whatever the model, and shows once the images are measured. Measuring costs a decode, so
+each property is measured where its input is already at hand:
 
-* `brightness`: mean luma (ITU-R 601), 0..1.
-* `contrast`: standard deviation of the luma, 0..1.
-* `colourfulness`: Hasler & Süsstrunk (2003), ``sqrt(sd_rg² + sd_yb²) + 0.3 sqrt(mean_rg² + mean_yb²)`` on
-  0..255 channels (``rg = R - G``, ``yb = (R + G) / 2 - B``).
-* `sharpness`: variance of the 4-neighbour Laplacian of the luma (0..255); measured on the thumbnail, so
-  it compares images with each other, not with other tools' full-size figures.
-* `border_uniformity`: standard deviation of the luma (0..1) over the outer 5% frame (at least one pixel
-  each side): 0 for a flat studio border or letterbox, larger for a busy border.
-* `aspect`: width / height as displayed (from the header probe), `format` (PIL's name: JPEG, PNG, ...)
-  and `jpeg_quality`: the libjpeg quality (1..100) whose scaled standard luminance table sums to the
-  file's table 0, or null where the format is not JPEG or the file carries no table.
+* From the header, at ingest (no pixel is decoded; the probe has the file open anyway): `aspect` (width /
+  height as displayed), `format` (PIL's name: JPEG, PNG, ...) and `jpeg_quality`: the libjpeg quality
+  (1..100) whose scaled standard luminance table sums to the file's table 0, or null where the format is
+  not JPEG or the file carries no table. They are catalog columns (`prop_aspect`, ...).
+* From the pixels, in the scoring stage, on the batch the model sees (decoded there anyway, on the GPU when
+  there is one), so they cost a few vector operations per batch instead of a second decode:
+  `brightness` (mean luma, ITU-R 601, 0..1), `contrast` (standard deviation of the luma, 0..1),
+  `colourfulness` (Hasler & Susstrunk 2003, ``sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)``
+  on 0..255 channels, ``rg = R - G``, ``yb = (R + G) / 2 - B``), `sharpness` (variance of the 4-neighbour
+  Laplacian of the 0..255 luma, at the model's input size, so it compares images with each other, not with
+  other tools' full-size figures) and `border_uniformity` (standard deviation of the luma, 0..1, over the
+  outer 5% frame, at least one pixel each side: 0 for a flat studio border or letterbox). They are columns
+  of the images table and are kept beside the catalog (`catalog.write_measured_properties`), one part per
+  run, so the co-occurrence check judges every image ever scored, not only tonight's.
 
-A file that cannot be measured gets nulls (the row is ingested or quarantined exactly as before):
-measuring never raises.
+An image that cannot be measured has null properties; measuring never raises and never quarantines.
 
 Binning (`bin_properties`) turns each numeric property into ``q1..q<bins>`` by its rank among the rows
 given (average rank for ties, so equal values share a bin and a property that never varies falls in one
 bin; nulls stay null, which the co-occurrence check reads as "unknown"). The bins are relative to the rows
-binned: the co-occurrence stage bins over the rows it reads (the whole catalog), so the bins describe
-the data the check judges; a run's few new rows would give unstable edges.
+binned: the checks bin over the whole catalog, so `brightness=q5` means the same images in the
+co-occurrence and the subgroup tables, and a run's few new rows do not give unstable edges.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
-from audit_tasks.config import IMAGE_PROPERTY_NAMES
-from audit_tasks.storage import StoragePath, storage_path
+if TYPE_CHECKING:
+    import torch
 
-#: Longest side of the thumbnail the properties are measured on.
-THUMBNAIL_SIDE = 128
+    from audit_tasks.images import ImageInfo
+
+#: The image properties a config may name, in the catalog's order.
+ImagePropertyName = Literal[
+    "brightness",
+    "contrast",
+    "colourfulness",
+    "sharpness",
+    "border_uniformity",
+    "aspect",
+    "jpeg_quality",
+    "format",
+    "width",
+    "height",
+]
+IMAGE_PROPERTY_NAMES: tuple[ImagePropertyName, ...] = get_args(ImagePropertyName)
 #: Share of each side that makes the border frame.
 BORDER_SHARE = 0.05
-#: Property name -> catalog column. `width` and `height` are the catalog's own columns.
+#: Property name -> column (catalog or images table). `width` and `height` are the catalog's own columns.
 PROPERTY_COLUMNS: dict[str, str] = {n: n if n in ("width", "height") else f"prop_{n}" for n in IMAGE_PROPERTY_NAMES}
 #: Every property a config may name.
 PROPERTY_NAMES = tuple(PROPERTY_COLUMNS)
+#: Measured from the pixels in the scoring stage.
+PIXEL_PROPERTIES = ("brightness", "contrast", "colourfulness", "sharpness", "border_uniformity")
+#: Read from the header at ingest (besides the catalog's own width and height).
+HEADER_PROPERTIES = ("aspect", "jpeg_quality", "format")
 #: Properties taken as they are (categories), not binned.
 CATEGORICAL_PROPERTIES = frozenset({"format"})
 #: The nullable catalog columns the ingest adds (older catalogs lack them; they read as null there).
 PROPERTY_FIELDS = [
-    pa.field(PROPERTY_COLUMNS[name], pa.string() if name == "format" else pa.float64())
-    for name in PROPERTY_NAMES
-    if PROPERTY_COLUMNS[name] not in ("width", "height")
+    pa.field(PROPERTY_COLUMNS[name], pa.string() if name in CATEGORICAL_PROPERTIES else pa.float64())
+    for name in HEADER_PROPERTIES
 ]
+#: The pixel-property columns of the images table and of the measured-properties parts beside the catalog.
+PIXEL_FIELDS = [pa.field(PROPERTY_COLUMNS[name], pa.float64()) for name in PIXEL_PROPERTIES]
+PIXEL_COLUMNS: tuple[str, ...] = tuple(f.name for f in PIXEL_FIELDS)
 
 # libjpeg's standard luminance quantisation table (Annex K), for the quality estimate.
 _STD_LUMINANCE = np.array(
@@ -67,56 +86,53 @@ _STD_LUMINANCE = np.array(
 )
 
 
+def header_properties(info: ImageInfo) -> dict[str, Any]:
+    """The catalog's property cells of a probed image (catalog column -> value), from its header alone."""
+    return {
+        "prop_aspect": info.width / info.height if info.width and info.height else None,
+        "prop_jpeg_quality": info.jpeg_quality,
+        "prop_format": info.format,
+    }
+
+
 def empty_properties() -> dict[str, Any]:
-    """The catalog's property cells of an image that could not be measured: all null."""
+    """The catalog's property cells of an image that was not probed: all null."""
     return {f.name: None for f in PROPERTY_FIELDS}
 
 
-def measure_image(path: StoragePath | str, *, width: int | None = None, height: int | None = None) -> dict[str, Any]:
-    """The property cells (catalog column -> value) of one image; all null when it cannot be decoded.
+def pixel_properties(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Brightness, contrast, colourfulness, sharpness and border uniformity (column -> (N,) float64 tensor
+    on the batch's device) of a batch of (N, 3, H, W) RGB images on a 0..255 scale.
 
-    `width` and `height` (as displayed, from the probe) give the aspect.
+    All are orientation-free, and all are per-image reductions, so a batch costs a few vector operations.
     """
-    cells = empty_properties()
-    try:
-        with storage_path(path).open("rb") as handle, Image.open(handle) as image:
-            cells["prop_format"] = image.format
-            if image.format == "JPEG":
-                cells["prop_jpeg_quality"] = jpeg_quality(getattr(image, "quantization", None))
-                image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            small = image.convert("RGB")
-            small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            pixels = np.asarray(small, dtype=np.float32)
-    except Exception:  # noqa: BLE001 - any decoder error: the image is simply not measured
-        return empty_properties()
-    cells.update(pixel_properties(pixels))
-    if width and height:
-        cells["prop_aspect"] = width / height
-    return cells
+    import torch  # here, not at the top: the catalog and the ingest import this module and need no torch
 
-
-def pixel_properties(rgb: np.ndarray) -> dict[str, float]:
-    """Brightness, contrast, colourfulness, sharpness and border uniformity of an HxWx3 0..255 array (all
-    orientation-free, so the thumbnail is not rotated by its EXIF orientation)."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    rgb = rgb.float()
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
     rg = r - g
     yb = 0.5 * (r + g) - b
-    colourfulness = math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
-    height, width = luma.shape
-    sharpness = 0.0
+    spread = (rg.std(dim=(1, 2), correction=0) ** 2 + yb.std(dim=(1, 2), correction=0) ** 2).sqrt()
+    offset = (rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2).sqrt()
+    n, height, width = luma.shape
     if height >= 3 and width >= 3:
-        laplacian = luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1] - 4 * luma[1:-1, 1:-1]
-        sharpness = float(laplacian.var())
+        laplacian = luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] + luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1]
+        laplacian = laplacian - 4 * luma[:, 1:-1, 1:-1]
+        sharpness = laplacian.flatten(1).var(dim=1, correction=0)
+    else:
+        sharpness = luma.new_zeros(n)
     dy, dx = max(1, round(height * BORDER_SHARE)), max(1, round(width * BORDER_SHARE))
-    frame = np.concatenate([luma[:dy].ravel(), luma[-dy:].ravel(), luma[:, :dx].ravel(), luma[:, -dx:].ravel()])
-    return {
-        "prop_brightness": float(luma.mean()) / 255.0,
-        "prop_contrast": float(luma.std()) / 255.0,
-        "prop_colourfulness": colourfulness,
+    edges = [luma[:, :dy], luma[:, -dy:], luma[:, :, :dx], luma[:, :, -dx:]]
+    frame = torch.cat([edge.flatten(1) for edge in edges], dim=1)
+    values = {
+        "prop_brightness": luma.mean(dim=(1, 2)) / 255.0,
+        "prop_contrast": luma.std(dim=(1, 2), correction=0) / 255.0,
+        "prop_colourfulness": spread + 0.3 * offset,
         "prop_sharpness": sharpness,
-        "prop_border_uniformity": float(frame.std()) / 255.0,
+        "prop_border_uniformity": frame.std(dim=1, correction=0) / 255.0,
     }
+    return {name: value.double() for name, value in values.items()}
 
 
 def jpeg_quality(tables: Mapping[int, Sequence[int]] | None) -> float | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from audit_tasks.errors import ImageError
+from audit_tasks.image_properties import jpeg_quality
 from audit_tasks.storage import StoragePath, storage_path
 
 _EXIF_ORIENTATION = 0x0112
@@ -38,6 +39,7 @@ class ImageInfo:
     format: str  # PIL format name: JPEG, PNG, ...
     mode: str  # PIL mode: RGB, L, CMYK, P, I;16, ...
     orientation: int = 1  # EXIF orientation tag (1 = as stored)
+    jpeg_quality: float | None = None  # libjpeg quality estimated from the header's tables (JPEG only)
 
 
 def probe_image(path: StoragePath | str, *, max_pixels: int, min_side: int) -> ImageInfo:
@@ -69,6 +71,8 @@ def probe_image(path: StoragePath | str, *, max_pixels: int, min_side: int) -> I
                         f" over max_image_pixels {max_pixels:,} (decompression-bomb guard; nothing was decoded)"
                     )
                 orientation = _orientation(image)
+                # The tables are parsed with the header: no pixel is decoded.
+                quality = jpeg_quality(getattr(image, "quantization", None)) if fmt == "JPEG" else None
                 _check_complete(path, image, fmt, size)
         except ImageError:
             raise
@@ -87,7 +91,7 @@ def probe_image(path: StoragePath | str, *, max_pixels: int, min_side: int) -> I
         width, height = height, width
     if min(width, height) < min_side:
         raise ImageError(f"image too small: {width}x{height}, a side is under min_image_side {min_side}")
-    return ImageInfo(width=width, height=height, format=fmt, mode=mode, orientation=orientation)
+    return ImageInfo(width=width, height=height, format=fmt, mode=mode, orientation=orientation, jpeg_quality=quality)
 
 
 def content_hash(path: StoragePath | str) -> str:

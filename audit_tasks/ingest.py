@@ -36,7 +36,7 @@ from audit_tasks.catalog import (
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ImageError, ManifestError, PathEscapeError
 from audit_tasks.gates import GateResult
-from audit_tasks.image_properties import PROPERTY_FIELDS, empty_properties, measure_image
+from audit_tasks.image_properties import PROPERTY_FIELDS, empty_properties, header_properties
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, read_manifest, regions_json
 from audit_tasks.paths import resolve_under
@@ -145,7 +145,6 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
         min_side=dataset.min_image_side,
         attributes=config.attribute_columns(),
         classes=classes,
-        measure=config.checks.image_properties.enabled,
     )
     for path in selected:
         work.read(path, hashes[path])
@@ -217,7 +216,6 @@ class _Run:
         min_side: int,
         attributes: Sequence[str],
         classes: list[str] | None,
-        measure: bool = True,
     ) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date
@@ -227,7 +225,6 @@ class _Run:
         self.min_side = min_side
         self.attributes = tuple(attributes)
         self.classes = classes
-        self.measure = measure  # image properties (audit_tasks.image_properties)
         self.manifests: list[dict[str, Any]] = []
         self.columns: dict[str, None] = {}  # every manifest column, first-seen order
         self.rows: list[dict[str, Any]] = []  # one per manifest row: values + bookkeeping
@@ -289,8 +286,7 @@ class _Run:
         except OSError as exc:
             return f"cannot read image {uri!r}: {exc.strerror or exc}"
         row.update(path=public_uri(path), width=info.width, height=info.height, sha256=sha)
-        # Never raises: an image it cannot measure keeps null properties and is judged as before.
-        row["properties"] = measure_image(path, width=info.width, height=info.height) if self.measure else None
+        row["properties"] = header_properties(info)  # free: read from the header the probe parsed
         return None
 
     # -- across the run ---------------------------------------------------------------------------

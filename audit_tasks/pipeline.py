@@ -230,6 +230,7 @@ def stage_saliency(
         progress=progress,
         check=config.checks.saliency,
         opener=_image_opener(config),
+        measure_properties=config.checks.image_properties.enabled,
     )
     rejected = _rejected_rows(rows, result.rejected)
     write_table(result.images, images_path, name="images_shard")
@@ -271,6 +272,10 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Sto
     rd = run_dir(config, run_id)
     target = write_table(images, rd / "images.parquet", name="images", schema=schemas.images_schema(images))
     _write_quarantine(config, run_id, scoring_rejected=rejected)
+    if config.checks.image_properties.enabled and len(images):
+        from audit_tasks.catalog import write_measured_properties
+
+        write_measured_properties(config.require_dataset().catalog, run_id, images)
     if config.checks.saliency is not None:
         summary = summarize_saliency(images, config.checks.saliency)
         write_table(
@@ -297,10 +302,10 @@ def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.Dat
 
 
 def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
-    """Co-occurrence balance over the whole catalog's tags and attributes (no image is touched)."""
+    """Co-occurrence balance over the whole catalog's tags and attributes, and of the labels with the image
+    properties' bins (no image is decoded here: the pixel properties were measured while scoring)."""
     from audit_tasks.catalog import read_catalog_table
     from audit_tasks.cooccurrence import check_cooccurrence, check_label_properties, merge_results
-    from audit_tasks.image_properties import PROPERTY_COLUMNS, bin_properties
 
     check = config.checks.cooccurrence
     rd = run_dir(config, run_id)
@@ -310,22 +315,40 @@ def stage_cooccurrence(config: AuditConfig, run_id: str) -> StoragePath | None:
     attributes = config.checks.cooccurrence_attributes()
     # Only what the check reads; a configured attribute no row has stays absent and the check names it.
     wanted = ["tags", "label", *attributes]
-    measured = config.checks.image_properties
-    extra = [PROPERTY_COLUMNS[p] for p in measured.properties] if measured.enabled else []
-    catalog = read_catalog_table(
-        config.require_dataset().catalog, columns=list(dict.fromkeys([*wanted, *extra])), dictionary=wanted
-    )
+    catalog = read_catalog_table(config.require_dataset().catalog, columns=wanted, dictionary=wanted)
     result = check_cooccurrence(catalog, check=check, attributes=attributes)
-    if measured.enabled and measured.properties:
-        # Bins over the rows this check reads (the catalog); a column older parts lack reads as null.
-        present = catalog.select([c for c in dict.fromkeys(["label", *extra]) if c in catalog.column_names])
-        frame = present.to_pandas()
-        bins = bin_properties(frame, measured.properties, measured.bins)
-        labels = frame["label"].astype(object) if "label" in frame else pd.Series([None] * len(frame), dtype=object)
-        result = merge_results(result, check_label_properties(labels, bins, check=check))
+    bins = catalog_property_bins(config)
+    if bins is not None:
+        labels = bins["label"].astype(object)
+        result = merge_results(
+            result, check_label_properties(labels, bins.drop(columns=["image_id", "label"]), check=check)
+        )
     target = write_cooccurrence_tables(result, rd)
     _write_gates(config, run_id, "cooccurrence", result.gates)
     return target
+
+
+def catalog_property_bins(config: AuditConfig) -> pd.DataFrame | None:
+    """`image_id`, `label` and one bin column per configured image property, over the whole catalog (None
+    when the properties are off). The header properties come from the catalog, the pixel properties from
+    what the scoring stage measured (null for an image never scored); binning over the catalog gives
+    `brightness=q5` the same meaning in every check of the run."""
+    from audit_tasks.catalog import read_catalog_table, read_measured_properties
+    from audit_tasks.image_properties import PIXEL_COLUMNS, PROPERTY_COLUMNS, bin_properties
+
+    measured = config.checks.image_properties
+    if not measured.enabled or not measured.properties:
+        return None
+    catalog = config.require_dataset().catalog
+    header = [PROPERTY_COLUMNS[p] for p in measured.properties if PROPERTY_COLUMNS[p] not in PIXEL_COLUMNS]
+    table = read_catalog_table(catalog, columns=list(dict.fromkeys(["image_id", "label", *header])))
+    frame = table.to_pandas()
+    if "label" not in frame:
+        frame["label"] = None
+    pixels = read_measured_properties(catalog)
+    frame = frame.merge(pixels, on="image_id", how="left", validate="many_to_one") if len(frame) else frame
+    bins = bin_properties(frame, measured.properties, measured.bins)
+    return pd.concat([frame[["image_id", "label"]], bins], axis=1)
 
 
 def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
@@ -338,7 +361,7 @@ def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
 
 def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Subgroup metrics with confidence intervals over the audited images' predictions."""
-    from audit_tasks.subgroups import check_subgroups
+    from audit_tasks.subgroups import check_subgroups, merge_subgroup_results
 
     check = config.checks.subgroups
     rd = run_dir(config, run_id)
@@ -352,12 +375,36 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     present = set(parquet_schema(images_path).names)
     wanted = ["label", "prediction", *check.attributes]
     images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
-    result = check_subgroups(
-        images, check=check, classes=config.require_model().classes, positive_class=check.positive_class
-    )
+    classes = config.require_model().classes
+    result = check_subgroups(images, check=check, classes=classes, positive_class=check.positive_class)
+    by_property = _subgroups_by_property(config, images_path, check)
+    if by_property is not None:
+        result = merge_subgroup_results(result, by_property)
     target = write_subgroup_tables(result, rd)
     _write_gates(config, run_id, "subgroups", result.gates)
     return target
+
+
+def _subgroups_by_property(config: AuditConfig, images_path: StoragePath, check):  # -> SubgroupResult | None
+    """The subgroup metric across the image properties' catalog-wide bins: each property alone (never
+    intersected), as a family of its own, so the comparisons add no multiplicity to the attributes' tests."""
+    from audit_tasks.subgroups import check_subgroups
+
+    if not config.checks.image_properties.subgroups:
+        return None
+    bins = catalog_property_bins(config)
+    if bins is None:
+        return None
+    clash = set(check.attributes)  # an attribute column of the same name wins
+    properties = [p for p in config.checks.image_properties.properties if p not in clash]
+    if not properties:
+        return None
+    images = read_table(images_path, columns=["image_id", "label", "prediction"])
+    images = images.merge(bins[["image_id", *properties]], on="image_id", how="left", validate="many_to_one")
+    by_property = check.model_copy(update={"attributes": tuple(properties), "intersections": False})
+    return check_subgroups(
+        images, check=by_property, classes=config.require_model().classes, positive_class=check.positive_class
+    )
 
 
 def write_subgroup_tables(result, out_dir: StoragePath) -> StoragePath:
@@ -517,8 +564,9 @@ def _unflagged_pair_gates(config: AuditConfig, run_id: str) -> list[str]:
     path = run_dir(config, run_id) / "cooccurrence.parquet"
     if config.checks.cooccurrence is None or not path.is_file():
         return []
-    pairs = read_table(path, columns=["tag_a", "tag_b"])
-    return [f"cooccurrence/{a} -> {b}/p_b_given_a" for a, b in zip(pairs["tag_a"], pairs["tag_b"], strict=True)]
+    from audit_tasks.cooccurrence import pair_gate_names
+
+    return pair_gate_names(read_table(path, columns=["tag_a", "tag_b"]))
 
 
 def _counts(config: AuditConfig, run_id: str) -> dict[str, int]:
@@ -611,8 +659,8 @@ def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | N
     rd.mkdir(parents=True, exist_ok=True)
     _run_created_at(rd)
     stage_ingest(config, run_id)
-    stage_cooccurrence(config, run_id)
     stage_saliency(config, run_id)
+    stage_cooccurrence(config, run_id)  # after scoring: the label -> property pairs use what it measured
     stage_subgroups(config, run_id)
     stage_saliency_pairs(config, run_id)
     result = stage_gate(config, run_id, today=today)

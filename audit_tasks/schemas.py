@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from audit_tasks.image_properties import PIXEL_COLUMNS
+
 
 def _f(
     name: str, type_: pa.DataType, nullable: bool = True, unit: str | None = None, doc: str | None = None
@@ -152,6 +154,7 @@ _IMAGES_FIXED = [
     _f("pointing_hit", pa.bool_()),
     _f("has_regions", pa.bool_()),
     _f("spurious_flag", pa.bool_()),
+    *[_f(c, pa.float64(), doc="image property measured on the model's input") for c in PIXEL_COLUMNS],
     _f("cam_height", pa.int64(), unit="CAM cells"),
     _f("cam_width", pa.int64(), unit="CAM cells"),
 ]

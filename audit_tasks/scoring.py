@@ -23,6 +23,7 @@ from torch import nn
 from audit_tasks import schemas
 from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
+from audit_tasks.image_properties import PIXEL_COLUMNS, pixel_properties
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
 from audit_tasks.regions import METRIC_COLUMNS, flag_images, region_metrics, row_regions
@@ -47,6 +48,7 @@ TAIL_COLUMNS = (
     "regions",
     *METRIC_COLUMNS,
     "spurious_flag",
+    *PIXEL_COLUMNS,
     "cam",
     "cam_height",
     "cam_width",
@@ -94,10 +96,12 @@ def score_images(
     progress: Callable[[int, int], None] | None = None,
     check: SaliencyCheck | None = None,
     opener: Callable[[str], IO[bytes]] | None = None,
+    measure_properties: bool = True,
 ) -> ScoringResult:
     """Predict, explain and measure every row; `check` sets the per-image flag's thresholds (defaults if None).
 
-    `opener` opens each row's `image_path` (see `loader.iter_image_batches`).
+    `opener` opens each row's `image_path` (see `loader.iter_image_batches`). `measure_properties` adds the
+    pixel properties of audit_tasks.image_properties, measured on the batch the model sees (null when off).
     """
     check = check or SaliencyCheck()
     device = resolve_device(saliency_config.device)
@@ -117,6 +121,8 @@ def score_images(
         compile=saliency_config.compile,
         device=device,
     )
+    # The batches come normalised; the properties are defined on 0..255 pixels.
+    to_pixels = _Denormalise(model_config.mean, model_config.std, device) if measure_properties else None
     parts: list[pd.DataFrame] = []
     done = total - len(usable)
     if progress is not None and done:
@@ -149,6 +155,7 @@ def score_images(
                     attributes,
                     run_id,
                     check,
+                    to_pixels,
                 )
             )
         done += len(positions) + len(batch.failures)
@@ -216,8 +223,11 @@ def _score_batch(
     attributes: Sequence[str],
     run_id: str,
     check: SaliencyCheck,
+    to_pixels: _Denormalise | None,
 ) -> pd.DataFrame:
     info = [prepared[p] for p in positions]
+    # Measured before the CAM pass, which may cast the batch in place under autocast.
+    properties = pixel_properties(to_pixels(images)) if to_pixels is not None else {}
     targets = None if target == "prediction" else torch.tensor([r.target for r in info], dtype=torch.long)
     result = engine.attribute(images, targets)
     probs = torch.softmax(result.logits.float(), dim=1)
@@ -225,13 +235,22 @@ def _score_batch(
     cams = result.cams
     n, h, w = cams.shape
     metrics = region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    measured = [properties[c].to(cams.device, torch.float32)[:, None] for c in PIXEL_COLUMNS if c in properties]
     packed = (
         torch.cat(
-            [prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None], cams.flatten(1)], dim=1
+            [
+                prediction[:, None].float(),
+                result.targets[:, None].float(),
+                confidence[:, None],
+                *measured,
+                cams.flatten(1),
+            ],
+            dim=1,
         )
         .cpu()
         .numpy()
     )  # one host transfer for the batch
+    first_cam = 3 + len(measured)
     pred_idx, target_idx = packed[:, 0].astype(np.int64), packed[:, 1].astype(np.int64)
     src = rows.iloc[positions]
     labels = [_text(v) for v in src["label"]] if "label" in src else [None] * n
@@ -261,13 +280,26 @@ def _score_batch(
     for column in metrics.columns:
         frame[column] = metrics[column].to_numpy()
     frame["spurious_flag"] = flag_images(metrics, check).to_numpy()
-    cam_values = np.ascontiguousarray(packed[:, 3:], dtype=np.float32)
+    for offset, column in enumerate(PIXEL_COLUMNS):
+        frame[column] = packed[:, 3 + offset].astype(np.float64) if measured else None
+    cam_values = np.ascontiguousarray(packed[:, first_cam:], dtype=np.float32)
     frame["cam"] = list(cam_values)
     frame["cam_height"] = h
     frame["cam_width"] = w
     frame["width"] = frame["width"].astype("Int64")
     frame["height"] = frame["height"].astype("Int64")
     return frame[image_columns(attributes)]
+
+
+class _Denormalise:
+    """Turns the loader's normalised batch back into 0..255 RGB, on the batch's device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * self.std + self.mean
 
 
 def _column(frame: pd.DataFrame, name: str, n: int) -> list[Any]:

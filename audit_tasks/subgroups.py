@@ -62,7 +62,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -170,6 +170,13 @@ class SubgroupResult:
     @property
     def flagged(self) -> pd.DataFrame:
         return self.groups[self.groups["flagged"]]
+
+
+def merge_subgroup_results(main: SubgroupResult, extra: SubgroupResult) -> SubgroupResult:
+    """The main check's result with another family's groups and gates added (its Holm family stays its
+    own); the confusion matrix and the overall metrics are the main check's, over the same images."""
+    groups = pd.concat([main.groups, extra.groups], ignore_index=True) if len(extra.groups) else main.groups
+    return replace(main, groups=groups, gates=[*main.gates, *extra.gates])
 
 
 def check_subgroups(

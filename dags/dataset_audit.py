@@ -44,8 +44,7 @@ def dataset_audit() -> None:
     final = task(tasks.gate, task_id="gate", outlets=[AUDIT_CLEAN], retries=0)(rendered)
 
     ingested >> shards
-    scored >> merged >> by_group
-    ingested >> pairs
+    scored >> merged >> [by_group, pairs]  # the label -> image-property pairs use what scoring measured
     [by_group, pairs] >> verdict >> rendered >> final
 
 

@@ -63,10 +63,10 @@ def test_dataset_audit_wires_stages_as_a_table_of_contents(dagbag):
     dag = dagbag.dags["dataset_audit"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert downstream == {
-        "ingest": {"plan_shards", "cooccurrence"},
+        "ingest": {"plan_shards"},
         "plan_shards": {"score_shard", "merge"},
         "score_shard": {"merge"},
-        "merge": {"subgroups"},
+        "merge": {"subgroups", "cooccurrence"},
         "subgroups": {"gate_stage"},
         "cooccurrence": {"gate_stage"},
         "gate_stage": {"report"},
@@ -136,6 +136,28 @@ def test_every_config_threshold_has_a_param():
         if name not in not_thresholds
     } | {"checks.min_audited", "checks.image_properties.bins"}
     assert {t.key for t in THRESHOLDS} == expected
+
+
+def test_the_policy_params_sit_in_their_own_section_and_become_overrides():
+    from audit_airflow.params import audit_params, config_overrides
+
+    params = audit_params()
+    assert {name for name, p in params.items() if p.schema.get("section") == "Policy"} == {
+        "policy_baseline",
+        "policy_max_increase",
+        "policy_warn",
+    }
+    assert "policy_waivers" not in params
+    chosen = {
+        "policy_baseline": "none",
+        "policy_warn": ["class_balance"],
+        "policy_max_increase": {"subgroups.gap": 0.02},
+    }
+    assert config_overrides({**chosen, "policy_max_increase": None}) == {
+        "policy.baseline": "none",
+        "policy.warn": ["class_balance"],
+    }
+    assert config_overrides(chosen)["policy.max_increase"] == {"subgroups.gap": 0.02}
 
 
 def test_the_params_field_schemas_are_the_config_models_own():

@@ -16,7 +16,10 @@ LIMITS = {"max_pixels": 50_000_000, "min_side": 8}
 
 def test_probe_reads_size_format_and_mode(tmp_path: Path) -> None:
     info = probe_image(write_jpeg(tmp_path / "a.jpg", (40, 30)), **LIMITS)
-    assert info == ImageInfo(width=40, height=30, format="JPEG", mode="RGB", orientation=1)
+    assert info == ImageInfo(
+        width=40, height=30, format="JPEG", mode="RGB", orientation=1, jpeg_quality=info.jpeg_quality
+    )
+    assert info.jpeg_quality is not None and 1 <= info.jpeg_quality <= 100
 
 
 @pytest.mark.parametrize(
