@@ -1,4 +1,5 @@
-"""DAG params: the config path and every threshold, JSON-schema validated, turned into config overrides.
+"""DAG params: the config path, every threshold and the policy, JSON-schema validated, turned into config
+overrides.
 
 Each threshold param defaults to null, meaning "use the config file's value"; a number typed in the
 trigger form overrides exactly one dotted config key. Each threshold's schema (type, bounds, enum) and
@@ -7,6 +8,10 @@ refuses exactly what the config refuses, before any task runs. DAG files may not
 (the parse budget), so the params read the models' field schemas from the generated
 `audit_airflow.threshold_schemas`; tests/test_dags.py fails when that copy differs from the models.
 Regenerate it with `python -c "from audit_airflow.params import write_field_schemas; write_field_schemas()"`.
+
+The policy's baseline, tiers and allowed increases are params too (section "Policy"), so a manual run can
+be judged without a baseline or with a check demoted to a warning. Waivers are not: a waiver carries an
+owner, a reason and an expiry that belong in the reviewed config file, not in a one-off form.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from audit_airflow import compat
 from audit_airflow.threshold_schemas import FIELD_SCHEMAS
 
 __all__ = [
+    "POLICY_KEYS",
+    "POLICY_SETTINGS",
     "RUN_ID_PATTERN",
     "THRESHOLDS",
     "Threshold",
@@ -47,7 +54,11 @@ _VALIDATION_KEYWORDS = (
     "maxLength",
     "pattern",
     "multipleOf",
+    "items",
+    "additionalProperties",
 )
+#: The policy keys a trigger may override (waivers stay in the reviewed config file: see above).
+POLICY_KEYS = ("policy.baseline", "policy.max_increase", "policy.warn")
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,9 @@ class Threshold:
 
     @property
     def section(self) -> str:
-        """The trigger form groups params by check."""
+        """The trigger form groups params by check, and the policy's apart."""
+        if self.key.startswith("policy."):
+            return "Policy"
         return "Threshold overrides: " + self.key.split(".")[1]
 
 
@@ -80,7 +93,8 @@ def nullable(field: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _param_name(key: str) -> str:
-    """`checks.saliency.min_images` -> `saliency_min_images`; `checks.min_audited` -> `min_audited`."""
+    """`checks.saliency.min_images` -> `saliency_min_images`; `checks.min_audited` -> `min_audited`;
+    `policy.baseline` -> `policy_baseline`."""
     return key.removeprefix("checks.").replace(".", "_")
 
 
@@ -89,9 +103,14 @@ def _param_name(key: str) -> str:
 THRESHOLDS: tuple[Threshold, ...] = tuple(
     Threshold(_param_name(key), key, nullable(field), field.get("description", key))
     for key, field in FIELD_SCHEMAS.items()
+    if key.startswith("checks.")
 )
-
-_BY_PARAM = {t.param: t for t in THRESHOLDS}
+#: The policy settings a trigger may override (POLICY_KEYS), as params of their own section.
+POLICY_SETTINGS: tuple[Threshold, ...] = tuple(
+    Threshold(_param_name(key), key, nullable(FIELD_SCHEMAS[key]), FIELD_SCHEMAS[key].get("description", key))
+    for key in POLICY_KEYS
+)
+_BY_PARAM = {t.param: t for t in (*THRESHOLDS, *POLICY_SETTINGS)}
 
 
 def field_schemas() -> dict[str, dict[str, Any]]:
@@ -99,7 +118,8 @@ def field_schemas() -> dict[str, dict[str, Any]]:
     from audit_tasks.config import dotted_keys, field_schema
 
     schemas = {key: field_schema(key) for key in dotted_keys() if key.startswith("checks.")}
-    return {key: field for key, field in schemas.items() if _json_type(field) in {"number", "integer", "string"}}
+    thresholds = {key: f for key, f in schemas.items() if _json_type(f) in {"number", "integer", "string"}}
+    return thresholds | {key: field_schema(key) for key in POLICY_KEYS}
 
 
 def _json_type(field: Mapping[str, Any]) -> str | None:
@@ -151,7 +171,7 @@ def audit_params() -> dict[str, Param]:
             description="The saliency stage runs as one mapped task per shard of this many images.",
         ),
     }
-    for t in THRESHOLDS:
+    for t in (*THRESHOLDS, *POLICY_SETTINGS):
         params[t.param] = Param(
             None,
             description=f"{t.description} Empty: use the config file's `{t.key}`.",
@@ -163,7 +183,7 @@ def audit_params() -> dict[str, Param]:
 
 
 def config_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted config overrides from the run's params: every non-null threshold, nothing else."""
+    """Dotted config overrides from the run's params: every non-null threshold or policy setting, nothing else."""
     overrides: dict[str, Any] = {}
     for name, value in params.items():
         threshold = _BY_PARAM.get(name)

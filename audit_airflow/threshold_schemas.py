@@ -122,4 +122,19 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 0,
         "type": "integer",
     },
+    "policy.baseline": {
+        "description": "last_clean: compare with the newest passing run of the same audit; none: no baseline.",
+        "enum": ["last_clean", "none"],
+        "type": "string",
+    },
+    "policy.max_increase": {
+        "additionalProperties": {"minimum": 0, "type": "number"},
+        "description": "check.metric -> largest allowed increase over the baseline's value.",
+        "type": "object",
+    },
+    "policy.warn": {
+        "description": "Checks or check/subject/metric gates that warn when they fail, never fail the run.",
+        "items": {"minLength": 1, "type": "string"},
+        "type": "array",
+    },
 }

@@ -1,13 +1,16 @@
 """The standalone checks (`check-cooccurrence`, `check-subgroups`): one check on one table, no images.
 
 They write the same tables and `gates.parquet` that `audit` writes for that check, straight into the
-output folder, so a data team can run a check on a manifest before anything is ingested.
+output folder, so a data team can run a check on a manifest before anything is ingested. The config's
+policy applies as in `audit`: its `warn` tiers and waivers (a waiver naming no gate of this check's, when
+the check judged something, is a config error); there is no run history here, so no baseline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -48,8 +51,11 @@ def infer_attributes(columns: Sequence[str]) -> tuple[str, ...]:
     return tuple(c for c in columns if c not in NON_ATTRIBUTE_COLUMNS and not c.startswith("_"))
 
 
-def run_cooccurrence_check(manifest: StoragePath, config: AuditConfig | None, out_dir: StoragePath) -> CheckOutcome:
-    """Co-occurrence balance on a manifest's tags and attributes, touching no image."""
+def run_cooccurrence_check(
+    manifest: StoragePath, config: AuditConfig | None, out_dir: StoragePath, *, today: date | None = None
+) -> CheckOutcome:
+    """Co-occurrence balance on a manifest's tags and attributes, touching no image (`today` decides
+    whether a waiver has expired; default: the date today)."""
     from audit_tasks.cooccurrence import check_cooccurrence
     from audit_tasks.manifest import read_manifest_table
     from audit_tasks.pipeline import write_cooccurrence_tables
@@ -66,13 +72,17 @@ def run_cooccurrence_check(manifest: StoragePath, config: AuditConfig | None, ou
         raise ManifestError(f"{manifest}: configured attribute column(s) missing: {', '.join(missing)}")
     label_column = "label" if "label" in table.column_names else None
     result = check_cooccurrence(table, check=check, attributes=attributes, label_column=label_column)
+    from audit_tasks.cooccurrence import pair_gate_names
+
     out_dir.mkdir(parents=True, exist_ok=True)
     write_cooccurrence_tables(result, out_dir)
-    return _finish(out_dir, result.gates)
+    return _finish(out_dir, result.gates, config, known=pair_gate_names(result.pairs), today=today)
 
 
-def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: StoragePath) -> CheckOutcome:
-    """Subgroup metrics on a table with `label`, `prediction` and attribute columns."""
+def run_subgroup_check(
+    predictions: Path, config: AuditConfig | None, out_dir: StoragePath, *, today: date | None = None
+) -> CheckOutcome:
+    """Subgroup metrics on a table with `label`, `prediction` and attribute columns (`today`: as above)."""
     from audit_tasks.pipeline import write_subgroup_tables
     from audit_tasks.subgroups import check_subgroups
 
@@ -91,7 +101,7 @@ def run_subgroup_check(predictions: Path, config: AuditConfig | None, out_dir: S
     result = check_subgroups(frame, check=check, classes=classes, positive_class=check.positive_class)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_subgroup_tables(result, out_dir)
-    return _finish(out_dir, result.gates)
+    return _finish(out_dir, result.gates, config, today=today)
 
 
 def read_prediction_table(path: Path) -> pd.DataFrame:
@@ -118,6 +128,25 @@ def read_prediction_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _finish(out_dir: StoragePath, gates: list[GateResult]) -> CheckOutcome:
+def _finish(
+    out_dir: StoragePath,
+    gates: list[GateResult],
+    config: AuditConfig | None,
+    *,
+    known: Sequence[str] = (),
+    today: date | None,
+) -> CheckOutcome:
+    """Rule the gates by the config's policy (none without a config), then write gates.parquet."""
+    from audit_tasks.policy import apply_policy, check_waivers
+
+    if config is not None:
+        policy = config.policy
+        check_waivers(
+            policy.waivers,
+            [*(g.name for g in gates), *known],
+            {g.check for g in gates if g.judged or not g.passed},
+            where=str(config.source) if config.source else "config",
+        )
+        gates = list(apply_policy(gates, policy, baseline=None, today=today or date.today()).gates)
     write_table(gates_frame(gates), out_dir / "gates.parquet", name="gates", schema=schemas.GATES)
     return CheckOutcome(out_dir, verdict(gates), tuple(gates))

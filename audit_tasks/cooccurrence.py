@@ -551,6 +551,12 @@ def check_label_properties(labels: pd.Series, bins: pd.DataFrame, *, check: Cooc
     return dataclasses.replace(result, pairs=pairs, gates=gates, n_rows=n_images)
 
 
+def pair_gate_names(pairs: pd.DataFrame) -> list[str]:
+    """The gate name of every pair in a co-occurrence table: a pair has a gate row only when flagged, but a
+    waiver or a warning may name any pair (then it is stale, not unknown)."""
+    return [f"cooccurrence/{a} -> {b}/p_b_given_a" for a, b in zip(pairs["tag_a"], pairs["tag_b"], strict=True)]
+
+
 def merge_results(main: CooccurrenceResult, extra: CooccurrenceResult) -> CooccurrenceResult:
     """The main check's result with another family's pairs and gates added (flagged pairs still first)."""
     pairs = pd.concat([main.pairs, extra.pairs], ignore_index=True)

@@ -161,13 +161,18 @@ def record_run(
         return write_table(table, output_dir / RUNS_FILE, name="runs")
 
 
-def previous_run(output_dir: StoragePath, run_id: str, *, created_at: Any = None) -> str | None:
+def previous_run(
+    output_dir: StoragePath, run_id: str, *, created_at: Any = None, audit_fingerprint: str | None = None
+) -> str | None:
     """The run recorded just before `run_id` (by created_at, then run id), or None when there is none.
 
     When `run_id` is not recorded yet, `created_at` (its summary's time) places it; without either,
-    the latest other recorded run is returned.
+    the latest other recorded run is returned. With `audit_fingerprint`, only runs of the same audit
+    count (same dataset, model and checks): a run of another configuration is no "before" to compare with.
     """
     runs = read_runs(output_dir)
+    if audit_fingerprint is not None and len(runs):
+        runs = runs[(runs["audit_fingerprint"] == audit_fingerprint) | (runs["run_id"] == run_id)]
     if not len(runs):
         return None
     mine = runs[runs["run_id"] == run_id]

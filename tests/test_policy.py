@@ -202,3 +202,88 @@ def test_a_changed_model_starts_a_new_baseline_and_the_summary_says_so(tmp_path)
     second = run_audit(config, "model-b", today=TODAY)
     assert second.summary["baseline"] is None
     assert "starts a new baseline" in second.summary["baseline_reason"]
+
+
+def _page_text(path) -> str:
+    """The report's visible text: tags dropped, entities decoded."""
+    import html
+    import re
+
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", path.read_text(encoding="utf-8"))).split())
+
+
+def test_the_reports_change_block_compares_only_with_an_earlier_run_of_the_same_audit(tmp_path):
+    import yaml
+
+    world = _world(tmp_path, {"baseline": "last_clean"}, bad_rows=0, max_quarantine=1.0)
+    run_audit(load_config(world.config), "night-1", today=TODAY)
+    run_audit(load_config(world.config), "night-2", today=TODAY)
+    same = _page_text(tmp_path / "reports" / "night-2" / "report.html")
+    assert "Previous run night-2" not in same and "Previous run night-1" in same
+
+    body = yaml.safe_load(world.config.read_text())
+    body["checks"]["saliency"]["min_images"] = 2  # another check configuration: another audit
+    world.config.write_text(yaml.safe_dump(body))
+    run_audit(load_config(world.config), "night-3", today=TODAY)
+    page = _page_text(tmp_path / "reports" / "night-3" / "report.html")
+    assert "Previous run night-2" not in page
+    assert "No earlier run of this audit to compare with" in page and "changed since run night-2" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# The standalone check commands apply the same policy (no history there, so no baseline)
+# ---------------------------------------------------------------------------------------------
+
+
+def _predictions_with_a_gap(tmp_path, policy: dict) -> tuple:
+    """100 men all right, 100 women half wrong: `subgroups/gender=f/accuracy` fails without a policy."""
+    import pandas as pd
+    import yaml
+
+    n = 100
+    frame = pd.DataFrame(
+        {"label": ["a"] * (2 * n), "prediction": ["a"] * n + ["a", "b"] * (n // 2), "gender": ["m"] * n + ["f"] * n}
+    )
+    frame.to_csv(tmp_path / "predictions.csv", index=False)
+    body = {"checks": {"subgroups": {"attributes": ["gender"]}}, "policy": policy}
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
+    return tmp_path / "predictions.csv", load_config(tmp_path / "audit.yaml", checks_only=True)
+
+
+def test_check_subgroups_waives_a_failure_its_config_waives(tmp_path):
+    from audit_tasks.check_commands import run_subgroup_check
+
+    waiver = _waiver("subgroups/gender=f/accuracy")
+    predictions, config = _predictions_with_a_gap(tmp_path, {"waivers": [waiver]})
+    outcome = run_subgroup_check(predictions, config, tmp_path / "out", today=TODAY)
+    assert outcome.verdict.status == "passed"
+    gates = read_table(tmp_path / "out" / "gates.parquet").set_index("subject")
+    assert gates.loc["gender=f", "status"] == "waived" and "data-team" in gates.loc["gender=f", "waiver"]
+
+
+def test_check_subgroups_warns_where_its_config_warns(tmp_path):
+    from audit_tasks.check_commands import run_subgroup_check
+
+    predictions, config = _predictions_with_a_gap(tmp_path, {"warn": ["subgroups"]})
+    outcome = run_subgroup_check(predictions, config, tmp_path / "out", today=TODAY)
+    assert outcome.verdict.status == "passed"
+    assert [g.status for g in outcome.gates if g.subject == "gender=f"] == ["warn"]
+
+
+def test_check_subgroups_fails_without_a_policy_and_after_the_waiver_expires(tmp_path):
+    from audit_tasks.check_commands import run_subgroup_check
+
+    waiver = _waiver("subgroups/gender=f/accuracy", expires="2026-01-01")
+    predictions, config = _predictions_with_a_gap(tmp_path, {"waivers": [waiver]})
+    outcome = run_subgroup_check(predictions, config, tmp_path / "out", today=TODAY)
+    assert outcome.verdict.status == "failed"
+    assert "2026-01-01" in next(g.detail for g in outcome.gates if g.subject == "gender=f")
+    assert run_subgroup_check(predictions, None, tmp_path / "plain").verdict.status == "failed"
+
+
+def test_check_subgroups_refuses_a_waiver_naming_no_gate_of_its_check(tmp_path):
+    from audit_tasks.check_commands import run_subgroup_check
+
+    predictions, config = _predictions_with_a_gap(tmp_path, {"waivers": [_waiver("subgroups/gender=x/accuracy")]})
+    with pytest.raises(ConfigError, match="gender=x"):
+        run_subgroup_check(predictions, config, tmp_path / "out", today=TODAY)

@@ -245,15 +245,21 @@ def _known_verdict(value: Any) -> str | None:
 
 
 def find_previous(run: RunTables, previous_run_dir: StoragePath | None) -> RunDigest | None:
-    """The previous run: the one given, else the run history's, else the latest older sibling folder."""
+    """The previous run of the same audit: the one given, else the run history's, else the latest older
+    sibling folder. A run whose summary has an `audit_fingerprint` is compared only with runs of the same
+    fingerprint (same dataset, model and checks): after a change there is nothing like-for-like before it,
+    and summary.json's `baseline_reason` says so."""
     if previous_run_dir is not None:
         return _digest_from_folder(storage_path(previous_run_dir))
     output_dir = run.run_dir.parent
     created_at = (run.summary or {}).get("created_at")
+    fingerprint = (run.summary or {}).get("audit_fingerprint")
     if (output_dir / history.RUNS_FILE).is_file():
-        prev_id = history.previous_run(output_dir, run.run_id, created_at=created_at)
+        prev_id = history.previous_run(output_dir, run.run_id, created_at=created_at, audit_fingerprint=fingerprint)
         if prev_id is not None:
             return _digest_from_folder(output_dir / prev_id) or _digest_from_history(output_dir, prev_id)
+        if fingerprint is not None:
+            return None
     mine = history.parse_time(created_at)
     if mine is None:
         return None
@@ -268,6 +274,8 @@ def find_previous(run: RunTables, previous_run_dir: StoragePath | None) -> RunDi
             continue
         when = history.parse_time(summary.get("created_at")) if isinstance(summary, dict) else None
         if when is None or (when, sibling.name) >= (mine, run.run_dir.name):
+            continue
+        if fingerprint is not None and summary.get("audit_fingerprint") not in (None, fingerprint):
             continue
         if best is None or (when, sibling.name) > (best[0], best[1]):
             best = (when, sibling.name, sibling)

@@ -349,6 +349,7 @@ class Summary:
     gates: tuple[GateRow, ...] | None  # None: no gates.parquet
     hidden_gates: int
     policy: PolicyView | None = None  # None: a run recorded before policies
+    no_previous: str = ""  # why no earlier run of this audit is compared (its baseline reason), when none is
 
 
 _HEADLINE_LABELS = {
@@ -391,7 +392,10 @@ def summary(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]
         else ()
     )
     gates, hidden = _gate_table(run.gates) if run.gates is not None else (None, 0)
-    return Summary(cards, chips, _change(run, previous, headline), gates, hidden, policy_view(run))
+    no_previous = "" if previous is not None else str((run.summary or {}).get("baseline_reason") or "")
+    return Summary(
+        cards, chips, _change(run, previous, headline), gates, hidden, policy_view(run), no_previous.rstrip(".")
+    )
 
 
 def _change(run: RunTables, previous: RunDigest | None, headline: dict[str, Any]) -> Change | None:
