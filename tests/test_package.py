@@ -65,14 +65,29 @@ def test_dev_lock_keeps_every_runtime_pin():
         assert tool in dev, tool
 
 
-def test_optional_extras_are_declared_but_not_locked():
+#: Extras the test install pins, so that the model sources and importers they serve are tested.
+TESTED_EXTRAS = {"timm", "huggingface", "coco", "datasets"}
+
+
+def test_optional_extras_stay_out_of_the_runtime_install():
     extras = _pyproject()["project"]["optional-dependencies"]
     assert set(extras) == EXTRAS
     assert extras["gpu"] == []  # the torch wheels are CUDA builds already (see the comment in pyproject.toml)
-    dev = _pins("requirements-dev.lock")
+    runtime = _pins("requirements.lock")
     for extra, requirements in extras.items():
         for text in requirements:
-            assert canonicalize_name(Requirement(text).name) not in dev, f"[{extra}] {text} is installed by make"
+            assert canonicalize_name(Requirement(text).name) not in runtime, f"[{extra}] {text} is in make demo"
+
+
+def test_the_test_install_pins_the_tested_extras_within_their_declared_ranges():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    dev = _pins("requirements-dev.lock")
+    for extra in TESTED_EXTRAS:
+        for text in extras[extra]:
+            requirement = Requirement(text)
+            pinned = dev.get(canonicalize_name(requirement.name))
+            assert pinned is not None, f"[{extra}] {text} is not pinned in requirements-dev.lock"
+            assert requirement.specifier.contains(pinned), f"[{extra}] {text} but the test lock pins {pinned}"
 
 
 def test_version_has_one_source():
