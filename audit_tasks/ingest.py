@@ -36,13 +36,15 @@ from audit_tasks.catalog import (
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ImageError, ManifestError, PathEscapeError
 from audit_tasks.gates import GateResult
+from audit_tasks.gx_results import SuiteValidation
+from audit_tasks.gx_suite import build_suite, check_suite
 from audit_tasks.image_properties import PROPERTY_FIELDS, empty_properties, measure_image
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, read_manifest, regions_json
 from audit_tasks.paths import resolve_under
 from audit_tasks.run_ids import check_run_id
 from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri, storage_path
-from audit_tasks.validation import is_empty_cell, validate_rows
+from audit_tasks.validation import check_rows, is_empty_cell
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -84,6 +86,8 @@ class IngestResult:
     quarantined: pd.DataFrame
     manifests: pd.DataFrame
     catalog_part: StoragePath | None = None
+    # Each Great Expectations suite run, bounded, for the run folder (audit_tasks.gx_results).
+    validations: tuple[SuiteValidation, ...] = ()
 
     @property
     def rows_in(self) -> int:
@@ -102,12 +106,16 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
     """
     dataset = config.require_dataset()
     check_run_id(run_id)
+    check = config.checks.ingest
+    suite = build_suite(check.suite) if check is not None and check.suite is not None else None  # before any row
     catalog = storage_path(dataset.catalog)
     with catalog_lock(catalog):
-        return _ingest(config, run_id, catalog, today)
+        return _ingest(config, run_id, catalog, today, suite)
 
 
-def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date | None) -> IngestResult:
+def _ingest(
+    config: AuditConfig, run_id: str, catalog: StoragePath, today: date | None, suite: Any = None
+) -> IngestResult:
     dataset = config.require_dataset()
     ledger = read_ledger(catalog)
     mine = ledger[ledger["run_id"] == run_id]
@@ -146,6 +154,7 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
         attributes=config.attribute_columns(),
         classes=classes,
         measure=config.checks.image_properties.enabled,
+        suite=suite,
     )
     for path in selected:
         work.read(path, hashes[path])
@@ -157,7 +166,9 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
     if len(selected) or len(mine):
         part = write_part(catalog, run_id, ingest_date, result.accepted)
         commit_run(catalog, ledger, run_id, ingest_date, result.manifests)  # last: commits the run
-    return IngestResult(run_id, ingest_date, result.accepted, result.quarantined, result.manifests, part)
+    return IngestResult(
+        run_id, ingest_date, result.accepted, result.quarantined, result.manifests, part, work.validations
+    )
 
 
 def ingest_gate(result: IngestResult, check: IngestCheck) -> list[GateResult]:
@@ -218,6 +229,7 @@ class _Run:
         attributes: Sequence[str],
         classes: list[str] | None,
         measure: bool = True,
+        suite: Any = None,
     ) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date
@@ -228,6 +240,8 @@ class _Run:
         self.attributes = tuple(attributes)
         self.classes = classes
         self.measure = measure  # image properties (audit_tasks.image_properties)
+        self.suite = suite  # the user's GX ExpectationSuite (audit_tasks.gx_suite), or None
+        self.validations: tuple[SuiteValidation, ...] = ()
         self.manifests: list[dict[str, Any]] = []
         self.columns: dict[str, None] = {}  # every manifest column, first-seen order
         self.rows: list[dict[str, Any]] = []  # one per manifest row: values + bookkeeping
@@ -296,18 +310,32 @@ class _Run:
     # -- across the run ---------------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Great Expectations over every row still standing, in one suite run."""
-        live = [r for r in self.rows if r["reason"] is None]
-        if not live:
-            return
-        frame = pd.DataFrame([r["values"] for r in live]).drop(columns=[ROW_ERROR], errors="ignore")
-        frame["manifest"] = [r["manifest"] for r in live]
-        frame["row_number"] = [r["row_number"] for r in live]
-        frame["width"] = [r["width"] for r in live]
-        frame["height"] = [r["height"] for r in live]
-        reasons = validate_rows(frame, classes=self.classes, attributes=self.attributes)
-        for row, reason in zip(live, reasons.tolist(), strict=True):
-            row["reason"] = reason
+        """Great Expectations: the user's suite over every row read (one pass), then the built-in rules over
+        every row still standing (one pass, and one more for image-id uniqueness). A row already refused
+        keeps its first reason; one the user's suite fails is refused with the suite's reason after the
+        built-in rules' own."""
+        results: list[SuiteValidation] = []
+        found: dict[int, str] = {}
+        if self.suite is not None and self.rows:
+            columns = list(self.columns)
+            given = pd.DataFrame([{c: r["values"].get(c) for c in columns} for r in self.rows], columns=columns)
+            check = check_suite(self.suite, given)
+            results.append(check.validation)
+            found = {i: reason for i, reason in enumerate(check.reasons) if reason is not None}
+        live = [(i, r) for i, r in enumerate(self.rows) if r["reason"] is None]
+        if live:
+            frame = pd.DataFrame([r["values"] for _, r in live]).drop(columns=[ROW_ERROR], errors="ignore")
+            frame["manifest"] = [r["manifest"] for _, r in live]
+            frame["row_number"] = [r["row_number"] for _, r in live]
+            frame["width"] = [r["width"] for _, r in live]
+            frame["height"] = [r["height"] for _, r in live]
+            checked = check_rows(
+                frame, classes=self.classes, attributes=self.attributes, prior=[found.get(i) for i, _ in live]
+            )
+            for (_, row), reason in zip(live, checked.reasons.tolist(), strict=True):
+                row["reason"] = reason
+            results[:0] = checked.results
+        self.validations = tuple(results)
 
     def deduplicate(self, known: pd.DataFrame) -> None:
         """First occurrence wins, by content hash and by image id, against the catalog then this run."""
