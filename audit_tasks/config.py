@@ -362,8 +362,10 @@ class IngestCheck(_Section):
     max_quarantine_fraction: float = Field(
         default=0.1, ge=0, le=1, description="Largest allowed fraction of input rows sent to quarantine."
     )
-    # A team's own Great Expectations suite (GX 1.x JSON), run on the manifest rows beside the built-in rules.
-    suite: ExpectationSuiteFile | None = None
+    suite: ExpectationSuiteFile | None = Field(
+        default=None,
+        description="A Great Expectations suite (GX 1.x JSON) run on the manifest rows beside the built-in rules.",
+    )
     # Build GX's static Data Docs site into the run folder (data_docs/); the JSON results are always saved.
     data_docs: bool = False
 
