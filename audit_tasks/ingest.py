@@ -2,7 +2,8 @@
 
 Every row of every manifest ends in exactly one of `accepted` or `quarantined`, with a reason for the
 latter. Order per row: parse, resolve the image path under the root, probe the image, validate with Great
-Expectations, hash the content, de-duplicate (against the catalog's other runs and earlier rows of this run).
+Expectations (the built-in rules and the team's own suite, see audit_tasks.gx_suite), hash the content,
+de-duplicate (against the catalog's other runs and earlier rows of this run).
 
 The catalog itself (parts, ledger, lock) is `audit_tasks.catalog`. Crash safety and idempotence come from
 its order of writes: the run's part first, the ledger last. A crash in between leaves the manifests still
@@ -101,7 +102,8 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
         today: the ingest date of a first run (default: today). A re-run keeps its first run's date.
 
     Raises:
-        ConfigError: no dataset section, or a run id that breaks the rule of audit_tasks.run_ids.
+        ConfigError: no dataset section, a run id that breaks the rule of audit_tasks.run_ids, or a
+            `checks.ingest.suite` GX refuses (raised before any row moves).
         ManifestError: a re-run whose manifests are no longer in the landing folder.
     """
     dataset = config.require_dataset()
