@@ -6,6 +6,9 @@ check; so the whole rule set is one GX suite, and its COMPLETE result names each
 
 Image ids must be unique; the first row that passes every other rule keeps its id and later rows are
 reported, so a row rejected for another reason never makes a good duplicate look bad.
+
+Each suite's result is kept (bounded, see audit_tasks.gx_results) so the ingest can save it in the run
+folder as GX users know it; a team's own suite runs through `run_suite` too (audit_tasks.gx_suite).
 """
 
 from __future__ import annotations
@@ -245,10 +248,9 @@ def _run(
 
     if not rules:
         return []
-    suite = gx.ExpectationSuite(name=name)
     for i, rule in enumerate(rules):
         rule.expectation.meta = {"rule": i}
-        suite.add_expectation(rule.expectation)
+    suite = gx.ExpectationSuite(name=name, expectations=[rule.expectation for rule in rules])
     result = run_suite(context, suite, data.reset_index(drop=True), index_column=_ROW)
     for outcome in sorted(result.results, key=lambda r: r.expectation_config.meta["rule"]):
         rule = rules[outcome.expectation_config.meta["rule"]]
