@@ -211,6 +211,15 @@ def test_cli_exits_2_naming_a_suite_gx_refuses(tmp_path: Path, capsys: pytest.Ca
     assert str(tmp_path / "suite.json") in err and "expect_column_values_to_be_purple" in err
 
 
+def test_cli_exits_2_naming_a_suite_file_that_is_not_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = world(tmp_path, ["f"], ingest_check={"suite": "suite.json"})
+    (tmp_path / "suite.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["ingest", "--config", str(tmp_path / "audit.yaml"), "--run-id", "r1"]) == 2
+    err = capsys.readouterr().err
+    assert "'checks.ingest.suite'" in err and str(tmp_path / "suite.json") in err and "not valid JSON" in err
+
+
 # ---------------------------------------------------------------------------------------------
 # Data Docs and the report
 # ---------------------------------------------------------------------------------------------
