@@ -111,6 +111,10 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 0,
         "type": "number",
     },
+    "checks.ingest.suite": {
+        "anyOf": [{"minLength": 1, "type": "string"}, {"type": "null"}],
+        "description": "A Great Expectations suite (GX 1.x JSON) run on the manifest rows beside the built-in rules.",
+    },
     "checks.image_properties.bins": {
         "description": "Quantile bins per numeric property (q1 lowest).",
         "maximum": 20,

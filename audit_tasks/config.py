@@ -115,6 +115,18 @@ def _existing_file(location: StoragePath, info: ValidationInfo) -> StoragePath:
     return location
 
 
+def _suite_file(location: StoragePath, info: ValidationInfo) -> StoragePath:
+    """A local suite file must be a GX suite's JSON when the config is read (a remote one: at ingest)."""
+    from audit_tasks.gx_suite import read_suite_json
+
+    if _base_dir(info) is not None and not is_remote(location):
+        try:
+            read_suite_json(location)
+        except ConfigError as exc:
+            raise _problem("{problem}", problem=str(exc).removeprefix("'checks.ingest.suite' ")) from None
+    return location
+
+
 def _list_to_tuple(value: Any) -> Any:
     """YAML gives lists; the config keeps tuples (immutable, hashable). Anything else is left to fail."""
     return tuple(value) if isinstance(value, list) else value
@@ -124,6 +136,8 @@ def _list_to_tuple(value: Any) -> Any:
 Location = Annotated[StoragePath, PlainValidator(_location), WithJsonSchema({"type": "string", "minLength": 1})]
 ExistingFolder = Annotated[Location, AfterValidator(_existing_folder)]
 ExistingFile = Annotated[Location, AfterValidator(_existing_file)]
+#: A GX expectation suite file: its JSON shape is checked on load; GX builds its expectations at ingest.
+ExpectationSuiteFile = Annotated[ExistingFile, AfterValidator(_suite_file)]
 Name = Annotated[str, StringConstraints(min_length=1)]
 Names = Annotated[tuple[Name, ...], BeforeValidator(_list_to_tuple)]
 Positive = Annotated[float, Field(gt=0)]
@@ -337,6 +351,12 @@ class IngestCheck(_Section):
     max_quarantine_fraction: float = Field(
         default=0.1, ge=0, le=1, description="Largest allowed fraction of input rows sent to quarantine."
     )
+    suite: ExpectationSuiteFile | None = Field(
+        default=None,
+        description="A Great Expectations suite (GX 1.x JSON) run on the manifest rows beside the built-in rules.",
+    )
+    # Build GX's static Data Docs site into the run folder (data_docs/); the JSON results are always saved.
+    data_docs: bool = False
 
 
 class ChecksConfig(_Section):

@@ -2,7 +2,8 @@
 
 Every row of every manifest ends in exactly one of `accepted` or `quarantined`, with a reason for the
 latter. Order per row: parse, resolve the image path under the root, probe the image, validate with Great
-Expectations, hash the content, de-duplicate (against the catalog's other runs and earlier rows of this run).
+Expectations (the built-in rules and the team's own suite, see audit_tasks.gx_suite), hash the content,
+de-duplicate (against the catalog's other runs and earlier rows of this run).
 
 The catalog itself (parts, ledger, lock) is `audit_tasks.catalog`. Crash safety and idempotence come from
 its order of writes: the run's part first, the ledger last. A crash in between leaves the manifests still
@@ -36,13 +37,15 @@ from audit_tasks.catalog import (
 from audit_tasks.config import AuditConfig, IngestCheck
 from audit_tasks.errors import ConfigError, ImageError, ManifestError, PathEscapeError
 from audit_tasks.gates import GateResult
+from audit_tasks.gx_results import SuiteValidation
+from audit_tasks.gx_suite import build_suite, check_suite
 from audit_tasks.image_properties import PROPERTY_FIELDS, empty_properties, header_properties
 from audit_tasks.images import content_hash, probe_image
 from audit_tasks.manifest import ROW_ERROR, parse_region_boxes, read_manifest, regions_json
 from audit_tasks.paths import resolve_under
 from audit_tasks.run_ids import check_run_id
 from audit_tasks.storage import StoragePath, filesystem, is_remote, public_uri, storage_path
-from audit_tasks.validation import is_empty_cell, validate_rows
+from audit_tasks.validation import check_rows, is_empty_cell
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -84,6 +87,8 @@ class IngestResult:
     quarantined: pd.DataFrame
     manifests: pd.DataFrame
     catalog_part: StoragePath | None = None
+    # Each Great Expectations suite run, bounded, for the run folder (audit_tasks.gx_results).
+    validations: tuple[SuiteValidation, ...] = ()
 
     @property
     def rows_in(self) -> int:
@@ -97,17 +102,22 @@ def ingest(config: AuditConfig, run_id: str, *, today: date | None = None) -> In
         today: the ingest date of a first run (default: today). A re-run keeps its first run's date.
 
     Raises:
-        ConfigError: no dataset section, or a run id that breaks the rule of audit_tasks.run_ids.
+        ConfigError: no dataset section, a run id that breaks the rule of audit_tasks.run_ids, or a
+            `checks.ingest.suite` GX refuses (raised before any row moves).
         ManifestError: a re-run whose manifests are no longer in the landing folder.
     """
     dataset = config.require_dataset()
     check_run_id(run_id)
+    check = config.checks.ingest
+    suite = build_suite(check.suite) if check is not None and check.suite is not None else None  # before any row
     catalog = storage_path(dataset.catalog)
     with catalog_lock(catalog):
-        return _ingest(config, run_id, catalog, today)
+        return _ingest(config, run_id, catalog, today, suite)
 
 
-def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date | None) -> IngestResult:
+def _ingest(
+    config: AuditConfig, run_id: str, catalog: StoragePath, today: date | None, suite: Any = None
+) -> IngestResult:
     dataset = config.require_dataset()
     ledger = read_ledger(catalog)
     mine = ledger[ledger["run_id"] == run_id]
@@ -145,6 +155,7 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
         min_side=dataset.min_image_side,
         attributes=config.attribute_columns(),
         classes=classes,
+        suite=suite,
     )
     for path in selected:
         work.read(path, hashes[path])
@@ -156,7 +167,9 @@ def _ingest(config: AuditConfig, run_id: str, catalog: StoragePath, today: date 
     if len(selected) or len(mine):
         part = write_part(catalog, run_id, ingest_date, result.accepted)
         commit_run(catalog, ledger, run_id, ingest_date, result.manifests)  # last: commits the run
-    return IngestResult(run_id, ingest_date, result.accepted, result.quarantined, result.manifests, part)
+    return IngestResult(
+        run_id, ingest_date, result.accepted, result.quarantined, result.manifests, part, work.validations
+    )
 
 
 def ingest_gate(result: IngestResult, check: IngestCheck) -> list[GateResult]:
@@ -216,6 +229,7 @@ class _Run:
         min_side: int,
         attributes: Sequence[str],
         classes: list[str] | None,
+        suite: Any = None,
     ) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date
@@ -225,6 +239,8 @@ class _Run:
         self.min_side = min_side
         self.attributes = tuple(attributes)
         self.classes = classes
+        self.suite = suite  # the user's GX ExpectationSuite (audit_tasks.gx_suite), or None
+        self.validations: tuple[SuiteValidation, ...] = ()
         self.manifests: list[dict[str, Any]] = []
         self.columns: dict[str, None] = {}  # every manifest column, first-seen order
         self.rows: list[dict[str, Any]] = []  # one per manifest row: values + bookkeeping
@@ -292,18 +308,32 @@ class _Run:
     # -- across the run ---------------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Great Expectations over every row still standing, in one suite run."""
-        live = [r for r in self.rows if r["reason"] is None]
-        if not live:
-            return
-        frame = pd.DataFrame([r["values"] for r in live]).drop(columns=[ROW_ERROR], errors="ignore")
-        frame["manifest"] = [r["manifest"] for r in live]
-        frame["row_number"] = [r["row_number"] for r in live]
-        frame["width"] = [r["width"] for r in live]
-        frame["height"] = [r["height"] for r in live]
-        reasons = validate_rows(frame, classes=self.classes, attributes=self.attributes)
-        for row, reason in zip(live, reasons.tolist(), strict=True):
-            row["reason"] = reason
+        """Great Expectations: the user's suite over every row read (one pass), then the built-in rules over
+        every row still standing (one pass, and one more for image-id uniqueness). A row already refused
+        keeps its first reason; one the user's suite fails is refused with the suite's reason after the
+        built-in rules' own."""
+        results: list[SuiteValidation] = []
+        found: dict[int, str] = {}
+        if self.suite is not None and self.rows:
+            columns = list(self.columns)
+            given = pd.DataFrame([{c: r["values"].get(c) for c in columns} for r in self.rows], columns=columns)
+            check = check_suite(self.suite, given)
+            results.append(check.validation)
+            found = {i: reason for i, reason in enumerate(check.reasons) if reason is not None}
+        live = [(i, r) for i, r in enumerate(self.rows) if r["reason"] is None]
+        if live:
+            frame = pd.DataFrame([r["values"] for _, r in live]).drop(columns=[ROW_ERROR], errors="ignore")
+            frame["manifest"] = [r["manifest"] for _, r in live]
+            frame["row_number"] = [r["row_number"] for _, r in live]
+            frame["width"] = [r["width"] for _, r in live]
+            frame["height"] = [r["height"] for _, r in live]
+            checked = check_rows(
+                frame, classes=self.classes, attributes=self.attributes, prior=[found.get(i) for i, _ in live]
+            )
+            for (_, row), reason in zip(live, checked.reasons.tolist(), strict=True):
+                row["reason"] = reason
+            results[:0] = checked.results
+        self.validations = tuple(results)
 
     def deduplicate(self, known: pd.DataFrame) -> None:
         """First occurrence wins, by content hash and by image id, against the catalog then this run."""

@@ -94,6 +94,7 @@ def _skip_check(config: AuditConfig, run_id: str, check: str, tables: tuple[str,
 def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
     """Ingest new manifests, write the run's quarantine and the rows to audit."""
     from audit_tasks.catalog import read_catalog
+    from audit_tasks.gx_results import write_validations
     from audit_tasks.ingest import ingest, ingest_gate
 
     dataset = config.require_dataset()
@@ -119,6 +120,8 @@ def stage_ingest(config: AuditConfig, run_id: str):  # -> ingest.IngestResult
     }
     write_json(counts, stages / "ingest.json")
     write_table(result.manifests, stages / "manifests.parquet", name="manifests")
+    docs = config.checks.ingest is not None and config.checks.ingest.data_docs
+    write_validations(result.validations, run_dir(config, run_id), data_docs=docs)  # validation/*.json (GX)
     # Until scoring runs, the run's quarantine is the ingest quarantine.
     _write_quarantine(config, run_id, scoring_rejected=None)
     if config.checks.ingest is not None:

@@ -6,13 +6,15 @@ check; so the whole rule set is one GX suite, and its COMPLETE result names each
 
 Image ids must be unique; the first row that passes every other rule keeps its id and later rows are
 reported, so a row rejected for another reason never makes a good duplicate look bad.
+
+Each suite's result is kept (bounded, see audit_tasks.gx_results) so the ingest can save it in the run
+folder as GX users know it; a team's own suite runs through `run_suite` too (audit_tasks.gx_suite).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit_tasks.gx_results import SuiteValidation, bounded
 from audit_tasks.manifest import parse_region_boxes
 
 #: Values that mean "missing" in an attribute cell, case-insensitively, besides null and blank text.
@@ -36,6 +39,20 @@ class _Rule:
     table_level: bool = False  # True: a failure applies to every row (e.g. a missing column)
 
 
+#: The built-in suites' names and their saved results' file stems (see audit_tasks.gx_results).
+BUILTIN_SUITE = "audit_tasks.builtin_rules"
+IDS_SUITE = "audit_tasks.unique_image_ids"
+_STEMS = {BUILTIN_SUITE: "ingest_builtin_rules", IDS_SUITE: "ingest_builtin_unique_ids"}
+
+
+@dataclass(frozen=True)
+class RowValidation:
+    """Per row (same index as the input) a reason or None, and the bounded GX result of each suite run."""
+
+    reasons: pd.Series
+    results: tuple[SuiteValidation, ...] = ()
+
+
 def validate_rows(frame: pd.DataFrame, *, classes: Sequence[str] | None, attributes: Sequence[str]) -> pd.Series:
     """Validate normalised manifest rows; return, per row (same index), a reason string or None.
 
@@ -44,21 +61,39 @@ def validate_rows(frame: pd.DataFrame, *, classes: Sequence[str] | None, attribu
     column present with a non-empty value; `image_id` (when the column exists) unique. The reasons of every
     failed rule for a row are joined with "; ".
     """
+    return check_rows(frame, classes=classes, attributes=attributes).reasons
+
+
+def check_rows(
+    frame: pd.DataFrame,
+    *,
+    classes: Sequence[str] | None,
+    attributes: Sequence[str],
+    prior: Sequence[str | None] | None = None,
+) -> RowValidation:
+    """`validate_rows`, keeping each suite's GX result. `prior`: per row, a reason other checks found
+    (the user's suite); it follows the built-in rules' reasons and, like them, keeps the row from claiming
+    an image id, so a rejected row never makes a good duplicate look bad."""
     reasons: list[list[str]] = [[] for _ in range(len(frame))]
     if len(frame) == 0:
-        return pd.Series([], index=frame.index, dtype=object)
+        return RowValidation(pd.Series([], index=frame.index, dtype=object))
     data = _helper_frame(frame, attributes)
-    with _quiet_gx():
+    results: list[SuiteValidation] = []
+    with quiet_gx():
         import great_expectations as gx  # noqa: F401 - imported here, quietly: a 3-5 s import only validation needs
 
-        context = _context()
+        context = gx_context()
         rules = _row_rules(frame, classes, attributes)
-        _run(context, "rows", data, rules, reasons)
+        results += _run(context, BUILTIN_SUITE, data, rules, reasons)
+        for r, extra in zip(reasons, prior or [None] * len(frame), strict=True):
+            if extra:
+                r.append(extra)
         if "image_id" in frame.columns:
             survivors = data[[not r for r in reasons]]
             if len(survivors):
-                _run(context, "ids", survivors, _id_rules(), reasons, first_wins=True, frame=frame)
-    return pd.Series(["; ".join(r) if r else None for r in reasons], index=frame.index, dtype=object)
+                results += _run(context, IDS_SUITE, survivors, _id_rules(), reasons, first_wins=True, frame=frame)
+    joined = pd.Series(["; ".join(r) if r else None for r in reasons], index=frame.index, dtype=object)
+    return RowValidation(joined, tuple(results))
 
 
 def is_empty_cell(value: Any) -> bool:
@@ -180,7 +215,7 @@ def _id_rules() -> list[_Rule]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _context() -> Any:
+def gx_context() -> Any:
     """A fresh in-memory GX context: no files, no analytics, no progress bars."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -206,31 +241,22 @@ def _run(
     *,
     first_wins: bool = False,
     frame: pd.DataFrame | None = None,
-) -> None:
-    """Run `rules` as one suite over `data` and append each failing row's reason to `reasons`."""
+) -> list[SuiteValidation]:
+    """Run `rules` as one suite over `data`, append each failing row's reason to `reasons`, and return the
+    suite with its bounded result (none when there is no rule)."""
     import great_expectations as gx
 
     if not rules:
-        return
-    tag = f"{name}_{uuid.uuid4().hex[:12]}"
-    batch = (
-        context.data_sources.add_pandas(f"ds_{tag}")
-        .add_dataframe_asset(f"asset_{tag}")
-        .add_batch_definition_whole_dataframe(f"batch_{tag}")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=f"suite_{tag}"))
+        return []
     for i, rule in enumerate(rules):
         rule.expectation.meta = {"rule": i}
-        suite.add_expectation(rule.expectation)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"vd_{tag}", data=batch, suite=suite))
-    result = definition.run(
-        batch_parameters={"dataframe": data.reset_index(drop=True)},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [_ROW]},
-    )
+    suite = gx.ExpectationSuite(name=name, expectations=[rule.expectation for rule in rules])
+    result = run_suite(context, suite, data.reset_index(drop=True), index_column=_ROW)
     for outcome in sorted(result.results, key=lambda r: r.expectation_config.meta["rule"]):
         rule = rules[outcome.expectation_config.meta["rule"]]
-        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
-            message = f"validation could not run ({outcome.exception_info.get('exception_message')})"
+        error = exception_message(outcome)
+        if error is not None:
+            message = f"validation could not run ({error})"
             for r in reasons:
                 r.append(message)
             continue
@@ -247,6 +273,38 @@ def _run(
         else:
             for row, value in failing:
                 reasons[row].append(rule.message(value))
+    return [SuiteValidation(_STEMS[name], suite, bounded(result))]
+
+
+def run_suite(context: Any, suite: Any, data: pd.DataFrame, *, index_column: str | None = None) -> Any:
+    """Add `suite` to `context` and run it once over `data` with COMPLETE results (every failing row is
+    named: by `index_column` when given, else by `data`'s index); returns the ExpectationSuiteValidationResult.
+    Names are the suite's own: one context holds each suite once."""
+    import great_expectations as gx
+
+    name = suite.name
+    batch = (
+        context.data_sources.add_pandas(f"{name}.data")
+        .add_dataframe_asset("manifest_rows")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    result_format: dict[str, Any] = {"result_format": "COMPLETE"}
+    if index_column is not None:
+        result_format["unexpected_index_column_names"] = [index_column]
+    return definition.run(batch_parameters={"dataframe": data}, result_format=result_format)
+
+
+def exception_message(outcome: Any) -> str | None:
+    """The message of an exception GX raised evaluating one expectation, else None. GX reports it at the top
+    of `exception_info` or, for a metric that failed, under each metric's id."""
+    info = outcome.exception_info or {}
+    candidates = [info, *(v for v in info.values() if isinstance(v, dict))]
+    for entry in candidates:
+        if entry.get("raised_exception"):
+            return str(entry.get("exception_message"))
+    return None
 
 
 def _first_wins(failing: list[tuple[int, Any]], reasons: list[list[str]], frame: pd.DataFrame | None) -> None:
@@ -270,7 +328,7 @@ def _cell(item: dict[str, Any]) -> Any:
 
 
 @contextmanager
-def _quiet_gx() -> Iterator[None]:
+def quiet_gx() -> Iterator[None]:
     """Raise GX's loggers to WARNING for the call and restore them after (no global change survives)."""
     loggers = [logging.getLogger(n) for n in ("great_expectations", "great_expectations.core", "posthog")]
     saved = [lg.level for lg in loggers]

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from audit_tasks import history
 from audit_tasks.errors import AuditError
+from audit_tasks.gx_results import DATA_DOCS_INDEX, VALIDATION_DIR
 from audit_tasks.storage import StoragePath, parquet_file, parquet_schema, read_parquet, storage_path
 
 #: Quarantine rows shown on the page; the rest stay in quarantine.parquet.
@@ -63,6 +64,17 @@ def is_missing(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class SavedValidation:
+    """One saved GX validation result: its path relative to the run folder and what its JSON says."""
+
+    href: str
+    suite: str
+    success: bool | None
+    evaluated: int | None
+    successful: int | None
+
+
+@dataclass(frozen=True)
 class RunTables:
     """What the report reads from a run folder; a table is None when its file is absent."""
 
@@ -78,6 +90,8 @@ class RunTables:
     quarantine_total: int
     images: pd.DataFrame | None  # without the cam column; `_row` is the row number in images.parquet
     saliency_pairs: pd.DataFrame | None = None  # co-occurrence-aware saliency (saliency_pairs.parquet)
+    validations: tuple[SavedValidation, ...] = ()  # the ingest's GX results (validation/*.json)
+    data_docs: str | None = None  # GX Data Docs' index.html, relative to the run folder, when built
 
     @property
     def run_id(self) -> str:
@@ -165,7 +179,40 @@ def load_run(run_dir: StoragePath) -> RunTables:
         quarantine_total=total,
         images=_read_images(run_dir / "images.parquet"),
         saliency_pairs=_read(run_dir / "saliency_pairs.parquet"),
+        validations=_read_validations(run_dir),
+        data_docs=DATA_DOCS_INDEX if (run_dir / DATA_DOCS_INDEX).is_file() else None,
     )
+
+
+def _read_validations(run_dir: StoragePath) -> tuple[SavedValidation, ...]:
+    """The saved GX results, by file name; one that does not parse is still listed (its link still works)."""
+    folder = run_dir / VALIDATION_DIR
+    if not folder.is_dir():
+        return ()
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json"))
+    return tuple(_saved_validation(folder / name, f"{VALIDATION_DIR}/{name}") for name in names)
+
+
+def _saved_validation(path: StoragePath, href: str) -> SavedValidation:
+    try:
+        payload: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        payload = None
+    fields: Mapping[str, Any] = payload if isinstance(payload, Mapping) else {}
+    stats = fields.get("statistics")
+    stats = stats if isinstance(stats, Mapping) else {}
+    success = fields.get("success")
+    return SavedValidation(
+        href=href,
+        suite=str(fields.get("suite_name") or href.rsplit("/", 1)[-1].removesuffix(".json")),
+        success=success if isinstance(success, bool) else None,
+        evaluated=_count(stats.get("evaluated_expectations")),
+        successful=_count(stats.get("successful_expectations")),
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def read_cams(path: StoragePath, rows: list[int]) -> dict[int, np.ndarray]:

@@ -19,7 +19,7 @@ import pandas as pd
 from audit_tasks import history
 from audit_tasks.group_metrics import OVERALL_ATTRIBUTE
 from audit_tasks.report.charts import ClassBars, GroupPoint, Heatmap, SubgroupChart, class_bars, heatmap, subgroup_chart
-from audit_tasks.report.data import RunDigest, RunTables, is_missing, read_cams
+from audit_tasks.report.data import RunDigest, RunTables, SavedValidation, is_missing, read_cams
 from audit_tasks.report.format import clip, count, num, pct
 from audit_tasks.report.gallery import CONFUSION_THUMBS, Figure, Thumbs, confusion_plan, saliency_plan
 from audit_tasks.report.images import CORE_COLOUR, SPURIOUS_COLOUR
@@ -998,6 +998,8 @@ class Quarantine:
     skipped: str = ""
     total: int = 0
     rows: tuple[QuarantineRow, ...] = ()
+    validations: tuple[SavedValidation, ...] = ()  # the ingest's GX results, linked relative to the run folder
+    data_docs: str | None = None
 
 
 _QUARANTINE_FIXED = ("manifest", "row_number", "stage", "reason")
@@ -1009,6 +1011,8 @@ def quarantine(run: RunTables) -> Quarantine:
         status = run.check_status("ingest")
         return Quarantine(
             "Quarantine",
+            validations=run.validations,
+            data_docs=run.data_docs,
             skipped=(
                 "ingest check not configured / skipped (no quarantine.parquet in this run)"
                 if status in (None, "skipped")
@@ -1026,7 +1030,13 @@ def quarantine(run: RunTables) -> Quarantine:
         )
         for _, r in q.iterrows()
     )
-    return Quarantine(f"Quarantine ({run.quarantine_total:,})", total=run.quarantine_total, rows=rows)
+    return Quarantine(
+        f"Quarantine ({run.quarantine_total:,})",
+        total=run.quarantine_total,
+        rows=rows,
+        validations=run.validations,
+        data_docs=run.data_docs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
