@@ -15,11 +15,12 @@ What COCO users expect, and what this importer does:
   crowd regions as "ignore", not as an instance. An image with only crowd annotations therefore has no label.
 - **label** (`largest`): the category with the largest total box area over the image's non-crowd boxes
   (ties: the category listed first in `categories`). `none` leaves it empty, for multi-label models.
-- **Boxes** `[x, y, w, h]` become `[x0, y0, x1, y1]` pixel corners, clipped to the image's `width` x `height`
-  (as detection pipelines clip; COCO boxes overshoot the border by rounding). A box that is empty after
-  clipping (zero width or height, or wholly outside) becomes no region (its category stays in the tags);
-  the import's notes count them. Regions keep the file's annotation order. Kind: `core` for the label's
-  category, `spurious` for a category listed in `spurious`, `context` for every other.
+- **Boxes** `[x, y, w, h]` become `[x0, y0, x1, y1]` pixel corners (x1 = x + w, to 1e-6 px), clipped to
+  the image's `width` x `height` (as detection pipelines clip; COCO boxes overshoot the border by rounding).
+  A box that is empty after clipping (zero width or height, or wholly outside) becomes no region (its
+  category stays in the tags); the import's notes count them. Regions keep the file's annotation order.
+  Kind: `core` for the label's category, `spurious` for a category listed in `spurious`, `context` for
+  every other.
 - **Attribute columns** are the extra scalar fields of the `images` entries (anything but the standard
   COCO fields).
 - `image_id` is the COCO image id as text; `image_uri` is `file_name` under the images folder.
@@ -42,6 +43,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from audit_tasks.errors import ConfigError, ManifestError
 from audit_tasks.importers.frame import ImportResult, attribute_columns, join_uri, manifest_frame, uri_prefix
@@ -250,8 +253,10 @@ def _annotations(
         bad = next(i for i, v in enumerate(raw_crowd) if v not in (0, 1) or not _is_number(v))
         raise _fail(source, f"annotations[{bad}].iscrowd", f"expected 0 or 1, got {_shown(raw_crowd[bad])}")
     x, y, w, h = boxes.T
+    # Rounded to 1e-6 px: x + w in floating point gives 168.54000000000002 for 130.07 + 38.47.
     x0, y0 = np.maximum(x, 0.0), np.maximum(y, 0.0)
-    x1, y1 = np.fmin(x + w, widths[image]), np.fmin(y + h, heights[image])  # fmin: an unknown size clips nothing
+    x1 = np.fmin(np.round(x + w, 6), widths[image])  # fmin: an image of unknown size clips nothing
+    y1 = np.fmin(np.round(y + h, 6), heights[image])
     return _Annotations(image, category, np.stack([x0, y0, x1, y1], axis=1), crowd.astype(bool))
 
 
@@ -325,41 +330,37 @@ def _tags(anns: _Annotations, cat_names: list[str], n_images: int) -> list[list[
     """Per image, every category present (crowd included), in the order of `categories`."""
     n_cats = max(len(cat_names), 1)
     pairs = np.unique(anns.image * n_cats + anns.category)
-    names = np.asarray(cat_names, dtype=object)[pairs % n_cats] if len(pairs) else np.empty(0, dtype=object)
-    return [list(chunk) for chunk in _split(names, pairs // n_cats, n_images)]
+    names = pa.array(cat_names, pa.string()).take(pa.array(pairs % n_cats))
+    return _lists(names, pairs // n_cats, n_images).to_pylist()
 
 
 def _regions(
     anns: _Annotations, label_of: np.ndarray, spurious: np.ndarray, cat_names: list[str], n_images: int
 ) -> list[str | None]:
-    """Per image, the regions' JSON text (None when it has no box), boxes in the file's annotation order."""
+    """Per image, the regions' JSON text (None when it has no box), boxes in the file's annotation order.
+
+    Assembled as Arrow strings (numbers in shortest round-trip form, `16` for 16.0), joined per image by
+    Arrow: no Python string operation per box.
+    """
     keep = _nonempty(anns.box)
-    image, category, box = anns.image[keep], anns.category[keep], anns.box[keep]
-    kind = np.where(
-        category == label_of[image], '"core"', np.where(spurious[category], '"spurious"', '"context"')
-    ).astype(object)
-    name = np.array([json.dumps(n) for n in cat_names], dtype=object)[category] if len(category) else kind
-    x0, y0, x1, y1 = (_numbers(box[:, j]) for j in range(4))
-    fragments = '{"kind": ' + kind + ', "name": ' + name + ', "box": [' + x0 + ", " + y0 + ", " + x1 + ", "
-    fragments = fragments + y1 + "]}"
-    order = np.argsort(image, kind="stable")
-    return [
-        "[" + ", ".join(chunk) + "]" if len(chunk) else None
-        for chunk in _split(fragments[order], image[order], n_images)
-    ]
+    order = np.argsort(anns.image[keep], kind="stable")
+    image, category, box = anns.image[keep][order], anns.category[keep][order], anns.box[keep][order]
+    kind = np.where(category == label_of[image], 0, np.where(spurious[category], 1, 2))
+    kinds = pa.array(['"core"', '"spurious"', '"context"']).take(pa.array(kind))
+    names = pa.array([json.dumps(n) for n in cat_names], pa.string()).take(pa.array(category))
+    x0, y0, x1, y1 = (pa.array(box[:, j]).cast(pa.string()) for j in range(4))
+    pieces = ['{"kind": ', kinds, ', "name": ', names, ', "box": [', x0, ", ", y0, ", ", x1, ", ", y1, "]}"]
+    fragments = pc.binary_join_element_wise(*pieces, "")
+    lists = _lists(fragments, image, n_images)
+    text = pc.binary_join_element_wise("[", pc.binary_join(lists, ", "), "]", "")
+    return pc.if_else(pc.greater(pc.list_value_length(lists), 0), text, None).to_pylist()
 
 
-def _split(values: np.ndarray, owners: np.ndarray, n_images: int) -> list[np.ndarray]:
-    """`values` (sorted by `owners`, an image position each) cut into one chunk per image."""
+def _lists(values: pa.Array, owners: np.ndarray, n_images: int) -> pa.LargeListArray:
+    """`values` (sorted by `owners`, an image position each) as one list per image."""
     counts = np.bincount(owners, minlength=n_images) if len(owners) else np.zeros(n_images, np.int64)
-    return np.split(values, np.cumsum(counts)[:-1]) if n_images else []
-
-
-def _numbers(values: np.ndarray) -> np.ndarray:
-    """JSON text of each number: integral values without a fraction (`16`), others in shortest form."""
-    integral = values == np.floor(values)
-    text = np.where(integral, values.astype(np.int64).astype(str), values.astype(str))
-    return text.astype(object)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
 
 
 # ---------------------------------------------------------------------------------------------
