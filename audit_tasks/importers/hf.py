@@ -210,9 +210,10 @@ def _image_bytes(value: Any, column: str, row: int) -> bytes | None:
     from PIL import Image
 
     try:
-        pixels = np.asarray(value)
-        if pixels.dtype != np.uint8:
-            raise ValueError(f"pixel type {pixels.dtype}, expected uint8")
+        pixels = np.asarray(value)  # nested lists come back as int64: any integers in 0..255 are pixels
+        if pixels.dtype.kind not in "iu" or pixels.size == 0 or pixels.min() < 0 or pixels.max() > 255:
+            raise ValueError(f"{pixels.dtype} values, expected integers in 0..255")
+        pixels = pixels.astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
     except (ValueError, TypeError) as exc:
