@@ -34,7 +34,7 @@ from audit_tasks.importers import (
     import_coco,
     write_manifest,
 )
-from audit_tasks.importers.coco import NOTE_EMPTY_BOXES, NOTE_UNLABELLED
+from audit_tasks.importers.coco import NOTE_EMPTY_BOXES, NOTE_NO_LABELS, NOTE_UNLABELLED
 from audit_tasks.importers.frame import MSG_NESTED_ATTRIBUTE, MSG_RESERVED_ATTRIBUTE
 from audit_tasks.importers.hf import MSG_NEEDS_DATASETS, MSG_WHICH_SPLIT
 from audit_tasks.manifest import ROW_ERROR, read_manifest
@@ -285,8 +285,24 @@ def test_coco_image_without_annotations_is_kept_with_nothing_but_its_uri_and_id(
     assert NOTE_UNLABELLED.format(count=1) in result.notes
 
 
+def test_coco_file_of_images_only_imports_every_image_without_tags():
+    result = convert({"images": coco_instances()["images"]})
+    assert result.frame["image_uri"].tolist() == [p.file for p in WORLD]
+    assert result.frame["tags"].tolist() == [[]] * len(WORLD)
+    assert result.frame["regions"].isna().all()
+
+
+def test_coco_crowd_flag_written_as_a_float_is_read_as_0_or_1():
+    instances = one_image(("cat", (10, 10, 20, 20), False), ("dog", (0, 0, 64, 64), True))
+    for annotation in instances["annotations"]:
+        annotation["iscrowd"] = float(annotation["iscrowd"])
+    assert convert(instances).frame["label"].tolist() == ["cat"]
+
+
 def test_coco_label_none_leaves_every_label_empty_and_no_region_core():
-    frame = convert(coco_instances(), label="none").frame
+    result = convert(coco_instances(), label="none")
+    frame = result.frame
+    assert NOTE_NO_LABELS in result.notes
     assert frame["label"].isna().all()
     kinds = {r["kind"] for text in frame["regions"] for r in json.loads(text)}
     assert kinds == {"context"}

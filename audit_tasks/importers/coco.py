@@ -62,6 +62,7 @@ MSG_FIELD = "{name}: {where}: {problem}"
 MSG_BAD_LABEL_RULE = "--label: {rule!r} is not one of {rules}"
 MSG_UNKNOWN_SPURIOUS = "--spurious: {names} not a category of {name} (categories: {known})"
 NOTE_EMPTY_BOXES = "{count} box(es) empty after clipping to the image (zero width or height): no region, still tagged"
+NOTE_NO_LABELS = "labels left empty (--label none, for multi-label models): a multiclass audit quarantines such rows"
 NOTE_UNLABELLED = (
     "{count} image(s) have no non-crowd annotation, so no label: the ingest will quarantine them (label is empty)"
 )
@@ -107,10 +108,10 @@ def import_coco(
     spurious: Sequence[str] = (),
 ) -> ImportResult:
     """Read `annotations` (a COCO instances file) and convert it; see `coco_manifest`."""
+    instances = read_coco(annotations)
     return coco_manifest(
-        read_coco(annotations), images=images, image_root=image_root, label=label, spurious=spurious,
-        source=annotations.name,
-    )  # fmt: skip
+        instances, images=images, image_root=image_root, label=label, spurious=spurious, source=annotations.name
+    )
 
 
 def coco_manifest(
@@ -163,7 +164,9 @@ def coco_manifest(
     if empty:
         notes.append(NOTE_EMPTY_BOXES.format(count=empty))
     unlabelled = int((label_of < 0).sum())
-    if label == "largest" and unlabelled:
+    if label == "none":
+        notes.append(NOTE_NO_LABELS)
+    elif unlabelled:
         notes.append(NOTE_UNLABELLED.format(count=unlabelled))
     return ImportResult(frame=frame, image_root=root, notes=tuple(notes))
 
@@ -248,8 +251,8 @@ def _annotations(
     image = _positions(ann_images, image_ids, "image_id", "an image id", source)
     category = _positions(ann_cats, cat_ids, "category_id", "a category id", source)
     boxes = _boxes(raw_boxes, source)
-    crowd = np.asarray(raw_crowd)
-    if crowd.dtype.kind not in "biu" or (len(crowd) and not np.isin(crowd, (0, 1)).all()):
+    crowd = np.asarray(raw_crowd) if raw_crowd else np.zeros(0, bool)
+    if crowd.dtype.kind not in "biuf" or not np.isin(crowd, (0, 1)).all():
         bad = next(i for i, v in enumerate(raw_crowd) if v not in (0, 1) or not _is_number(v))
         raise _fail(source, f"annotations[{bad}].iscrowd", f"expected 0 or 1, got {_shown(raw_crowd[bad])}")
     x, y, w, h = boxes.T

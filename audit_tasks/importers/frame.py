@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,7 @@ def join_uri(prefix: str, name: str) -> str:
     return posixpath.join(prefix, name) if prefix else name
 
 
-def attribute_columns(
-    values: pd.DataFrame, *, candidates: Iterable[str] | None = None
-) -> tuple[dict[str, list[str | None]], list[str]]:
+def attribute_columns(values: pd.DataFrame) -> tuple[dict[str, list[str | None]], list[str]]:
     """Attribute columns as text, and notes on the columns skipped.
 
     Text is the manifest readers' own (`true`, `3`, `0.5`), so a CSV, JSON Lines and Parquet manifest of
@@ -85,7 +83,7 @@ def attribute_columns(
     reserved = set(MANIFEST_COLUMNS) | set(INGEST_RECORDED_COLUMNS)
     columns: dict[str, list[str | None]] = {}
     notes: list[str] = []
-    for name in values.columns if candidates is None else candidates:
+    for name in values.columns:
         cells = values[name].tolist()
         if name in reserved:
             notes.append(MSG_RESERVED_ATTRIBUTE.format(name=name))
