@@ -53,7 +53,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, type=Path)
     p.add_argument("--config", type=Path)
     p.add_argument("--out", required=True, type=storage_path)
+
+    _add_import_parser(sub)
     return parser
+
+
+def _add_import_parser(sub: argparse._SubParsersAction) -> None:
+    """`import coco|imagefolder|hf`: a dataset in another format to a manifest (format from --out's suffix)."""
+    importers = sub.add_parser("import", help="convert a COCO file, an image folder or a HF dataset to a manifest")
+    kinds = importers.add_subparsers(dest="importer", required=True)
+    out_help = "the manifest to write: .csv, .jsonl or .parquet"
+    root_help = "make image URIs relative to this folder (dataset.image_root; default: the images folder itself)"
+
+    p = kinds.add_parser("coco", help="a COCO instances file: tags, label and regions from the boxes")
+    p.add_argument("--annotations", required=True, type=Path, help="the instances JSON file")
+    p.add_argument("--images", required=True, type=Path, help="the folder holding the images' file_name")
+    p.add_argument("--label", choices=["largest", "none"], default="largest", help="label rule (default: largest)")
+    p.add_argument("--spurious", default="", help="comma-separated category names whose boxes are spurious")
+    p.add_argument("--image-root", type=Path, help=root_help)
+    p.add_argument("--out", required=True, type=Path, help=out_help)
+
+    p = kinds.add_parser("imagefolder", help="one folder per class, as torchvision's ImageFolder reads it")
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--image-root", type=Path, help=root_help)
+    p.add_argument("--out", required=True, type=Path, help=out_help)
+
+    p = kinds.add_parser("hf", help="a local Hugging Face dataset (save_to_disk, or data files): writes images")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--split")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--images", required=True, type=Path, help="the folder to write the images into")
+    p.add_argument("--image-root", type=Path, help=root_help)
+    p.add_argument("--out", required=True, type=Path, help=out_help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +190,33 @@ def _cmd_check_subgroups(args: argparse.Namespace) -> int:
     return exit_status(outcome.verdict)
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from audit_tasks import importers
+
+    if args.importer == "coco":
+        spurious = [name.strip() for name in args.spurious.split(",") if name.strip()]
+        result = importers.import_coco(
+            args.annotations, args.images, image_root=args.image_root, label=args.label, spurious=spurious
+        )
+    elif args.importer == "imagefolder":
+        result = importers.imagefolder_manifest(args.root, image_root=args.image_root)
+    else:
+        result = importers.hf_manifest(
+            args.dataset,
+            args.images,
+            split=args.split,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            image_root=args.image_root,
+        )
+    for note in result.notes:
+        log.warning("%s", note)
+    written = importers.write_manifest(result.frame, args.out)
+    print(f"{result.rows} row(s) written to {written}")
+    print(f"image root: {result.image_root} (set dataset.image_root to it)")
+    return EXIT_PASSED
+
+
 _COMMANDS = {
     "ingest": _cmd_ingest,
     "audit": _cmd_audit,
@@ -165,4 +224,5 @@ _COMMANDS = {
     "report": _cmd_report,
     "check-cooccurrence": _cmd_check_cooccurrence,
     "check-subgroups": _cmd_check_subgroups,
+    "import": _cmd_import,
 }

@@ -12,6 +12,7 @@ BENCHES = (
     ["cooccurrence.py"],
     ["subgroups.py"],
     ["sharded.py"],
+    ["importers.py"],
 )
 
 
