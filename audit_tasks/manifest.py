@@ -127,7 +127,7 @@ def read_manifest_table(path: StoragePath | str, *, required: Sequence[str] = ("
         elif pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
             columns[name] = column.cast(pa.string())  # same text as read_manifest: "41", "true"
         else:  # floats, nested values (regions as a list), dates...: as read_manifest writes them
-            columns[name] = pa.array([_to_text(v) for v in column.to_pylist()], pa.string())
+            columns[name] = pa.array([cell_text(v) for v in column.to_pylist()], pa.string())
     if ROW_ERROR in columns:
         raise ManifestError(f"{path.name}: column '{ROW_ERROR}' is reserved")
     columns[ROW_ERROR] = pa.nulls(table.num_rows, pa.string())
@@ -380,7 +380,7 @@ def _finish(columns: list[str], rows: list[dict[str, Any]], name: str, required:
             if column == "tags":
                 out[column].append(parse_tags(value))
             else:
-                out[column].append(_to_text(value))
+                out[column].append(cell_text(value))
         errors.append(row.get(ROW_ERROR))
     frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in out.items()})
     frame[ROW_ERROR] = pd.Series(errors, dtype=object)
@@ -388,7 +388,7 @@ def _finish(columns: list[str], rows: list[dict[str, Any]], name: str, required:
     return frame
 
 
-def _to_text(value: Any) -> str | None:
+def cell_text(value: Any) -> str | None:
     """A cell as text: None stays None, strings are kept, other scalars and nested values become JSON."""
     if value is None:
         return None

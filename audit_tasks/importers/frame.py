@@ -18,7 +18,7 @@ import pandas as pd
 
 from audit_tasks.errors import ConfigError
 from audit_tasks.ingest import INGEST_RECORDED_COLUMNS
-from audit_tasks.manifest import _to_text
+from audit_tasks.manifest import cell_text
 
 #: The contract's manifest columns, in the order importers write them (attribute columns follow).
 MANIFEST_COLUMNS = ("image_uri", "image_id", "label", "tags", "regions")
@@ -90,7 +90,7 @@ def attribute_columns(values: pd.DataFrame) -> tuple[dict[str, list[str | None]]
         elif any(_is_nested(v) for v in cells):
             notes.append(MSG_NESTED_ATTRIBUTE.format(name=name))
         else:
-            columns[str(name)] = [_to_text(v) for v in cells]
+            columns[str(name)] = [cell_text(v) for v in cells]
     return columns, notes
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from audit_tasks.errors import ConfigError
 from audit_tasks.importers.frame import ImportResult, attribute_columns, join_uri, manifest_frame, uri_prefix
-from audit_tasks.manifest import _to_text, parse_tags
+from audit_tasks.manifest import cell_text, parse_tags
 from audit_tasks.storage import atomic_path
 
 #: Columns carried to the manifest column of the same name rather than becoming attributes.
@@ -104,7 +104,7 @@ def hf_manifest(
         notes.append(NOTE_UNREADABLE.format(count=unreadable))
     frame = manifest_frame(
         image_uri=uris,
-        image_id=[_to_text(v) for v in carried["image_id"]] if "image_id" in carried else None,
+        image_id=[cell_text(v) for v in carried["image_id"]] if "image_id" in carried else None,
         label=labels,
         tags=[parse_tags(v) for v in carried["tags"]] if "tags" in carried else None,
         regions=[_regions_text(v) for v in carried["regions"]] if "regions" in carried else None,
@@ -240,7 +240,7 @@ def _suffix(data: bytes | None, value: Any) -> str:
 def _labels(values: list[Any], feature: Any, datasets: Any) -> list[str | None]:
     if isinstance(feature, datasets.ClassLabel):
         return [feature.int2str(int(v)) if v is not None and int(v) >= 0 else None for v in values]
-    return [_to_text(v) for v in values]
+    return [cell_text(v) for v in values]
 
 
 def _regions_text(value: Any) -> str | None:
