@@ -33,7 +33,7 @@ from audit_tasks.tables import read_table, write_json, write_table
 log = logging.getLogger("audit_tasks")
 
 #: Order in which check gates appear in gates.parquet and the report.
-GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups")
+GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups", "leakage")
 
 
 @dataclass(frozen=True)
@@ -366,6 +366,60 @@ def write_subgroup_tables(result, out_dir: StoragePath) -> StoragePath:
     return write_table(result.groups, out_dir / "subgroups.parquet", name="subgroups", schema=schemas.SUBGROUPS)
 
 
+def stage_leakage(config: AuditConfig, run_id: str) -> StoragePath | None:
+    """Multilabel prediction leakage (audit_tasks.leakage) over the audited images' true and predicted sets,
+    and class b's Grad-CAM on the worst images of each flagged pair (a handful, for the report)."""
+    from audit_tasks.leakage import check_leakage, worst_images
+
+    check = config.checks.leakage
+    rd = run_dir(config, run_id)
+    if check is None:
+        _skip_check(config, run_id, "leakage", ("leakage.parquet", "leakage_images.parquet"))
+        return None
+    images_path = rd / "images.parquet"
+    if not images_path.is_file():
+        raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
+    model_config = config.require_model()
+    present = set(parquet_schema(images_path).names)
+    wanted = ["image_id", "image_path", "tags", "predicted_labels", "scores"]
+    images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
+    result = check_leakage(images, classes=model_config.classes, check=check)
+    worst = worst_images(images, result.pairs, classes=model_config.classes, count=check.worst_images)
+    write_table(
+        _leakage_cams(config, images, worst),
+        rd / "leakage_images.parquet",
+        name="leakage_images",
+        schema=schemas.LEAKAGE_IMAGES,
+    )
+    target = write_table(result.pairs, rd / "leakage.parquet", name="leakage", schema=schemas.LEAKAGE)
+    _write_gates(config, run_id, "leakage", result.gates)
+    return target
+
+
+def _leakage_cams(config: AuditConfig, images: pd.DataFrame, worst: pd.DataFrame) -> pd.DataFrame:
+    """The worst images of the flagged pairs with class b's Grad-CAM (the model is loaded only when some pair leaks)."""
+    from audit_tasks.modelio import load_model
+    from audit_tasks.scoring import explain_classes
+
+    model_config = config.require_model()
+    out = worst.drop(columns=["position"]).assign(cam=None, cam_height=None, cam_width=None)
+    if worst.empty:
+        return out
+    index = {c: j for j, c in enumerate(model_config.classes)}
+    rows = images.iloc[worst["position"].to_numpy()][["image_path"]].reset_index(drop=True)
+    cams = explain_classes(
+        load_model(model_config),
+        rows,
+        [index[b] for b in worst["tag_b"]],
+        model_config=model_config,
+        saliency_config=config.saliency,
+        opener=_image_opener(config),
+    ).set_index("position")
+    for column in ("cam", "cam_height", "cam_width"):
+        out[column] = [cams[column].get(i) for i in range(len(out))]
+    return out
+
+
 def stage_saliency_pairs(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Co-occurrence-aware saliency (audit_tasks.saliency_pairs): needs images.parquet and, when the
     co-occurrence check runs, cooccurrence.parquet, so it runs after both (before the gate stage)."""
@@ -548,6 +602,7 @@ def _summary(
         "cooccurrence": config.checks.cooccurrence is not None,
         "saliency": config.checks.saliency is not None,
         "subgroups": config.checks.subgroups is not None,
+        "leakage": config.checks.leakage is not None,
     }
     # class_balance gates belong to the co-occurrence check's section.
     owner = {"class_balance": "cooccurrence"}
@@ -614,6 +669,7 @@ def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | N
     stage_cooccurrence(config, run_id)
     stage_saliency(config, run_id)
     stage_subgroups(config, run_id)
+    stage_leakage(config, run_id)
     stage_saliency_pairs(config, run_id)
     result = stage_gate(config, run_id, today=today)
     report = stage_report(config, run_id)

@@ -135,6 +135,7 @@ __all__ = [
     "SubgroupMetric",
     "SubgroupResult",
     "check_subgroups",
+    "format_number",
     "newcombe_interval",
     "wilson_interval",
 ]
@@ -468,12 +469,15 @@ def _support_phrase(ctx: _Unit, row: pd.Series) -> str:
     )
 
 
-def _fmt(x: float) -> str:
-    """Up to three decimals, trailing zeros dropped (0.950 -> 0.95, 95.000 -> 95)."""
+def format_number(x: float) -> str:
+    """Up to three decimals, trailing zeros dropped (0.950 -> 0.95, 95.000 -> 95): how gate details print numbers."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "nan"
     text = f"{float(x):.3f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+_fmt = format_number
 
 
 def _confusion_rows(gmf: GroupMetricFrame, attribute: str) -> pd.DataFrame:
