@@ -399,14 +399,17 @@ def stage_leakage(config: AuditConfig, run_id: str) -> StoragePath | None:
 def _leakage_cams(config: AuditConfig, images: pd.DataFrame, worst: pd.DataFrame) -> pd.DataFrame:
     """The worst images of the flagged pairs with class b's Grad-CAM (the model is loaded only when some pair leaks)."""
     from audit_tasks.modelio import load_model
-    from audit_tasks.scoring import explain_classes
+    from audit_tasks.scoring import explain_classes, true_labels
 
     model_config = config.require_model()
     out = worst.drop(columns=["position"]).assign(cam=None, cam_height=None, cam_width=None)
     if worst.empty:
         return out
     index = {c: j for j, c in enumerate(model_config.classes)}
-    rows = images.iloc[worst["position"].to_numpy()][["image_path"]].reset_index(drop=True)
+    picked = images.iloc[worst["position"].to_numpy()].reset_index(drop=True)
+    out["true_labels"] = [true_labels(v, model_config.classes) for v in picked["tags"]]
+    out["predicted_labels"] = [list(v) for v in picked["predicted_labels"]]
+    rows = picked[["image_path"]]
     cams = explain_classes(
         load_model(model_config),
         rows,

@@ -150,6 +150,8 @@ LEAKAGE_IMAGES = pa.schema(
         _f("rank", pa.int64(), False, doc="1 = the a-without-b image with the highest score for b"),
         _f("image_id", pa.string(), False),
         _f("score_b", pa.float64(), unit=PROB),
+        _f("true_labels", pa.list_(pa.string()), doc="the image's tags among the model's classes"),
+        _f("predicted_labels", pa.list_(pa.string()), doc="the classes the model predicted"),
         _f("cam", pa.list_(pa.float32()), doc="ReLU'd Grad-CAM for b at the layer's native resolution, row-major"),
         _f("cam_height", pa.int64(), unit="CAM cells"),
         _f("cam_width", pa.int64(), unit="CAM cells"),

@@ -78,6 +78,8 @@ class RunTables:
     quarantine_total: int
     images: pd.DataFrame | None  # without the cam column; `_row` is the row number in images.parquet
     saliency_pairs: pd.DataFrame | None = None  # co-occurrence-aware saliency (saliency_pairs.parquet)
+    leakage: pd.DataFrame | None = None  # multilabel prediction leakage (leakage.parquet)
+    leakage_images: pd.DataFrame | None = None  # flagged pairs' worst images with b's CAM (leakage_images.parquet)
 
     @property
     def run_id(self) -> str:
@@ -165,6 +167,8 @@ def load_run(run_dir: StoragePath) -> RunTables:
         quarantine_total=total,
         images=_read_images(run_dir / "images.parquet"),
         saliency_pairs=_read(run_dir / "saliency_pairs.parquet"),
+        leakage=_read(run_dir / "leakage.parquet"),
+        leakage_images=_read(run_dir / "leakage_images.parquet"),
     )
 
 
