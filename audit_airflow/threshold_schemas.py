@@ -111,6 +111,34 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 0,
         "type": "number",
     },
+    "checks.leakage.max_rate_gap": {
+        "description": "Largest allowed excess rate of predicting b where a is present and b absent, vs neither.",
+        "exclusiveMaximum": 1,
+        "minimum": 0,
+        "type": "number",
+    },
+    "checks.leakage.min_support": {
+        "description": "Pairs with fewer images on either side (a without b; neither) are not judged.",
+        "minimum": 1,
+        "type": "integer",
+    },
+    "checks.leakage.confidence": {
+        "description": "Confidence level of the rate-gap tests.",
+        "exclusiveMaximum": 1,
+        "exclusiveMinimum": 0.5,
+        "type": "number",
+    },
+    "checks.leakage.multiple_comparisons": {
+        "description": "holm (default), bonferroni: family-wise error at most 1 - confidence; none: no adjustment.",
+        "enum": ["holm", "bonferroni", "none"],
+        "type": "string",
+    },
+    "checks.leakage.worst_images": {
+        "description": "Images per flagged pair shown in the report with their Grad-CAM for b.",
+        "maximum": 32,
+        "minimum": 0,
+        "type": "integer",
+    },
     "checks.image_properties.bins": {
         "description": "Quantile bins per numeric property (q1 lowest).",
         "maximum": 20,

@@ -131,6 +131,7 @@ def test_every_config_threshold_has_a_param():
             ("saliency", config.SaliencyCheck),
             ("subgroups", config.SubgroupCheck),
             ("ingest", config.IngestCheck),
+            ("leakage", config.LeakageCheck),
         )
         for name in cls.model_fields
         if name not in not_thresholds
