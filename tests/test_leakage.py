@@ -17,7 +17,7 @@ from audit_tasks.leakage import (
 )
 from audit_tasks.stats import holm_adjust, newcombe_exceedance_pvalue
 from audit_tasks.subgroups import STATUS_TOO_SMALL
-from tests.fixtures_multilabel import CLASSES, SEED, make_scenes, predict_sets, train_multilabel
+from fixtures_multilabel import CLASSES, SEED, make_scenes, predict_sets, train_multilabel
 
 statsmodels_proportion = pytest.importorskip("statsmodels.stats.proportion")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from audit_tasks import modelio
 from audit_tasks.config import MSG_LEAKAGE_MULTICLASS, LeakageCheck, ModelConfig, SaliencyConfig, load_config
 from audit_tasks.errors import ConfigError
 from audit_tasks.pipeline import run_audit
+from audit_tasks.report import load_run, sections
 from audit_tasks.scoring import explain_classes, score_images
 from audit_tasks.tables import read_table
-from tests.fixtures_multilabel import (
+from fixtures_multilabel import (
     CLASSES,
     MEAN,
     SEED,
@@ -29,6 +31,7 @@ from tests.fixtures_multilabel import (
     train_multilabel,
     write_audit_world,
 )
+from fixtures_report import build_run
 
 # ---------------------------------------------------------------------------------------------
 # Config
@@ -253,3 +256,18 @@ def test_fair_desk_model_passes_every_pair_end_to_end(tmp_path, tiny_builder):
     assert len(leakage) == 12 and leakage["passed"].all() and leakage["judged"].all()
     assert outcome.verdict.passed
     assert len(read_table(outcome.run_dir / "leakage_images.parquet")) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Report section
+# ---------------------------------------------------------------------------------------------
+
+
+def test_report_has_no_leakage_section_for_a_multiclass_run(tmp_path):
+    assert not sections.leakage(load_run(build_run(tmp_path)), thumb_size=64).shown
+
+
+def test_report_says_leakage_was_skipped_for_a_multilabel_run_without_the_check(tmp_path):
+    run = dataclasses.replace(load_run(build_run(tmp_path)), multilabel=True)
+    view = sections.leakage(run, thumb_size=64)
+    assert view.shown and "check not configured / skipped (no leakage.parquet" in view.skipped

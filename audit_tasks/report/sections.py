@@ -1015,6 +1015,7 @@ class LeakageRow:
 
 @dataclass(frozen=True)
 class Leakage:
+    shown: bool = True  # False for a multiclass run, where the check does not apply (no section at all)
     skipped: str = ""
     gates: GatesLine | None = None
     threshold: str = ""
@@ -1029,6 +1030,8 @@ _LEAKAGE_MARKS = {"leak": ("fail", "leak"), "ok": ("pass", "ok")}
 def leakage(run: RunTables, *, thumb_size: int, opener: Callable[[str], IO[bytes]] | None = None) -> Leakage:
     """Every pair (flagged first, then by gap), and per flagged pair its worst images with b's Grad-CAM."""
     table = run.leakage
+    if table is None and not run.multilabel:
+        return Leakage(shown=False)
     if table is None:
         return Leakage(skipped=_skip_message(run, "leakage", "leakage.parquet"))
     ordered = table.assign(_g=pd.to_numeric(table["gap"], errors="coerce").fillna(-np.inf)).sort_values(
