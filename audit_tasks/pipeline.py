@@ -605,8 +605,9 @@ def _summary(
         "cooccurrence": config.checks.cooccurrence is not None,
         "saliency": config.checks.saliency is not None,
         "subgroups": config.checks.subgroups is not None,
-        "leakage": config.checks.leakage is not None,
     }
+    if config.model is not None and config.model.task == "multilabel":  # leakage applies to multilabel models only
+        configured["leakage"] = config.checks.leakage is not None
     # class_balance gates belong to the co-occurrence check's section.
     owner = {"class_balance": "cooccurrence"}
     checks = {
