@@ -70,7 +70,18 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "checks.subgroups.metric": {
         "description": "Metric compared across subgroups.",
-        "enum": ["accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"],
+        "enum": [
+            "accuracy",
+            "recall",
+            "tpr",
+            "fpr",
+            "precision",
+            "macro_recall",
+            "macro_precision",
+            "f1",
+            "exact_match",
+            "hamming_accuracy",
+        ],
         "type": "string",
     },
     "checks.subgroups.max_gap": {

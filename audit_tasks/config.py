@@ -38,7 +38,7 @@ from upath import UPath
 
 from audit_tasks.errors import ConfigError
 from audit_tasks.gates import GATE_CHECKS
-from audit_tasks.group_metrics import SubgroupMetric
+from audit_tasks.group_metrics import METRIC_NAMES, MULTILABEL_METRICS, MULTILABEL_ONLY_METRICS, SubgroupMetric
 from audit_tasks.storage import StoragePath, is_remote, storage_path
 
 __all__ = [
@@ -571,6 +571,24 @@ class AuditConfig(_Section):
                 "{value} is not one of model.classes",
                 key="checks.subgroups.positive_class",
                 value=repr(subgroups.positive_class),
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _subgroup_metric_fits_the_task(self) -> AuditConfig:
+        subgroups, model = self.checks.subgroups, self.model
+        if subgroups is None or model is None:
+            return self
+        if model.task == "multilabel" and subgroups.metric not in MULTILABEL_METRICS:
+            raise _problem(
+                "{value} is not a metric of a multilabel model; use one of {known}",
+                key="checks.subgroups.metric",
+                value=repr(subgroups.metric),
+                known=", ".join(m for m in METRIC_NAMES if m in MULTILABEL_METRICS),
+            )
+        if model.task != "multilabel" and subgroups.metric in MULTILABEL_ONLY_METRICS:
+            raise _problem(
+                "{value} needs model.task: multilabel", key="checks.subgroups.metric", value=repr(subgroups.metric)
             )
         return self
 

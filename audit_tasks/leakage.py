@@ -43,7 +43,7 @@ import pandas as pd
 from audit_tasks.config import PAIR_ARROW, LeakageCheck
 from audit_tasks.errors import ManifestError
 from audit_tasks.gates import GateResult
-from audit_tasks.manifest import parse_tags
+from audit_tasks.group_metrics import class_indicator
 from audit_tasks.stats import bonferroni_confidence, holm_adjust, newcombe_exceedance_pvalue, newcombe_interval
 from audit_tasks.subgroups import STATUS_TOO_SMALL
 from audit_tasks.subgroups import format_number as _fmt
@@ -104,21 +104,6 @@ class LeakageResult:
 def pair_subject(a: str, b: str) -> str:
     """The gate subject of a pair: ``laptop -> mouse``."""
     return f"{a} {PAIR_ARROW} {b}"
-
-
-def class_indicator(sets: Sequence[Any], classes: Sequence[str]) -> np.ndarray:
-    """(n, classes) bool: which classes each row's set holds (a list, array or ``|``-separated string).
-
-    Names that are not classes are ignored: a multilabel image's truth is its tags among the model's classes.
-    """
-    index = {c: j for j, c in enumerate(classes)}
-    out = np.zeros((len(sets), len(classes)), dtype=bool)
-    for i, value in enumerate(sets):
-        for name in parse_tags(value):
-            j = index.get(name)
-            if j is not None:
-                out[i, j] = True
-    return out
 
 
 def check_leakage(

@@ -337,8 +337,8 @@ def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
 
 
 def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
-    """Subgroup metrics with confidence intervals over the audited images' predictions."""
-    from audit_tasks.subgroups import check_subgroups
+    """Subgroup metrics with confidence intervals over the audited images' predictions (sets, for multilabel)."""
+    from audit_tasks.subgroups import check_subgroups, check_subgroups_multilabel
 
     check = config.checks.subgroups
     rd = run_dir(config, run_id)
@@ -349,12 +349,18 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     if not images_path.is_file():
         raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
     # Only what the check reads: the CAM column alone is most of a large images table.
+    model = config.require_model()
+    multilabel = model.task == "multilabel"
     present = set(parquet_schema(images_path).names)
-    wanted = ["label", "prediction", *check.attributes]
+    wanted = ["tags", "predicted_labels"] if multilabel else ["label", "prediction"]
+    wanted += list(check.attributes)
     images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
-    result = check_subgroups(
-        images, check=check, classes=config.require_model().classes, positive_class=check.positive_class
-    )
+    if multilabel:
+        result = check_subgroups_multilabel(
+            images, check=check, classes=model.classes, positive_class=check.positive_class
+        )
+    else:
+        result = check_subgroups(images, check=check, classes=model.classes, positive_class=check.positive_class)
     target = write_subgroup_tables(result, rd)
     _write_gates(config, run_id, "subgroups", result.gates)
     return target

@@ -185,7 +185,8 @@ def write_audit_world(
     for i, scene in enumerate(scenes):
         uri = f"desk_{i:04d}.png"
         Image.fromarray(scene.pixels).save(root / "images" / uri)
-        rows.append({"image_uri": uri, "label": scene.drawn[0], "tags": "|".join(scene.drawn)})
+        room = "office" if i % 3 else "home"  # a subgroup attribute with no planted effect
+        rows.append({"image_uri": uri, "label": scene.drawn[0], "tags": "|".join(scene.drawn), "room": room})
     with open(root / "landing" / "desks.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -232,7 +232,7 @@ def test_a_threshold_param_refuses_exactly_what_the_config_refuses():
         ("subgroups_min_group_size", 2.5),
         ("subgroups_confidence", 1.0),
         ("cooccurrence_min_lift", 0.5),
-        ("subgroups_metric", "f1"),
+        ("subgroups_metric", "f2"),
         ("shard_size", 0),
         ("run_id", "../escape"),
         ("config", ""),

@@ -210,9 +210,9 @@ def tiny_builder(monkeypatch):
     monkeypatch.setattr(modelio, "build_model", build_tiny)
 
 
-def _audit(tmp_path: Path, biased: bool):
+def _audit(tmp_path: Path, biased: bool, checks: dict | None = None):
     model = train_multilabel(make_scenes(600, SEED, biased_labels=biased))
-    world = write_audit_world(tmp_path, model, make_scenes(400, SEED + 1))
+    world = write_audit_world(tmp_path, model, make_scenes(400, SEED + 1), checks=checks)
     return run_audit(load_config(world.config), "20260101T000000Z-desk01")
 
 
@@ -250,11 +250,15 @@ def test_biased_desk_model_fails_laptop_to_mouse_end_to_end(tmp_path, tiny_build
 
 
 def test_fair_desk_model_passes_every_pair_end_to_end(tmp_path, tiny_builder):
-    outcome = _audit(tmp_path, biased=False)
+    checks = {"leakage": {}, "subgroups": {"attributes": ["room"], "metric": "f1", "n_bootstrap": 200}}
+    outcome = _audit(tmp_path, biased=False, checks=checks)
     gates = read_table(outcome.run_dir / "gates.parquet")
     leakage = gates[gates["check"] == "leakage"]
     assert len(leakage) == 12 and leakage["passed"].all() and leakage["judged"].all()
-    assert outcome.verdict.passed
+    subgroups = read_table(outcome.run_dir / "subgroups.parquet")
+    assert set(subgroups["metric"]) == {f"f1[{c}]" for c in CLASSES}
+    assert set(subgroups["group"]) == {"home", "office"}
+    assert outcome.verdict.passed, outcome.summary["failed_gates"]
     assert len(read_table(outcome.run_dir / "leakage_images.parquet")) == 0
 
 
@@ -271,3 +275,110 @@ def test_report_says_leakage_was_skipped_for_a_multilabel_run_without_the_check(
     run = dataclasses.replace(load_run(build_run(tmp_path)), multilabel=True)
     view = sections.leakage(run, thumb_size=64)
     assert view.shown and "check not configured / skipped (no leakage.parquet" in view.skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Subgroup metrics of a multilabel model
+# ---------------------------------------------------------------------------------------------
+
+
+def _multilabel_predictions(n: int = 600, seed: int = 4) -> pd.DataFrame:
+    """Random true sets; predictions that miss the mouse far more often in the `dark` group."""
+    rng = np.random.default_rng(seed)
+    truth = rng.random((n, len(CLASSES))) < 0.4
+    skin = np.where(rng.random(n) < 0.5, "dark", "light")
+    predicted = truth ^ (rng.random((n, len(CLASSES))) < 0.05)
+    mouse = CLASSES.index("mouse")
+    predicted[:, mouse] &= ~((skin == "dark") & (rng.random(n) < 0.6))  # dark: most mice missed
+    return pd.DataFrame(
+        {
+            "tags": [[c for c, t in zip(CLASSES, row, strict=True) if t] for row in truth],
+            "predicted_labels": [[c for c, p in zip(CLASSES, row, strict=True) if p] for row in predicted],
+            "skin": skin,
+        }
+    )
+
+
+@pytest.mark.parametrize("metric", ["recall", "precision", "f1"])
+def test_per_class_multilabel_metrics_match_fairlearn(metric):
+    from fairlearn.metrics import MetricFrame
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from audit_tasks.config import SubgroupCheck
+    from audit_tasks.subgroups import check_subgroups_multilabel
+
+    frame = _multilabel_predictions()
+    result = check_subgroups_multilabel(
+        frame, check=SubgroupCheck(attributes=("skin",), metric=metric, n_bootstrap=200), classes=CLASSES
+    )
+    score = {"recall": recall_score, "precision": precision_score, "f1": f1_score}[metric]
+    truth = np.array([[c in t for c in CLASSES] for t in frame["tags"]])
+    predicted = np.array([[c in p for c in CLASSES] for p in frame["predicted_labels"]])
+    for j, c in enumerate(CLASSES):
+        peer = MetricFrame(metrics=score, y_true=truth[:, j], y_pred=predicted[:, j], sensitive_features=frame["skin"])
+        ours = result.groups[result.groups["metric"] == f"{metric}[{c}]"].set_index("group")["value"]
+        for group, value in peer.by_group.items():
+            assert ours[group] == pytest.approx(value, abs=1e-12), (c, group)
+
+
+def test_exact_match_and_hamming_accuracy_match_sklearn_with_wilson_intervals():
+    from sklearn.metrics import accuracy_score, hamming_loss
+
+    from audit_tasks.config import SubgroupCheck
+    from audit_tasks.stats import wilson_interval
+    from audit_tasks.subgroups import check_subgroups_multilabel
+
+    frame = _multilabel_predictions()
+    truth = np.array([[c in t for c in CLASSES] for t in frame["tags"]])
+    predicted = np.array([[c in p for c in CLASSES] for p in frame["predicted_labels"]])
+    for metric in ("exact_match", "hamming_accuracy"):
+        check = SubgroupCheck(attributes=("skin",), metric=metric)
+        groups = check_subgroups_multilabel(frame, check=check, classes=CLASSES).groups.set_index("group")
+        for group in ("dark", "light"):
+            mask = (frame["skin"] == group).to_numpy()
+            if metric == "exact_match":
+                expected, trials = accuracy_score(truth[mask], predicted[mask]), mask.sum()
+            else:
+                expected, trials = 1 - hamming_loss(truth[mask], predicted[mask]), mask.sum() * len(CLASSES)
+            row = groups.loc[group]
+            assert row["value"] == pytest.approx(expected, abs=1e-12) and row["n"] == trials
+            low, high = wilson_interval(round(expected * trials), trials, check.confidence)
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((float(low), float(high)), abs=1e-12)
+
+
+def test_a_planted_per_class_gap_fails_its_class_gate_only():
+    from audit_tasks.config import SubgroupCheck
+    from audit_tasks.subgroups import check_subgroups_multilabel
+
+    result = check_subgroups_multilabel(
+        _multilabel_predictions(), check=SubgroupCheck(attributes=("skin",), metric="recall"), classes=CLASSES
+    )
+    failed = sorted(g.name for g in result.gates if not g.passed)
+    assert failed == ["subgroups/skin=dark/recall[mouse]"]
+
+
+def test_f1_gaps_use_bootstrap_intervals():
+    from audit_tasks.config import SubgroupCheck
+    from audit_tasks.subgroups import check_subgroups_multilabel
+
+    check = SubgroupCheck(attributes=("skin",), metric="f1", n_bootstrap=300)
+    result = check_subgroups_multilabel(_multilabel_predictions(), check=check, classes=CLASSES)
+    mouse = result.groups[result.groups["metric"] == "f1[mouse]"].set_index("group")
+    assert (mouse["ci_low"] < mouse["value"]).all() and (mouse["value"] < mouse["ci_high"]).all()
+    assert [g.name for g in result.gates if not g.passed] == ["subgroups/skin=dark/f1[mouse]"]
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "message"),
+    [
+        (
+            "multilabel",
+            "macro_recall",
+            "'checks.subgroups.metric' 'macro_recall' is not a metric of a multilabel model",
+        ),
+        ("multiclass", "exact_match", "'checks.subgroups.metric' 'exact_match' needs model.task: multilabel"),
+    ],
+)
+def test_subgroup_metric_must_fit_the_task(tmp_path, task, metric, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_config_file(tmp_path, {"task": task}, {"subgroups": {"attributes": ["skin"], "metric": metric}}))
