@@ -67,18 +67,19 @@ CHECK_NAME = "leakage"
 METRIC = "fp_rate_gap"
 STATUS_OK = "ok"
 STATUS_LEAK = "leak"
+#: The contract's columns first, in its order, then what this check adds.
 LEAKAGE_COLUMNS = (
     "tag_a",
     "tag_b",
     "n_a_without_b",
-    "n_neither",
     "fp_rate_with_a",
     "fp_rate_without_a",
     "gap",
     "ci_low",
     "ci_high",
-    "pvalue",
     "flagged",
+    "n_neither",
+    "pvalue",
     "status",
 )
 WORST_COLUMNS = ("tag_a", "tag_b", "rank", "image_id", "position", "score_b")

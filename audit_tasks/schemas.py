@@ -131,14 +131,14 @@ LEAKAGE = pa.schema(
         _f("tag_a", pa.string(), False, doc="the class present"),
         _f("tag_b", pa.string(), False, doc="the class absent, whose prediction is counted"),
         _f("n_a_without_b", pa.int64(), False, unit="images with a and without b"),
-        _f("n_neither", pa.int64(), False, unit="images with neither a nor b"),
         _f("fp_rate_with_a", pa.float64(), unit="fraction of a-without-b images predicted b"),
         _f("fp_rate_without_a", pa.float64(), unit="fraction of neither images predicted b"),
         _f("gap", pa.float64(), unit="fp_rate_with_a - fp_rate_without_a"),
         _f("ci_low", pa.float64(), unit="gap; one-sided lower bound at the check's adjusted level"),
         _f("ci_high", pa.float64(), unit="gap; upper end of the same two-sided interval"),
-        _f("pvalue", pa.float64(), doc="one-sided p-value of gap > max_rate_gap, adjusted for the pairs"),
         _f("flagged", pa.bool_(), False),
+        _f("n_neither", pa.int64(), False, unit="images with neither a nor b"),
+        _f("pvalue", pa.float64(), doc="one-sided p-value of gap > max_rate_gap, adjusted for the pairs"),
         _f("status", pa.string(), doc="ok | leak | too small to judge"),
     ]
 )

@@ -226,13 +226,13 @@ def test_biased_desk_model_fails_laptop_to_mouse_end_to_end(tmp_path, tiny_build
         "tag_a",
         "tag_b",
         "n_a_without_b",
-        "n_neither",
         "fp_rate_with_a",
         "fp_rate_without_a",
         "gap",
         "ci_low",
         "ci_high",
-    ]
+        "flagged",
+    ]  # the contract's columns, in its order
     story = pairs[(pairs["tag_a"] == "laptop") & (pairs["tag_b"] == "mouse")].iloc[0]
     assert story["flagged"] and story["ci_low"] > 0.10
     worst = read_table(outcome.run_dir / "leakage_images.parquet")
