@@ -58,7 +58,6 @@ __all__ = [
     "WORST_COLUMNS",
     "LeakageResult",
     "check_leakage",
-    "class_indicator",
     "pair_subject",
     "worst_images",
 ]

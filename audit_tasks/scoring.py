@@ -23,6 +23,7 @@ from torch import nn
 from audit_tasks import schemas
 from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
+from audit_tasks.group_metrics import class_indicator
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
 from audit_tasks.regions import METRIC_COLUMNS, flag_images, region_metrics, row_regions
@@ -81,9 +82,12 @@ def image_columns(attributes: Sequence[str], *, multilabel: bool = False) -> lis
 
 
 def true_labels(tags: Any, classes: Sequence[str]) -> list[str]:
-    """A multilabel image's true set: its tags that are model classes, in class order (the `label` is not used)."""
-    present = set(parse_tags(tags))
-    return [c for c in classes if c in present]
+    """A multilabel image's true set: its tags that are model classes, in class order (the `label` is not used).
+
+    One rule with the checks': group_metrics.class_indicator.
+    """
+    present = class_indicator([tags], classes)[0]
+    return [c for c, on in zip(classes, present, strict=True) if on]
 
 
 def images_schema(attributes: Sequence[str], cam_cells: int, *, multilabel: bool = False) -> pa.Schema:

@@ -8,11 +8,11 @@ import pytest
 
 from audit_tasks.config import LeakageCheck
 from audit_tasks.errors import ManifestError
+from audit_tasks.group_metrics import class_indicator
 from audit_tasks.leakage import (
     MSG_MISSING_COLUMN,
     STATUS_LEAK,
     check_leakage,
-    class_indicator,
     worst_images,
 )
 from audit_tasks.stats import holm_adjust, newcombe_exceedance_pvalue
