@@ -107,7 +107,9 @@ def subgroups() -> str | None:
     from audit_tasks import pipeline
 
     config, run_id = _config_and_run_id()
-    return _str_or_none(pipeline.stage_subgroups(config, run_id))
+    path = pipeline.stage_subgroups(config, run_id)
+    pipeline.stage_leakage(config, run_id)  # the other check on the merged predictions (multilabel only)
+    return _str_or_none(path)
 
 
 def gate_stage() -> str:

@@ -70,7 +70,18 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "checks.subgroups.metric": {
         "description": "Metric compared across subgroups.",
-        "enum": ["accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"],
+        "enum": [
+            "accuracy",
+            "recall",
+            "tpr",
+            "fpr",
+            "precision",
+            "macro_recall",
+            "macro_precision",
+            "f1",
+            "exact_match",
+            "hamming_accuracy",
+        ],
         "type": "string",
     },
     "checks.subgroups.max_gap": {
@@ -114,6 +125,34 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "checks.ingest.suite": {
         "anyOf": [{"minLength": 1, "type": "string"}, {"type": "null"}],
         "description": "A Great Expectations suite (GX 1.x JSON) run on the manifest rows beside the built-in rules.",
+    },
+    "checks.leakage.max_rate_gap": {
+        "description": "Largest allowed excess rate of predicting b where a is present and b absent, vs neither.",
+        "exclusiveMaximum": 1,
+        "minimum": 0,
+        "type": "number",
+    },
+    "checks.leakage.min_support": {
+        "description": "Pairs with fewer images on either side (a without b; neither) are not judged.",
+        "minimum": 1,
+        "type": "integer",
+    },
+    "checks.leakage.confidence": {
+        "description": "Confidence level of the rate-gap tests.",
+        "exclusiveMaximum": 1,
+        "exclusiveMinimum": 0.5,
+        "type": "number",
+    },
+    "checks.leakage.multiple_comparisons": {
+        "description": "holm (default), bonferroni: family-wise error at most 1 - confidence; none: no adjustment.",
+        "enum": ["holm", "bonferroni", "none"],
+        "type": "string",
+    },
+    "checks.leakage.worst_images": {
+        "description": "Images per flagged pair shown in the report with their Grad-CAM for b.",
+        "maximum": 32,
+        "minimum": 0,
+        "type": "integer",
     },
     "checks.image_properties.bins": {
         "description": "Quantile bins per numeric property (q1 lowest).",

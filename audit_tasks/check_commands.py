@@ -31,6 +31,7 @@ NON_ATTRIBUTE_COLUMNS = frozenset(CATALOG_COLUMNS) | frozenset(
         "confidence",
         "score",
         "scores",
+        "predicted_labels",
         "correct",
         "target_class",
     }
@@ -82,12 +83,15 @@ def run_cooccurrence_check(
 def run_subgroup_check(
     predictions: Path, config: AuditConfig | None, out_dir: StoragePath, *, today: date | None = None
 ) -> CheckOutcome:
-    """Subgroup metrics on a table with `label`, `prediction` and attribute columns (`today`: as above)."""
+    """Subgroup metrics on a table with `label`, `prediction` and attribute columns (a multilabel model's
+    config: `tags` and `predicted_labels`, lists or `|`-separated; `today`: as above)."""
     from audit_tasks.pipeline import write_subgroup_tables
-    from audit_tasks.subgroups import check_subgroups
+    from audit_tasks.subgroups import check_subgroups, check_subgroups_multilabel
 
     frame = read_prediction_table(Path(predictions))
-    for column in ("label", "prediction"):
+    model = config.model if config is not None else None
+    multilabel = model is not None and model.task == "multilabel"
+    for column in ("tags", "predicted_labels") if multilabel else ("label", "prediction"):
         if column not in frame.columns:
             raise ManifestError(f"{predictions}: required column '{column}' is missing")
     checks = config.checks if config is not None else default_checks()
@@ -97,8 +101,13 @@ def run_subgroup_check(
     missing = [a for a in check.attributes if a not in frame.columns]
     if missing:
         raise ManifestError(f"{predictions}: configured attribute column(s) missing: {', '.join(missing)}")
-    classes = config.model.classes if config is not None and config.model is not None else None
-    result = check_subgroups(frame, check=check, classes=classes, positive_class=check.positive_class)
+    if model is not None and multilabel:
+        result = check_subgroups_multilabel(
+            frame, check=check, classes=model.classes, positive_class=check.positive_class
+        )
+    else:
+        classes = model.classes if model is not None else None
+        result = check_subgroups(frame, check=check, classes=classes, positive_class=check.positive_class)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_subgroup_tables(result, out_dir)
     return _finish(out_dir, result.gates, config, today=today)

@@ -38,7 +38,7 @@ from upath import UPath
 
 from audit_tasks.errors import ConfigError
 from audit_tasks.gates import GATE_CHECKS
-from audit_tasks.group_metrics import SubgroupMetric
+from audit_tasks.group_metrics import METRIC_NAMES, MULTILABEL_METRICS, MULTILABEL_ONLY_METRICS, SubgroupMetric
 from audit_tasks.image_properties import IMAGE_PROPERTY_NAMES, ImagePropertyName
 from audit_tasks.storage import StoragePath, is_remote, storage_path
 
@@ -48,6 +48,7 @@ __all__ = [
     "CooccurrenceCheck",
     "DatasetConfig",
     "IngestCheck",
+    "LeakageCheck",
     "ModelConfig",
     "OutputConfig",
     "PolicyConfig",
@@ -189,6 +190,32 @@ class DatasetConfig(_Section):
     min_image_side: int = Field(default=8, gt=0)
 
 
+def _thresholds(value: Any) -> float | dict[str, float]:
+    """A probability in (0, 1), or a mapping of class name -> probability in (0, 1) (classes checked later)."""
+    if isinstance(value, Mapping):
+        bad = [f"{k!r}: {v!r}" for k, v in value.items() if not (isinstance(k, str) and k and _is_probability(v))]
+        if bad:
+            raise _problem(MSG_BAD_THRESHOLDS + "; got {bad}", bad=", ".join(bad))
+        return {k: float(v) for k, v in value.items()}
+    if not _is_probability(value):
+        raise _problem(MSG_BAD_THRESHOLDS + "; got {value}", value=repr(value))
+    return float(value)
+
+
+def _is_probability(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+
+MSG_BAD_THRESHOLDS = "must be a number strictly between 0 and 1, or a mapping of class -> such a number"
+_PROBABILITY_SCHEMA = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+#: model.thresholds: one probability for every class, or one per class.
+Thresholds = Annotated[
+    float | dict[str, float],
+    PlainValidator(_thresholds),
+    WithJsonSchema({"anyOf": [_PROBABILITY_SCHEMA, {"type": "object", "additionalProperties": _PROBABILITY_SCHEMA}]}),
+]
+
+
 class ModelConfig(_Section):
     """The classifier under audit and how to feed it."""
 
@@ -201,6 +228,14 @@ class ModelConfig(_Section):
     std: PositiveRGB = (0.229, 0.224, 0.225)
     # TorchScript / torch.export archives can run arbitrary graph code: loading them is opt-in.
     allow_scripted: bool = False
+    # multiclass: one class per image (softmax); multilabel: every class is a target (sigmoid per class), the
+    # prediction is the set of classes over their threshold and the truth is the image's tags among the classes.
+    task: Literal["multiclass", "multilabel"] = Field(
+        default="multiclass", description="multiclass (softmax, one class) or multilabel (sigmoid, a set)."
+    )
+    thresholds: Thresholds = Field(
+        default=0.5, description="multilabel: probability over which a class is predicted; one number or per class."
+    )
 
     @field_validator("classes")
     @classmethod
@@ -211,6 +246,26 @@ class ModelConfig(_Section):
         if duplicates:
             raise _problem("has duplicate class names: {names}", names=", ".join(duplicates))
         return classes
+
+    @model_validator(mode="after")
+    def _thresholds_name_classes(self) -> ModelConfig:
+        if isinstance(self.thresholds, dict):
+            unknown = sorted(set(self.thresholds) - set(self.classes))
+            if unknown:
+                raise _problem(
+                    "names classes that are not in model.classes: {names}", key="thresholds", names=", ".join(unknown)
+                )
+        return self
+
+    def threshold_list(self) -> list[float]:
+        """One threshold per class, in class order (a class a mapping leaves out gets the default 0.5)."""
+        if isinstance(self.thresholds, dict):
+            return [float(self.thresholds.get(c, DEFAULT_THRESHOLD)) for c in self.classes]
+        return [float(self.thresholds)] * len(self.classes)
+
+
+#: The multilabel threshold of a class that `model.thresholds` does not name.
+DEFAULT_THRESHOLD = 0.5
 
 
 class SaliencyConfig(_Section):
@@ -328,6 +383,29 @@ class SubgroupCheck(_Section):
     )
 
 
+class LeakageCheck(_Section):
+    """Thresholds of the multilabel prediction-leakage check (see audit_tasks.leakage for the rule)."""
+
+    max_rate_gap: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="Largest allowed excess rate of predicting b where a is present and b absent, vs neither.",
+    )
+    min_support: int = Field(
+        default=30, ge=1, description="Pairs with fewer images on either side (a without b; neither) are not judged."
+    )
+    # Above 1/2: the one-sided test at level 1 - confidence is read off a two-sided interval at 1 - 2 (1 - confidence).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the rate-gap tests.")
+    multiple_comparisons: Literal["holm", "bonferroni", "none"] = Field(
+        default="holm",
+        description="holm (default), bonferroni: family-wise error at most 1 - confidence; none: no adjustment.",
+    )
+    worst_images: int = Field(
+        default=4, ge=0, le=32, description="Images per flagged pair shown in the report with their Grad-CAM for b."
+    )
+
+
 class ImagePropertiesCheck(_Section):
     """Image-property shortcuts (see audit_tasks.image_properties): read from the header at ingest and
     measured on the pixels while scoring (where they are decoded anyway: bench/image_properties.py), binned
@@ -366,6 +444,7 @@ class ChecksConfig(_Section):
     saliency: SaliencyCheck | None = None
     subgroups: SubgroupCheck | None = None
     ingest: IngestCheck | None = None
+    leakage: LeakageCheck | None = None
     # On by default: a missing section measures and checks every property.
     image_properties: ImagePropertiesCheck = Field(default_factory=lambda: ImagePropertiesCheck())
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.
@@ -504,6 +583,30 @@ class AuditConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _subgroup_metric_fits_the_task(self) -> AuditConfig:
+        subgroups, model = self.checks.subgroups, self.model
+        if subgroups is None or model is None:
+            return self
+        if model.task == "multilabel" and subgroups.metric not in MULTILABEL_METRICS:
+            raise _problem(
+                "{value} is not a metric of a multilabel model; use one of {known}",
+                key="checks.subgroups.metric",
+                value=repr(subgroups.metric),
+                known=", ".join(m for m in METRIC_NAMES if m in MULTILABEL_METRICS),
+            )
+        if model.task != "multilabel" and subgroups.metric in MULTILABEL_ONLY_METRICS:
+            raise _problem(
+                "{value} needs model.task: multilabel", key="checks.subgroups.metric", value=repr(subgroups.metric)
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _leakage_needs_multilabel(self) -> AuditConfig:
+        if self.checks.leakage is not None and self.model is not None and self.model.task != "multilabel":
+            raise _problem(MSG_LEAKAGE_MULTICLASS, key="checks.leakage")
+        return self
+
     def require_dataset(self) -> DatasetConfig:
         if self.dataset is None:
             raise ConfigError(f"{self._where()}: section 'dataset' is required for this command")
@@ -524,6 +627,13 @@ class AuditConfig(_Section):
 
     def _where(self) -> str:
         return str(self.source) if self.source else "config"
+
+
+#: A leakage check on a multiclass model: predicting b never depends on a there, since one class is predicted.
+MSG_LEAKAGE_MULTICLASS = (
+    "needs model.task: multilabel (leakage compares how often b is predicted with and without a, "
+    "which needs a model that predicts a set of classes); remove checks.leakage or set model.task"
+)
 
 
 #: Defaults used when a check command gets no config at all: every check on, with its defaults.

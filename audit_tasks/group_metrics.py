@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from audit_tasks.errors import ConfigError, ManifestError
+from audit_tasks.manifest import parse_tags
 from audit_tasks.stats import (
     bootstrap_std_error,
     check_confidence,
@@ -56,8 +57,11 @@ __all__ = [
     "BY_GROUP_COLUMNS",
     "DIFFERENCE_COLUMNS",
     "LOWER_IS_BETTER",
+    "BOOTSTRAP_METRICS",
     "MACRO_METRICS",
     "METRIC_NAMES",
+    "MULTILABEL_METRICS",
+    "MULTILABEL_ONLY_METRICS",
     "OVERALL_ATTRIBUTE",
     "OVERALL_GROUP",
     "PER_CLASS_METRICS",
@@ -66,16 +70,39 @@ __all__ = [
     "GroupMetricFrame",
     "MetricEstimate",
     "SubgroupMetric",
+    "MultilabelVariant",
     "check_metric",
+    "class_indicator",
+    "multilabel_variants",
 ]
 
 #: Every metric a GroupMetricFrame computes: the names `checks.subgroups.metric` accepts.
-SubgroupMetric = Literal["accuracy", "recall", "tpr", "fpr", "precision", "macro_recall", "macro_precision"]
+SubgroupMetric = Literal[
+    "accuracy",
+    "recall",
+    "tpr",
+    "fpr",
+    "precision",
+    "macro_recall",
+    "macro_precision",
+    "f1",
+    "exact_match",
+    "hamming_accuracy",
+]
 METRIC_NAMES: tuple[str, ...] = typing.get_args(SubgroupMetric)
 #: Metrics of one positive class against the rest (`positive_class`).
-PER_CLASS_METRICS = frozenset({"recall", "tpr", "fpr", "precision"})
+PER_CLASS_METRICS = frozenset({"recall", "tpr", "fpr", "precision", "f1"})
 #: Means over classes; their intervals come from the bootstrap.
 MACRO_METRICS = frozenset({"macro_recall", "macro_precision"})
+#: Metrics that are no proportion (no score interval): percentile bootstrap, normal test on differences.
+BOOTSTRAP_METRICS = MACRO_METRICS | {"f1"}
+#: Metrics of a multilabel model (`model.task: multilabel`), per class for recall, precision and f1;
+#: `accuracy` of a set prediction is its exact match.
+MULTILABEL_METRICS = frozenset({"accuracy", "exact_match", "hamming_accuracy", "recall", "precision", "f1"})
+#: Metrics only a multilabel model has.
+MULTILABEL_ONLY_METRICS = frozenset({"exact_match", "hamming_accuracy"})
+#: Proportions of correct items: every image (accuracy, exact_match) or every image-class cell (hamming).
+_ACCURACY_LIKE = frozenset({"accuracy", "exact_match", "hamming_accuracy"})
 #: Metrics where the best group has the lowest value.
 LOWER_IS_BETTER = frozenset({"fpr"})
 _METRIC_SEED = {name: i for i, name in enumerate(METRIC_NAMES)}
@@ -493,7 +520,7 @@ class GroupMetricFrame:
         table = self.by_group(metric, positive_class=positive_class)
         value = table["value"].to_numpy(float)
         diff = value[ref] - value
-        if metric in MACRO_METRICS:
+        if metric in BOOTSTRAP_METRICS:
             se = table["std_error"].to_numpy(float)
             low, high = normal_interval(diff, np.sqrt(se[ref] ** 2 + se**2), conf)
         else:
@@ -508,10 +535,10 @@ class GroupMetricFrame:
     def proportion_counts(self, metric: str, *, positive_class: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(successes, trials) per group of a proportion metric: the counts its Wilson interval rests on.
 
-        Raises ConfigError for a macro metric (it is no proportion) or an unknown metric.
+        Raises ConfigError for a bootstrapped metric (it is no proportion) or an unknown metric.
         """
         check_metric(metric)
-        if metric in MACRO_METRICS:
+        if metric in BOOTSTRAP_METRICS:
             raise ConfigError(MSG_UNKNOWN_METRIC.format(metric=metric, known="the proportion metrics"))
         s, t = self._proportion(self._counts, metric, self._positive_or_none(metric, positive_class))
         return np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
@@ -532,7 +559,7 @@ class GroupMetricFrame:
     def _proportion(counts: np.ndarray, metric: str, c: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(successes, trials) per group of a proportion metric, from counts [group, label, prediction]."""
         total = counts.sum(axis=(1, 2))
-        if metric == "accuracy" or c is None:
+        if metric in _ACCURACY_LIKE or c is None:
             return counts.diagonal(axis1=1, axis2=2).sum(axis=1), total
         hit = counts[:, c, c]
         if metric in ("recall", "tpr"):
@@ -558,20 +585,39 @@ class GroupMetricFrame:
             rates = np.where(defined, hit / np.where(defined, trials, 1), 0.0)
             return rates.sum(axis=-1) / np.where(defined.any(axis=-1), defined.sum(axis=-1), np.nan)
 
-    def _bootstrap(self, counts: np.ndarray, metric: str, scope: str) -> np.ndarray:
-        """(groups, n_bootstrap) replicates of a macro metric: multinomial resamples of each group's images."""
-        key = (metric, self._n_bootstrap, scope)
+    @staticmethod
+    def _f1_cells(counts: np.ndarray, c: int) -> np.ndarray:
+        """(groups, 4) counts of the positive class c: true positives, false positives, false negatives, the rest."""
+        tp = counts[:, c, c]
+        fp = counts[:, :, c].sum(axis=1) - tp
+        fn = counts[:, c, :].sum(axis=1) - tp
+        return np.stack([tp, fp, fn, counts.sum(axis=(1, 2)) - tp - fp - fn], axis=1)
+
+    @staticmethod
+    def _f1_value(cells: np.ndarray) -> np.ndarray:
+        """2 TP / (2 TP + FP + FN) along the last axis; NaN where the class is neither true nor predicted."""
+        tp, fp, fn = cells[..., 0], cells[..., 1], cells[..., 2]
+        denominator = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1), np.nan)
+
+    def _bootstrap(self, counts: np.ndarray, metric: str, scope: str, c: int | None = None) -> np.ndarray:
+        """(groups, n_bootstrap) replicates of a bootstrapped metric: multinomial resamples of each group's images."""
+        key = (metric, self._n_bootstrap, scope if c is None else f"{scope}:{c}")
         if key in self._replicates:
             return self._replicates[key]
-        hit, miss = self._macro_cells(counts, metric)
-        k = hit.shape[1]
-        rng = np.random.default_rng([self._seed, _METRIC_SEED[metric], 0 if scope == "groups" else 1])
-        out = multinomial_bootstrap(
-            np.concatenate([hit, miss], axis=1),
-            self._n_bootstrap,
-            lambda draws: self._macro_value(draws[..., :k], draws[..., k:]),
-            rng,
-        )
+        rng = np.random.default_rng([self._seed, _METRIC_SEED[metric], 0 if scope == "groups" else 1, c or 0])
+        if metric == "f1" and c is not None:
+            out = multinomial_bootstrap(self._f1_cells(counts, c), self._n_bootstrap, self._f1_value, rng)
+        else:
+            hit, miss = self._macro_cells(counts, metric)
+            k = hit.shape[1]
+            out = multinomial_bootstrap(
+                np.concatenate([hit, miss], axis=1),
+                self._n_bootstrap,
+                lambda draws: self._macro_value(draws[..., :k], draws[..., k:]),
+                rng,
+            )
         out.flags.writeable = False
         self._replicates[key] = out
         return out
@@ -589,7 +635,17 @@ class GroupMetricFrame:
         check_metric(metric)
         conf = self._confidence if confidence is None else confidence
         n = counts.sum(axis=(1, 2)).astype(np.int64)
-        if metric in MACRO_METRICS:
+        c = self._positive_or_none(metric, positive_class)
+        if metric == "f1" and c is not None:
+            cells = self._f1_cells(counts, c)
+            value = self._f1_value(cells)
+            support = cells[:, :3].sum(axis=1)  # images labelled or predicted the positive class
+            reps = self._bootstrap(counts, metric, scope, c)
+            low, high = percentile_interval(reps, conf)
+            se = bootstrap_std_error(reps)
+            undefined = np.isnan(value)
+            low, high, se = (np.where(undefined, np.nan, x) for x in (low, high, se))
+        elif metric in MACRO_METRICS:
             hit, miss = self._macro_cells(counts, metric)
             value = self._macro_value(hit, miss)
             support = n
@@ -599,7 +655,7 @@ class GroupMetricFrame:
             undefined = np.isnan(value)  # no image in the group: its replicates are NaN too
             low, high, se = (np.where(undefined, np.nan, x) for x in (low, high, se))
         else:
-            s, t = self._proportion(counts, metric, self._positive_or_none(metric, positive_class))
+            s, t = self._proportion(counts, metric, c)
             support = t.astype(np.int64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 value = np.where(t > 0, s / np.where(t > 0, t, 1), np.nan)
@@ -617,6 +673,100 @@ class GroupMetricFrame:
             },
             columns=list(BY_GROUP_COLUMNS),
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Multilabel models: each metric as a frame of the same engine
+# ---------------------------------------------------------------------------------------------
+
+#: The two labels of the frames that count hits and misses (exact match, Hamming accuracy).
+_HIT, _MISS = "hit", "miss"
+
+
+@dataclass(frozen=True)
+class MultilabelVariant:
+    """One judged metric of a multilabel model: its name in the tables, the engine's metric, and its frame."""
+
+    label: str  # `recall[mouse]`, `exact_match`, ...
+    metric: str  # what `frame` computes
+    positive: str | None
+    frame: GroupMetricFrame
+
+
+def class_indicator(sets: Sequence[Any], classes: Sequence[str]) -> np.ndarray:
+    """(n, classes) bool: which classes each row's set holds (a list, array or ``|``-separated string).
+
+    Names that are not classes are ignored: a multilabel image's truth is its tags among the model's classes.
+    """
+    index = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(sets), len(classes)), dtype=bool)
+    for i, value in enumerate(sets):
+        for name in parse_tags(value):
+            j = index.get(name)
+            if j is not None:
+                out[i, j] = True
+    return out
+
+
+def multilabel_variants(
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    classes: Sequence[str],
+    metric: str,
+    *,
+    sensitive_features: pd.DataFrame,
+    positive_class: str | None = None,
+    confidence: float = 0.95,
+    n_bootstrap: int = 2000,
+) -> list[MultilabelVariant]:
+    """The frames a multilabel metric is judged on, each an ordinary GroupMetricFrame (one engine, one rule).
+
+    Per class c (recall, precision, f1; only `positive_class` when given): the binary frame "c" vs "not c"
+    of the images' true and predicted sets. `exact_match` (and `accuracy`, its synonym for set predictions):
+    one frame of hit/miss per image, whose accuracy is the share of images predicted exactly. Hamming
+    accuracy: hit/miss per image-class cell (n counts cells; cells of one image are not independent, so its
+    interval is optimistic by up to the design effect). Raises ConfigError for a metric a multilabel model
+    does not have.
+    """
+    if metric not in MULTILABEL_METRICS:
+        known = ", ".join(sorted(MULTILABEL_METRICS))
+        raise ConfigError(MSG_UNKNOWN_METRIC.format(metric=metric, known=f"{known} (multilabel)"))
+    classes = [str(c) for c in classes]
+    if metric in PER_CLASS_METRICS:
+        if positive_class is not None and positive_class not in classes:
+            raise ConfigError(MSG_BAD_POSITIVE.format(cls=positive_class, classes=", ".join(classes)))
+        out = []
+        for j, c in enumerate(classes):
+            if positive_class is not None and c != positive_class:
+                continue
+            other = f"not {c}"
+            frame = GroupMetricFrame(
+                y_true=np.where(truth[:, j], c, other),
+                y_pred=np.where(predicted[:, j], c, other),
+                sensitive_features=sensitive_features,
+                classes=(other, c),
+                confidence=confidence,
+                n_bootstrap=n_bootstrap,
+            )
+            out.append(MultilabelVariant(f"{metric}[{c}]", metric, c, frame))
+        return out
+    if metric == "hamming_accuracy":
+        rows = np.repeat(np.arange(len(truth)), len(classes))
+        features = sensitive_features.iloc[rows].reset_index(drop=True)
+        hits = (truth == predicted).reshape(-1)
+    else:
+        features = sensitive_features
+        hits = (truth == predicted).all(axis=1)
+    frame = GroupMetricFrame(
+        y_true=np.full(len(hits), _HIT),
+        y_pred=np.where(hits, _HIT, _MISS),
+        sensitive_features=features,
+        classes=(_MISS, _HIT),
+        confidence=confidence,
+        n_bootstrap=n_bootstrap,
+    )
+    computed = "hamming_accuracy" if metric == "hamming_accuracy" else "exact_match"
+    return [MultilabelVariant(metric, computed, None, frame)]
 
 
 def _feature_frame(features: Any, n_rows: int) -> pd.DataFrame:

@@ -80,6 +80,7 @@ def model_fingerprint(config: ModelConfig) -> str:
         "input_size": config.input_size,
         "mean": list(config.mean),
         "std": list(config.std),
+        **({"task": config.task, "thresholds": config.thresholds} if config.task == "multilabel" else {}),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 

@@ -33,7 +33,7 @@ from audit_tasks.tables import read_table, write_json, write_table
 log = logging.getLogger("audit_tasks")
 
 #: Order in which check gates appear in gates.parquet and the report.
-GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups")
+GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups", "leakage")
 
 
 @dataclass(frozen=True)
@@ -363,8 +363,8 @@ def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
 
 
 def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
-    """Subgroup metrics with confidence intervals over the audited images' predictions."""
-    from audit_tasks.subgroups import check_subgroups, merge_subgroup_results
+    """Subgroup metrics with confidence intervals over the audited images' predictions (sets, for multilabel)."""
+    from audit_tasks.subgroups import check_subgroups, check_subgroups_multilabel, merge_subgroup_results
 
     check = config.checks.subgroups
     rd = run_dir(config, run_id)
@@ -375,12 +375,15 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     if not images_path.is_file():
         raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
     # Only what the check reads: the CAM column alone is most of a large images table.
+    model = config.require_model()
+    multilabel = model.task == "multilabel"
     present = set(parquet_schema(images_path).names)
-    wanted = ["label", "prediction", *check.attributes]
+    wanted = ["tags", "predicted_labels"] if multilabel else ["label", "prediction"]
+    wanted += list(check.attributes)
     images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
-    classes = config.require_model().classes
-    result = check_subgroups(images, check=check, classes=classes, positive_class=check.positive_class)
-    by_property = _subgroups_by_property(config, images_path, check)
+    checker = check_subgroups_multilabel if multilabel else check_subgroups
+    result = checker(images, check=check, classes=model.classes, positive_class=check.positive_class)
+    by_property = _subgroups_by_property(config, images_path, check, checker, wanted[:2])
     if by_property is not None:
         result = merge_subgroup_results(result, by_property)
     target = write_subgroup_tables(result, rd)
@@ -388,11 +391,12 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     return target
 
 
-def _subgroups_by_property(config: AuditConfig, images_path: StoragePath, check):  # -> SubgroupResult | None
+def _subgroups_by_property(
+    config: AuditConfig, images_path: StoragePath, check, checker, truth_and_prediction: list[str]
+):  # -> SubgroupResult | None
     """The subgroup metric across the image properties' catalog-wide bins: each property alone (never
-    intersected), as a family of its own, so the comparisons add no multiplicity to the attributes' tests."""
-    from audit_tasks.subgroups import check_subgroups
-
+    intersected), as a family of its own, so the comparisons add no multiplicity to the attributes' tests.
+    `checker` is the subgroup check of the model's task, reading `truth_and_prediction` columns."""
     if not config.checks.image_properties.subgroups:
         return None
     bins = catalog_property_bins(config)
@@ -402,10 +406,10 @@ def _subgroups_by_property(config: AuditConfig, images_path: StoragePath, check)
     properties = [p for p in config.checks.image_properties.properties if p not in clash]
     if not properties:
         return None
-    images = read_table(images_path, columns=["image_id", "label", "prediction"])
+    images = read_table(images_path, columns=["image_id", *truth_and_prediction])
     images = images.merge(bins[["image_id", *properties]], on="image_id", how="left", validate="many_to_one")
     by_property = check.model_copy(update={"attributes": tuple(properties), "intersections": False})
-    return check_subgroups(
+    return checker(
         images, check=by_property, classes=config.require_model().classes, positive_class=check.positive_class
     )
 
@@ -414,6 +418,63 @@ def write_subgroup_tables(result, out_dir: StoragePath) -> StoragePath:
     """Write a SubgroupResult's tables into `out_dir` (shared by `audit` and `check-subgroups`)."""
     write_table(result.confusion, out_dir / "confusion.parquet", name="confusion", schema=schemas.CONFUSION)
     return write_table(result.groups, out_dir / "subgroups.parquet", name="subgroups", schema=schemas.SUBGROUPS)
+
+
+def stage_leakage(config: AuditConfig, run_id: str) -> StoragePath | None:
+    """Multilabel prediction leakage (audit_tasks.leakage) over the audited images' true and predicted sets,
+    and class b's Grad-CAM on the worst images of each flagged pair (a handful, for the report)."""
+    from audit_tasks.leakage import check_leakage, worst_images
+
+    check = config.checks.leakage
+    rd = run_dir(config, run_id)
+    if check is None:
+        _skip_check(config, run_id, "leakage", ("leakage.parquet", "leakage_images.parquet"))
+        return None
+    images_path = rd / "images.parquet"
+    if not images_path.is_file():
+        raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
+    model_config = config.require_model()
+    present = set(parquet_schema(images_path).names)
+    wanted = ["image_id", "image_path", "tags", "predicted_labels", "scores"]
+    images = read_table(images_path, columns=[c for c in wanted if c in present])  # missing: the check names it
+    result = check_leakage(images, classes=model_config.classes, check=check)
+    worst = worst_images(images, result.pairs, classes=model_config.classes, count=check.worst_images)
+    write_table(
+        _leakage_cams(config, images, worst),
+        rd / "leakage_images.parquet",
+        name="leakage_images",
+        schema=schemas.LEAKAGE_IMAGES,
+    )
+    target = write_table(result.pairs, rd / "leakage.parquet", name="leakage", schema=schemas.LEAKAGE)
+    _write_gates(config, run_id, "leakage", result.gates)
+    return target
+
+
+def _leakage_cams(config: AuditConfig, images: pd.DataFrame, worst: pd.DataFrame) -> pd.DataFrame:
+    """The worst images of the flagged pairs with class b's Grad-CAM (the model is loaded only when some pair leaks)."""
+    from audit_tasks.modelio import load_model
+    from audit_tasks.scoring import explain_classes, true_labels
+
+    model_config = config.require_model()
+    out = worst.drop(columns=["position"]).assign(cam=None, cam_height=None, cam_width=None)
+    if worst.empty:
+        return out
+    index = {c: j for j, c in enumerate(model_config.classes)}
+    picked = images.iloc[worst["position"].to_numpy()].reset_index(drop=True)
+    out["true_labels"] = [true_labels(v, model_config.classes) for v in picked["tags"]]
+    out["predicted_labels"] = [list(v) for v in picked["predicted_labels"]]
+    rows = picked[["image_path"]]
+    cams = explain_classes(
+        load_model(model_config),
+        rows,
+        [index[b] for b in worst["tag_b"]],
+        model_config=model_config,
+        saliency_config=config.saliency,
+        opener=_image_opener(config),
+    ).set_index("position")
+    for column in ("cam", "cam_height", "cam_width"):
+        out[column] = [cams[column].get(i) for i in range(len(out))]
+    return out
 
 
 def stage_saliency_pairs(config: AuditConfig, run_id: str) -> StoragePath | None:
@@ -600,6 +661,8 @@ def _summary(
         "saliency": config.checks.saliency is not None,
         "subgroups": config.checks.subgroups is not None,
     }
+    if config.model is not None and config.model.task == "multilabel":  # leakage applies to multilabel models only
+        configured["leakage"] = config.checks.leakage is not None
     # class_balance gates belong to the co-occurrence check's section.
     owner = {"class_balance": "cooccurrence"}
     checks = {
@@ -665,6 +728,7 @@ def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | N
     stage_saliency(config, run_id)
     stage_cooccurrence(config, run_id)  # after scoring: the label -> property pairs use what it measured
     stage_subgroups(config, run_id)
+    stage_leakage(config, run_id)
     stage_saliency_pairs(config, run_id)
     result = stage_gate(config, run_id, today=today)
     report = stage_report(config, run_id)

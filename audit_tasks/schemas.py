@@ -34,7 +34,7 @@ PROB = "probability (0..1)"
 
 GATES = pa.schema(
     [
-        _f("check", pa.string(), False, doc="ingest | cooccurrence | class_balance | saliency | subgroups"),
+        _f("check", pa.string(), False, doc="ingest | cooccurrence | class_balance | saliency | subgroups | leakage"),
         _f("subject", pa.string(), False, doc="what the gate judges: a class, a group, a tag pair"),
         _f("metric", pa.string(), False),
         _f("value", pa.float64()),
@@ -128,6 +128,38 @@ CONFUSION = pa.schema(
     ]
 )
 
+LEAKAGE = pa.schema(
+    [
+        _f("tag_a", pa.string(), False, doc="the class present"),
+        _f("tag_b", pa.string(), False, doc="the class absent, whose prediction is counted"),
+        _f("n_a_without_b", pa.int64(), False, unit="images with a and without b"),
+        _f("fp_rate_with_a", pa.float64(), unit="fraction of a-without-b images predicted b"),
+        _f("fp_rate_without_a", pa.float64(), unit="fraction of neither images predicted b"),
+        _f("gap", pa.float64(), unit="fp_rate_with_a - fp_rate_without_a"),
+        _f("ci_low", pa.float64(), unit="gap; one-sided lower bound at the check's adjusted level"),
+        _f("ci_high", pa.float64(), unit="gap; upper end of the same two-sided interval"),
+        _f("flagged", pa.bool_(), False),
+        _f("n_neither", pa.int64(), False, unit="images with neither a nor b"),
+        _f("pvalue", pa.float64(), doc="one-sided p-value of gap > max_rate_gap, adjusted for the pairs"),
+        _f("status", pa.string(), doc="ok | leak | too small to judge"),
+    ]
+)
+
+LEAKAGE_IMAGES = pa.schema(
+    [
+        _f("tag_a", pa.string(), False),
+        _f("tag_b", pa.string(), False),
+        _f("rank", pa.int64(), False, doc="1 = the a-without-b image with the highest score for b"),
+        _f("image_id", pa.string(), False),
+        _f("score_b", pa.float64(), unit=PROB),
+        _f("true_labels", pa.list_(pa.string()), doc="the image's tags among the model's classes"),
+        _f("predicted_labels", pa.list_(pa.string()), doc="the classes the model predicted"),
+        _f("cam", pa.list_(pa.float32()), doc="ReLU'd Grad-CAM for b at the layer's native resolution, row-major"),
+        _f("cam_height", pa.int64(), unit="CAM cells"),
+        _f("cam_width", pa.int64(), unit="CAM cells"),
+    ]
+)
+
 _IMAGES_FIXED = [
     _f("run_id", pa.string()),
     _f("image_id", pa.string(), False),
@@ -138,6 +170,9 @@ _IMAGES_FIXED = [
     _f("confidence", pa.float64(), unit=PROB),
     _f("correct", pa.bool_()),
     _f("target_class", pa.string(), doc="the class the CAM explains"),
+    # Multilabel runs only (model.task: multilabel); a multiclass images table has neither column.
+    _f("predicted_labels", pa.list_(pa.string()), doc="multilabel: the classes over their threshold, class order"),
+    _f("scores", pa.list_(pa.float32()), unit=PROB, doc="multilabel: sigmoid probability per class, class order"),
     _f("width", pa.int64(), unit="pixels"),
     _f("height", pa.int64(), unit="pixels"),
     _f("tags", pa.list_(pa.string())),

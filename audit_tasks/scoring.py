@@ -23,11 +23,12 @@ from torch import nn
 from audit_tasks import schemas
 from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
+from audit_tasks.group_metrics import class_indicator
 from audit_tasks.image_properties import PIXEL_COLUMNS, pixel_properties
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
 from audit_tasks.regions import METRIC_COLUMNS, flag_images, region_metrics, row_regions
-from audit_tasks.saliency import GradCAM
+from audit_tasks.saliency import CamResult, GradCAM
 
 #: The images table's columns before the attributes, and after them (docs/ARCHITECTURE.md).
 HEAD_COLUMNS = (
@@ -53,6 +54,9 @@ TAIL_COLUMNS = (
     "cam_height",
     "cam_width",
 )
+#: Columns only a multilabel run has, after `target_class` (docs/ARCHITECTURE.md): the predicted set and every
+#: class's sigmoid probability in model class order. A multiclass images table has neither.
+MULTILABEL_COLUMNS = ("predicted_labels", "scores")
 REJECTED_COLUMNS = ("position", "image_id", "reason")
 UNKNOWN_LABEL = "label {label!r} is not one of the model's classes ({classes})"
 MISSING_LABEL = "row has no label, and saliency.target is 'label'"
@@ -74,13 +78,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def image_columns(attributes: Sequence[str]) -> list[str]:
-    return [*HEAD_COLUMNS, *attributes, *TAIL_COLUMNS]
+def image_columns(attributes: Sequence[str], *, multilabel: bool = False) -> list[str]:
+    extra = MULTILABEL_COLUMNS if multilabel else ()
+    return [*HEAD_COLUMNS, *extra, *attributes, *TAIL_COLUMNS]
 
 
-def images_schema(attributes: Sequence[str], cam_cells: int) -> pa.Schema:
+def true_labels(tags: Any, classes: Sequence[str]) -> list[str]:
+    """A multilabel image's true set: its tags that are model classes, in class order (the `label` is not used).
+
+    One rule with the checks': group_metrics.class_indicator.
+    """
+    present = class_indicator([tags], classes)[0]
+    return [c for c, on in zip(classes, present, strict=True) if on]
+
+
+def images_schema(attributes: Sequence[str], cam_cells: int, *, multilabel: bool = False) -> pa.Schema:
     """The images table's Arrow schema with `cam` as a fixed-size list of `cam_cells` float32."""
-    base = schemas.images_schema(pd.DataFrame(columns=image_columns(attributes)))
+    base = schemas.images_schema(pd.DataFrame(columns=image_columns(attributes, multilabel=multilabel)))
     index = base.get_field_index("cam")
     return base.set(index, base.field(index).with_type(pa.list_(pa.float32(), cam_cells)))
 
@@ -110,7 +124,9 @@ def score_images(
     rows = rows.reset_index(drop=True)
     total = len(rows)
     rejected: list[tuple[int, Any, str]] = []
-    prepared = _prepare_rows(rows, class_index, saliency_config.target, rejected)
+    multilabel = model_config.task == "multilabel"
+    prepared = _prepare_rows(rows, class_index, saliency_config.target, rejected, label_optional=multilabel)
+    thresholds = torch.tensor(model_config.threshold_list(), dtype=torch.float32) if multilabel else None
     usable = sorted(prepared)
     engine = GradCAM(
         model,
@@ -156,14 +172,73 @@ def score_images(
                     run_id,
                     check,
                     to_pixels,
+                    thresholds,
                 )
             )
         done += len(positions) + len(batch.failures)
         if progress is not None:
             progress(done, total)
-    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=image_columns(attributes))
+    images = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=image_columns(attributes, multilabel=multilabel))
+    )
     rejected_frame = pd.DataFrame(rejected, columns=list(REJECTED_COLUMNS)).sort_values("position", kind="stable")
     return ScoringResult(images=images, rejected=rejected_frame.reset_index(drop=True))
+
+
+def explain_classes(
+    model: nn.Module,
+    rows: pd.DataFrame,
+    targets: Sequence[int],
+    *,
+    model_config: ModelConfig,
+    saliency_config: SaliencyConfig,
+    opener: Callable[[str], IO[bytes]] | None = None,
+) -> pd.DataFrame:
+    """Grad-CAMs of a few rows (an `image_path` column) for explicit classes, one per row: `position`, `cam`,
+    `cam_height`, `cam_width`, `score` (the target's probability, sigmoid for multilabel, else softmax).
+
+    For the leakage report: class b's map on the images that most believe in a b that is not there, computed
+    for a handful of images after scoring instead of a second pass over the dataset. Rows that fail to decode
+    are left out.
+    """
+    rows = rows.reset_index(drop=True)
+    if len(targets) != len(rows):
+        raise ValueError(f"{len(targets)} targets for {len(rows)} rows")
+    device = resolve_device(saliency_config.device)
+    engine = GradCAM(model, model_config.target_layer, precision=saliency_config.precision, device=device)
+    out: list[dict[str, Any]] = []
+    batches = iter_image_batches(
+        rows,
+        input_size=model_config.input_size,
+        mean=model_config.mean,
+        std=model_config.std,
+        batch_size=saliency_config.batch_size,
+        num_workers=0,
+        device=device,
+        opener=opener,
+    )
+    for batch in batches:
+        if not batch.positions:
+            continue
+        wanted = torch.tensor([int(targets[p]) for p in batch.positions], dtype=torch.long)
+        result = engine.attribute(batch.images, wanted)
+        logits = result.logits.float()
+        probs = torch.sigmoid(logits) if model_config.task == "multilabel" else torch.softmax(logits, dim=1)
+        score = probs.gather(1, wanted.to(probs.device)[:, None])[:, 0].cpu().numpy()
+        cams = result.cams.float().cpu().numpy()
+        for i, position in enumerate(batch.positions):
+            out.append(
+                {
+                    "position": int(position),
+                    "cam": np.ascontiguousarray(cams[i].ravel(), dtype=np.float32),
+                    "cam_height": int(cams.shape[1]),
+                    "cam_width": int(cams.shape[2]),
+                    "score": float(score[i]),
+                }
+            )
+    return pd.DataFrame(out, columns=["position", "cam", "cam_height", "cam_width", "score"])
 
 
 @dataclass(frozen=True)
@@ -174,9 +249,18 @@ class _Row:
 
 
 def _prepare_rows(
-    rows: pd.DataFrame, class_index: dict[str, int], target: str, rejected: list[tuple[int, Any, str]]
+    rows: pd.DataFrame,
+    class_index: dict[str, int],
+    target: str,
+    rejected: list[tuple[int, Any, str]],
+    *,
+    label_optional: bool = False,
 ) -> dict[int, _Row]:
-    """Check what the model and the metrics need from each row before any image is decoded."""
+    """Check what the model and the metrics need from each row before any image is decoded.
+
+    With `label_optional` (multilabel: the truth is the tags) a row without a label is kept and its CAM
+    explains the top-scoring class.
+    """
     prepared = {}
     n = len(rows)
     columns = zip(
@@ -192,13 +276,13 @@ def _prepare_rows(
         label = _text(raw_label)
         target_index: int | None = None  # the class to explain; None: the model's prediction
         if target == "label":
-            if label is None:
+            if label is None and not label_optional:
                 rejected.append((position, image_id, MISSING_LABEL))
                 continue
-            if label not in class_index:
+            if label is not None and label not in class_index:
                 rejected.append((position, image_id, UNKNOWN_LABEL.format(label=label, classes=", ".join(class_index))))
                 continue
-            target_index = class_index[label]
+            target_index = class_index[label] if label is not None else None
         try:
             regions = row_regions(raw_regions, where=f"row {position} ({image_id})")
         except ImageError as exc:
@@ -224,34 +308,29 @@ def _score_batch(
     run_id: str,
     check: SaliencyCheck,
     to_pixels: _Denormalise | None,
+    thresholds: torch.Tensor | None = None,
 ) -> pd.DataFrame:
+    """One batch's rows of the images table; `thresholds` (one per class) make it a multilabel batch."""
     info = [prepared[p] for p in positions]
     # Measured before the CAM pass, which may cast the batch in place under autocast.
     properties = pixel_properties(to_pixels(images)) if to_pixels is not None else {}
-    targets = None if target == "prediction" else torch.tensor([r.target for r in info], dtype=torch.long)
-    result = engine.attribute(images, targets)
-    probs = torch.softmax(result.logits.float(), dim=1)
+    result = _attribute(engine, images, None if target == "prediction" else [r.target for r in info])
+    logits = result.logits.float()
+    multilabel = thresholds is not None
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
     confidence, prediction = probs.max(dim=1)
     cams = result.cams
     n, h, w = cams.shape
     metrics = region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    head = [prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None]]
+    k = probs.shape[1] if multilabel else 0
+    if multilabel:
+        head.append(probs)
     measured = [properties[c].to(cams.device, torch.float32)[:, None] for c in PIXEL_COLUMNS if c in properties]
-    packed = (
-        torch.cat(
-            [
-                prediction[:, None].float(),
-                result.targets[:, None].float(),
-                confidence[:, None],
-                *measured,
-                cams.flatten(1),
-            ],
-            dim=1,
-        )
-        .cpu()
-        .numpy()
-    )  # one host transfer for the batch
-    first_cam = 3 + len(measured)
+    packed = torch.cat([*head, *measured, cams.flatten(1)], dim=1).cpu().numpy()  # one host transfer for the batch
+    first_cam = 3 + k + len(measured)
     pred_idx, target_idx = packed[:, 0].astype(np.int64), packed[:, 1].astype(np.int64)
+    scores = packed[:, 3 : 3 + k]
     src = rows.iloc[positions]
     labels = [_text(v) for v in src["label"]] if "label" in src else [None] * n
     widths, heights = _column(src, "width", n), _column(src, "height", n)
@@ -264,15 +343,22 @@ def _score_batch(
             "label": labels,
             "prediction": [classes[i] if i < len(classes) else str(i) for i in pred_idx],
             "confidence": packed[:, 2].astype(np.float64),
-            "correct": [
-                lab is not None and lab == (classes[i] if i < len(classes) else None)
-                for lab, i in zip(labels, pred_idx, strict=True)
-            ],
+            "correct": (
+                _exact_match(scores, thresholds, src, classes)
+                if multilabel
+                else [
+                    lab is not None and lab == (classes[i] if i < len(classes) else None)
+                    for lab, i in zip(labels, pred_idx, strict=True)
+                ]
+            ),
             "target_class": [classes[i] if i < len(classes) else str(i) for i in target_idx],
             "width": [r.size[0] if _int(v) is not None else None for r, v in zip(info, widths, strict=True)],
             "height": [r.size[1] if _int(v) is not None else None for r, v in zip(info, heights, strict=True)],
         }
     )
+    if multilabel:
+        frame["predicted_labels"] = _predicted_sets(scores, thresholds, classes)
+        frame["scores"] = list(np.ascontiguousarray(scores, dtype=np.float32))
     for attribute in attributes:
         frame[attribute] = [_text(v) for v in _column(src, attribute, n)]
     frame["tags"] = [parse_tags(v) for v in _column(src, "tags", n)]
@@ -281,14 +367,52 @@ def _score_batch(
         frame[column] = metrics[column].to_numpy()
     frame["spurious_flag"] = flag_images(metrics, check).to_numpy()
     for offset, column in enumerate(PIXEL_COLUMNS):
-        frame[column] = packed[:, 3 + offset].astype(np.float64) if measured else None
+        frame[column] = packed[:, 3 + k + offset].astype(np.float64) if measured else None
     cam_values = np.ascontiguousarray(packed[:, first_cam:], dtype=np.float32)
     frame["cam"] = list(cam_values)
     frame["cam_height"] = h
     frame["cam_width"] = w
     frame["width"] = frame["width"].astype("Int64")
     frame["height"] = frame["height"].astype("Int64")
-    return frame[image_columns(attributes)]
+    return frame[image_columns(attributes, multilabel=multilabel)]
+
+
+def _attribute(engine: GradCAM, images: torch.Tensor, targets: list[int | None] | None) -> CamResult:
+    """CAMs explaining `targets` (None: the top class), for a batch that may mix given and missing targets.
+
+    A mixed batch runs as two sub-batches (given, missing), stitched back in order: no extra forward pass.
+    """
+    if targets is None or all(t is None for t in targets):
+        return engine.attribute(images, None)
+    if all(t is not None for t in targets):
+        return engine.attribute(images, torch.tensor(targets, dtype=torch.long))
+    given = [i for i, t in enumerate(targets) if t is not None]
+    missing = [i for i, t in enumerate(targets) if t is None]
+    first = engine.attribute(images[given], torch.tensor([targets[i] for i in given], dtype=torch.long))
+    second = engine.attribute(images[missing], None)
+    order = torch.tensor(given + missing).argsort().to(first.logits.device)
+    return CamResult(
+        logits=torch.cat([first.logits, second.logits])[order],
+        cams=torch.cat([first.cams, second.cams])[order],
+        targets=torch.cat([first.targets, second.targets])[order],
+        closed_form=first.closed_form and second.closed_form,
+    )
+
+
+def _predicted_sets(scores: np.ndarray, thresholds: torch.Tensor | None, classes: list[str]) -> list[list[str]]:
+    """Each image's predicted set: the classes whose probability is over their threshold, in class order."""
+    limits = thresholds.numpy() if thresholds is not None else np.full(scores.shape[1], 0.5)
+    over = scores > limits[None, :]
+    return [[classes[j] for j in np.flatnonzero(row)] for row in over]
+
+
+def _exact_match(
+    scores: np.ndarray, thresholds: torch.Tensor | None, src: pd.DataFrame, classes: list[str]
+) -> list[bool]:
+    """Multilabel `correct`: the predicted set equals the true set (the tags among the classes)."""
+    predicted = _predicted_sets(scores, thresholds, classes)
+    truth = [true_labels(v, classes) for v in _column(src, "tags", len(src))]
+    return [p == t for p, t in zip(predicted, truth, strict=True)]
 
 
 class _Denormalise:

@@ -71,10 +71,10 @@ from audit_tasks.config import SubgroupCheck
 from audit_tasks.errors import ConfigError, ManifestError
 from audit_tasks.gates import GateResult
 from audit_tasks.group_metrics import (
+    BOOTSTRAP_METRICS,
     BY_GROUP_COLUMNS,
     DIFFERENCE_COLUMNS,
     LOWER_IS_BETTER,
-    MACRO_METRICS,
     METRIC_NAMES,
     MSG_BAD_POSITIVE,
     MSG_DUPLICATE_CLASSES,
@@ -85,6 +85,7 @@ from audit_tasks.group_metrics import (
     MSG_UNKNOWN_FEATURE,
     MSG_UNKNOWN_GROUP,
     MSG_UNKNOWN_METRIC,
+    MULTILABEL_ONLY_METRICS,
     OVERALL_ATTRIBUTE,
     OVERALL_GROUP,
     PER_CLASS_METRICS,
@@ -92,8 +93,11 @@ from audit_tasks.group_metrics import (
     UNKNOWN,
     GroupMetricFrame,
     MetricEstimate,
+    MultilabelVariant,
     SubgroupMetric,
     check_metric,
+    class_indicator,
+    multilabel_variants,
 )
 from audit_tasks.stats import (
     holm_adjust,
@@ -116,6 +120,7 @@ __all__ = [
     "MSG_LENGTH",
     "MSG_MISSING_COLUMN",
     "MSG_MISSING_VALUE",
+    "MSG_MULTILABEL_ONLY",
     "MSG_NEEDS_POSITIVE",
     "MSG_NOT_A_CLASS",
     "MSG_UNKNOWN_FEATURE",
@@ -135,6 +140,8 @@ __all__ = [
     "SubgroupMetric",
     "SubgroupResult",
     "check_subgroups",
+    "check_subgroups_multilabel",
+    "format_number",
     "newcombe_interval",
     "wilson_interval",
 ]
@@ -156,6 +163,7 @@ OVERALL_COLUMNS = ("metric", "n", "support", "value", "ci_low", "ci_high")
 
 # Error messages (tests assert them word for word); the engine's are in audit_tasks.group_metrics.
 MSG_MISSING_COLUMN = "predictions table has no column {column!r} ({why}); its columns are: {columns}"
+MSG_MULTILABEL_ONLY = "subgroup metric {metric!r} needs a multilabel model (model.task: multilabel)"
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,8 @@ def check_subgroups(
     ConfigError for an unknown metric or a positive class that is not a class.
     """
     check_metric(check.metric)
+    if check.metric in MULTILABEL_ONLY_METRICS:
+        raise ConfigError(MSG_MULTILABEL_ONLY.format(metric=check.metric))
     attributes = tuple(dict.fromkeys(check.attributes))
     for column, why in [(label_column, "labels"), (prediction_column, "predictions")] + [
         (a, "attribute named in checks.subgroups.attributes") for a in attributes
@@ -213,31 +223,88 @@ def check_subgroups(
     if positive_class is not None and positive_class not in base.classes:
         raise ConfigError(MSG_BAD_POSITIVE.format(cls=positive_class, classes=", ".join(base.classes)))
 
+    combos = _combos(attributes, check)
+    confusion = [_confusion_rows(base.marginal(()), OVERALL_ATTRIBUTE)]
+    confusion += [_confusion_rows(base.marginal(combo), SEPARATOR.join(combo)) for combo in combos]
+    variants = [
+        MultilabelVariant(label, metric, positive, base)
+        for label, metric, positive in _metric_variants(check.metric, base, positive_class)
+    ]
+    overall = _overall_table(base, positive_class)
+    return _judge(variants, combos, check, pd.concat(confusion, ignore_index=True), overall)
+
+
+def check_subgroups_multilabel(
+    frame: pd.DataFrame,
+    *,
+    check: SubgroupCheck,
+    classes: Sequence[str],
+    truth_column: str = "tags",
+    predicted_column: str = "predicted_labels",
+    positive_class: str | None = None,
+) -> SubgroupResult:
+    """The subgroup check of a multilabel model: the same gate rule over the multilabel metrics.
+
+    The true set of an image is its tags among `classes`; per-class metrics (recall, precision, f1) are judged
+    for every class (or only `positive_class`), named ``recall[<class>]``; ``exact_match`` (``accuracy``) and
+    ``hamming_accuracy`` once (group_metrics.multilabel_variants builds their frames). F1 is no proportion:
+    its intervals come from the bootstrap, as the macro metrics'. There is no confusion matrix of sets, so
+    `confusion` is empty. Raises ManifestError for a missing column and ConfigError for a metric a multilabel
+    model does not have.
+    """
+    attributes = tuple(dict.fromkeys(check.attributes))
+    for column, why in [(truth_column, "true classes"), (predicted_column, "predicted classes")] + [
+        (a, "attribute named in checks.subgroups.attributes") for a in attributes
+    ]:
+        if column not in frame.columns:
+            raise ManifestError(
+                MSG_MISSING_COLUMN.format(column=column, why=why, columns=", ".join(map(str, frame.columns)))
+            )
+    classes = [str(c) for c in classes]
+    truth = class_indicator(frame[truth_column].tolist(), classes)
+    predicted = class_indicator(frame[predicted_column].tolist(), classes)
+    variants = multilabel_variants(
+        truth,
+        predicted,
+        classes,
+        check.metric,
+        sensitive_features=frame[list(attributes)].reset_index(drop=True),
+        positive_class=positive_class,
+        confidence=check.confidence,
+        n_bootstrap=check.n_bootstrap,
+    )
+    overall = _variants_overall(variants)
+    return _judge(variants, _combos(attributes, check), check, _empty_confusion(), overall)
+
+
+def _combos(attributes: tuple[str, ...], check: SubgroupCheck) -> list[tuple[str, ...]]:
+    """Every attribute alone and, with `intersections`, every combination of 2..k of them."""
     combos: list[tuple[str, ...]] = [(a,) for a in attributes]
     if check.intersections and len(attributes) >= 2:
         combos += [c for r in range(2, len(attributes) + 1) for c in itertools.combinations(attributes, r)]
+    return combos
 
-    units: list[_Unit] = []
-    confusion = [_confusion_rows(base.marginal(()), OVERALL_ATTRIBUTE)]
-    for combo in combos:
-        gmf = base.marginal(combo)
-        confusion.append(_confusion_rows(gmf, SEPARATOR.join(combo)))
-        for label, metric, positive in _metric_variants(check.metric, base, positive_class):
-            units.append(_measure(gmf, combo, label, metric, positive, check))
+
+def _judge(
+    variants: list[MultilabelVariant],
+    combos: list[tuple[str, ...]],
+    check: SubgroupCheck,
+    confusion: pd.DataFrame,
+    overall: pd.DataFrame,
+) -> SubgroupResult:
+    """The gate rule over every attribute combination and metric variant, as one family."""
+    units = [
+        _measure(v.frame.marginal(combo), combo, v.label, v.metric, v.positive, check)
+        for combo in combos
+        for v in variants
+    ]
     _decide(units, check)
     if check.intersections is True:
         _explain(units, check)
-
     group_tables = [unit.frame() for unit in units]
     gates = [gate for unit in units for gate in unit.gates()]
     groups = pd.concat(group_tables, ignore_index=True) if group_tables else _empty_groups()
-    overall = _overall_table(base, positive_class)
-    return SubgroupResult(
-        groups=groups[list(GROUPS_COLUMNS)],
-        confusion=pd.concat(confusion, ignore_index=True),
-        overall=overall,
-        gates=gates,
-    )
+    return SubgroupResult(groups=groups[list(GROUPS_COLUMNS)], confusion=confusion, overall=overall, gates=gates)
 
 
 def _metric_variants(
@@ -317,7 +384,7 @@ class _Unit:
 
 def _proportion_or_normal(gmf: GroupMetricFrame, metric: str, positive: str | None, table: pd.DataFrame) -> tuple:
     """What a gap test needs per group: (successes, trials) of a proportion, else (value, std_error)."""
-    if metric in MACRO_METRICS:
+    if metric in BOOTSTRAP_METRICS:
         return table["value"].to_numpy(float), table["std_error"].to_numpy(float)
     return gmf.proportion_counts(metric, positive_class=positive)
 
@@ -328,7 +395,7 @@ def _worse_pvalue(metric: str, ref: tuple, ref_index: int, grp: tuple, margin: f
     Proportions: Newcombe's score interval inverted (stats.newcombe_exceedance_pvalue); the macro metrics:
     a normal test on the bootstrap standard errors (stats.normal_exceedance_pvalue).
     """
-    if metric in MACRO_METRICS:
+    if metric in BOOTSTRAP_METRICS:
         value, se = grp
         return normal_exceedance_pvalue(ref[0][ref_index] - value, np.hypot(ref[1][ref_index], se), margin)
     s, t = grp
@@ -467,7 +534,13 @@ def _support_phrase(ctx: _Unit, row: pd.Series) -> str:
         if math.isnan(row["value"]) and n >= minimum:
             return f"{ctx.label} is undefined, n={n}"
         return f"n={n} < {minimum}"
-    what = {"recall": "labelled", "tpr": "labelled", "precision": "predicted", "fpr": "not labelled"}[ctx.metric]
+    what = {
+        "recall": "labelled",
+        "tpr": "labelled",
+        "precision": "predicted",
+        "fpr": "not labelled",
+        "f1": "labelled or predicted",
+    }[ctx.metric]
     return (
         f"{support} images {what} {ctx.positive!r} < {minimum}, n={n}"
         if support
@@ -475,12 +548,15 @@ def _support_phrase(ctx: _Unit, row: pd.Series) -> str:
     )
 
 
-def _fmt(x: float) -> str:
-    """Up to three decimals, trailing zeros dropped (0.950 -> 0.95, 95.000 -> 95)."""
+def format_number(x: float) -> str:
+    """Up to three decimals, trailing zeros dropped (0.950 -> 0.95, 95.000 -> 95): how gate details print numbers."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "nan"
     text = f"{float(x):.3f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+_fmt = format_number
 
 
 def _confusion_rows(gmf: GroupMetricFrame, attribute: str) -> pd.DataFrame:
@@ -509,6 +585,26 @@ def _overall_table(base: GroupMetricFrame, positive_class: str | None) -> pd.Dat
     for column in ("n", "support"):
         out[column] = out[column].astype(np.int64)
     return out
+
+
+def _variants_overall(variants: list[MultilabelVariant]) -> pd.DataFrame:
+    """One row per judged variant over all images (a multilabel run's `overall`)."""
+    rows = []
+    for v in variants:
+        est = v.frame.overall(v.metric, positive_class=v.positive)
+        rows.append(
+            {"metric": v.label, "n": est.n, "support": est.support, "value": est.value}
+            | {"ci_low": est.ci_low, "ci_high": est.ci_high}
+        )
+    out = pd.DataFrame(rows, columns=list(OVERALL_COLUMNS))
+    out["metric"] = out["metric"].astype(str)
+    for column in ("n", "support"):
+        out[column] = out[column].astype(np.int64)
+    return out
+
+
+def _empty_confusion() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series([], dtype=np.int64 if name == "n" else str) for name in CONFUSION_COLUMNS})
 
 
 def _empty_groups() -> pd.DataFrame:

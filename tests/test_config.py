@@ -180,7 +180,7 @@ def test_the_documented_example_config_parses_with_every_key(tmp_path):
 def test_every_mistake_is_reported_at_once_each_on_its_own_line_with_its_key(tmp_path, dataset_dirs):
     body = full_body(dataset_dirs)
     body["checks"]["saliency"] = {"max_flagged_fraction": 2}
-    body["checks"]["subgroups"]["metric"] = "f1"
+    body["checks"]["subgroups"]["metric"] = "f2"
     body["saliency"] = {"batch_sise": 8}
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path, body))
@@ -190,7 +190,7 @@ def test_every_mistake_is_reported_at_once_each_on_its_own_line_with_its_key(tmp
         [
             "'checks.saliency.max_flagged_fraction' must be a fraction in [0, 1]; got 2",
             "'checks.subgroups.metric' must be one of accuracy, recall, tpr, fpr, precision, macro_recall, "
-            "macro_precision; got 'f1'",
+            "macro_precision, f1, exact_match, hamming_accuracy; got 'f2'",
             "unknown key 'saliency.batch_sise' (known keys here: batch_size, compile, device, num_workers, precision, "
             "target)",
         ]

@@ -131,6 +131,7 @@ def test_every_config_threshold_has_a_param():
             ("saliency", config.SaliencyCheck),
             ("subgroups", config.SubgroupCheck),
             ("ingest", config.IngestCheck),
+            ("leakage", config.LeakageCheck),
         )
         for name in cls.model_fields
         if name not in not_thresholds
@@ -253,7 +254,7 @@ def test_a_threshold_param_refuses_exactly_what_the_config_refuses():
         ("subgroups_min_group_size", 2.5),
         ("subgroups_confidence", 1.0),
         ("cooccurrence_min_lift", 0.5),
-        ("subgroups_metric", "f1"),
+        ("subgroups_metric", "f2"),
         ("shard_size", 0),
         ("run_id", "../escape"),
         ("config", ""),

@@ -557,8 +557,8 @@ def test_unknown_metric_raises_config_error_listing_the_known_ones() -> None:
     frame = generated()
     gmf = GroupMetricFrame(y_true=frame["label"], y_pred=frame["prediction"], sensitive_features=frame[["gender"]])
     with pytest.raises(ConfigError) as raised:
-        gmf.by_group("f1")
-    assert str(raised.value) == MSG_UNKNOWN_METRIC.format(metric="f1", known=", ".join(METRIC_NAMES))
+        gmf.by_group("f2")
+    assert str(raised.value) == MSG_UNKNOWN_METRIC.format(metric="f2", known=", ".join(METRIC_NAMES))
 
 
 def test_missing_attribute_column_raises_manifest_error_naming_it() -> None:

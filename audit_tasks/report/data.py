@@ -92,6 +92,9 @@ class RunTables:
     saliency_pairs: pd.DataFrame | None = None  # co-occurrence-aware saliency (saliency_pairs.parquet)
     validations: tuple[SavedValidation, ...] = ()  # the ingest's GX results (validation/*.json)
     data_docs: str | None = None  # GX Data Docs' index.html, relative to the run folder, when built
+    leakage: pd.DataFrame | None = None  # multilabel prediction leakage (leakage.parquet)
+    leakage_images: pd.DataFrame | None = None  # flagged pairs' worst images with b's CAM (leakage_images.parquet)
+    multilabel: bool = False  # images.parquet holds predicted sets (model.task: multilabel)
 
     @property
     def run_id(self) -> str:
@@ -181,6 +184,9 @@ def load_run(run_dir: StoragePath) -> RunTables:
         saliency_pairs=_read(run_dir / "saliency_pairs.parquet"),
         validations=_read_validations(run_dir),
         data_docs=DATA_DOCS_INDEX if (run_dir / DATA_DOCS_INDEX).is_file() else None,
+        leakage=_read(run_dir / "leakage.parquet"),
+        leakage_images=_read(run_dir / "leakage_images.parquet"),
+        multilabel=_is_multilabel(run_dir / "images.parquet"),
     )
 
 
@@ -213,6 +219,14 @@ def _saved_validation(path: StoragePath, href: str) -> SavedValidation:
 
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _is_multilabel(images: StoragePath) -> bool:
+    """A multilabel run's images table has the predicted sets (a multiclass one never has the column)."""
+    try:
+        return images.is_file() and "predicted_labels" in parquet_schema(images).names
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{images}: cannot read this table for the report ({exc})") from exc
 
 
 def read_cams(path: StoragePath, rows: list[int]) -> dict[int, np.ndarray]:

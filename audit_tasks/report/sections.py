@@ -22,7 +22,7 @@ from audit_tasks.report.charts import ClassBars, GroupPoint, Heatmap, SubgroupCh
 from audit_tasks.report.data import RunDigest, RunTables, SavedValidation, is_missing, read_cams
 from audit_tasks.report.format import clip, count, num, pct
 from audit_tasks.report.gallery import CONFUSION_THUMBS, Figure, Thumbs, confusion_plan, saliency_plan
-from audit_tasks.report.images import CORE_COLOUR, SPURIOUS_COLOUR
+from audit_tasks.report.images import CORE_COLOUR, SPURIOUS_COLOUR, render_overlay
 from audit_tasks.subgroups import STATUS_GAP, STATUS_TOO_SMALL
 
 #: Passing gates listed on the page (failing gates are always all listed).
@@ -979,6 +979,148 @@ def saliency(run: RunTables, thumbs: Thumbs | None, plan: dict[str, list[int]]) 
 
 
 # ---------------------------------------------------------------------------------------------
+# Prediction leakage (multilabel)
+# ---------------------------------------------------------------------------------------------
+
+#: Pairs listed in the leakage table (flagged pairs always first); leakage.parquet keeps every pair.
+LEAKAGE_ROWS = 300
+
+
+@dataclass(frozen=True)
+class LeakageFigure:
+    """One worst image of a flagged pair: its Grad-CAM for b over the image, what is there and what was said."""
+
+    data_uri: str
+    width: int
+    height: int
+    box_width: int
+    uri: str
+    name: str
+    truth: str
+    predicted: str
+    score: str
+    has_original: bool
+
+
+@dataclass(frozen=True)
+class LeakageRow:
+    subject: str
+    tag_a: str
+    tag_b: str
+    n_a_without_b: str
+    n_neither: str
+    with_a: str
+    without_a: str
+    gap: str
+    ci: str
+    mark: Badge
+    figures: tuple[LeakageFigure, ...] = ()
+
+
+@dataclass(frozen=True)
+class Leakage:
+    shown: bool = True  # False for a multiclass run, where the check does not apply (no section at all)
+    skipped: str = ""
+    gates: GatesLine | None = None
+    threshold: str = ""
+    flagged: tuple[LeakageRow, ...] = ()
+    rows: tuple[LeakageRow, ...] = ()
+    hidden: int = 0
+
+
+_LEAKAGE_MARKS = {"leak": ("fail", "leak"), "ok": ("pass", "ok")}
+
+
+def leakage(run: RunTables, *, thumb_size: int, opener: Callable[[str], IO[bytes]] | None = None) -> Leakage:
+    """Every pair (flagged first, then by gap), and per flagged pair its worst images with b's Grad-CAM."""
+    table = run.leakage
+    if table is None and not run.multilabel:
+        return Leakage(shown=False)
+    if table is None:
+        return Leakage(skipped=_skip_message(run, "leakage", "leakage.parquet"))
+    ordered = table.assign(_g=pd.to_numeric(table["gap"], errors="coerce").fillna(-np.inf)).sort_values(
+        ["flagged", "_g", "tag_a", "tag_b"], ascending=[False, False, True, True], kind="stable"
+    )
+    figures = _leakage_figures(run, thumb_size, opener)
+    rows = tuple(_leakage_row(r, figures) for r in ordered.head(LEAKAGE_ROWS).itertuples(index=False))
+    threshold = _threshold(run, "leakage", "fp_rate_gap")
+    return Leakage(
+        gates=_gates_line(run, "leakage"),
+        threshold="" if threshold is None else num(threshold, 2),
+        flagged=tuple(r for r in rows if r.mark.kind == "fail"),
+        rows=rows,
+        hidden=max(0, len(ordered) - LEAKAGE_ROWS),
+    )
+
+
+def _leakage_row(r: Any, figures: dict[tuple[str, str], tuple[LeakageFigure, ...]]) -> LeakageRow:
+    kind, text = _LEAKAGE_MARKS.get(str(r.status), ("small", str(r.status)))
+    return LeakageRow(
+        subject=f"{r.tag_a} → {r.tag_b}",
+        tag_a=str(r.tag_a),
+        tag_b=str(r.tag_b),
+        n_a_without_b=count(r.n_a_without_b),
+        n_neither=count(r.n_neither),
+        with_a=pct(r.fp_rate_with_a),
+        without_a=pct(r.fp_rate_without_a),
+        gap=num(r.gap, 3),
+        ci=f"[{num(r.ci_low, 3)}, {num(r.ci_high, 3)}]",
+        mark=Badge(kind, text),
+        figures=figures.get((str(r.tag_a), str(r.tag_b)), ()),
+    )
+
+
+def _leakage_figures(
+    run: RunTables, thumb_size: int, opener: Callable[[str], IO[bytes]] | None
+) -> dict[tuple[str, str], tuple[LeakageFigure, ...]]:
+    """The stored worst images of each flagged pair, drawn as overlays of the CAM for b (computed by the check)."""
+    worst = run.leakage_images
+    if worst is None or not len(worst):
+        return {}
+    images = run.images.set_index("image_id") if run.images is not None and "image_id" in run.images else None
+    out: dict[tuple[str, str], list[LeakageFigure]] = {}
+    for w in worst.sort_values(["tag_a", "tag_b", "rank"], kind="stable").itertuples(index=False):
+        source = images.loc[w.image_id] if images is not None and w.image_id in images.index else None
+        overlay = render_overlay(
+            w.cam,
+            w.cam_height,
+            w.cam_width,
+            image_path=_value(source, "image_path"),
+            width=_value(source, "width"),
+            height=_value(source, "height"),
+            regions=None,
+            thumb_size=thumb_size,
+            opener=opener,
+        )
+        uri = str(_value(source, "image_uri") or w.image_id)
+        out.setdefault((str(w.tag_a), str(w.tag_b)), []).append(
+            LeakageFigure(
+                data_uri=overlay.data_uri,
+                width=overlay.width,
+                height=overlay.height,
+                box_width=max(overlay.width, 104) + 12,
+                uri=uri,
+                name=uri.rstrip("/").rsplit("/", 1)[-1] or uri,
+                truth=", ".join(_as_names(w.true_labels)) or "(none)",
+                predicted=", ".join(_as_names(w.predicted_labels)) or "(none)",
+                score=pct(w.score_b, 0),
+                has_original=overlay.has_original,
+            )
+        )
+    return {pair: tuple(figs) for pair, figs in out.items()}
+
+
+def _value(row: pd.Series | None, name: str) -> Any:
+    return None if row is None else row.get(name)
+
+
+def _as_names(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [str(v) for v in value]
+
+
+# ---------------------------------------------------------------------------------------------
 # Quarantine
 # ---------------------------------------------------------------------------------------------
 
@@ -1055,6 +1197,7 @@ class Report:
     subgroups: Subgroups
     confusion: Confusion
     saliency: Saliency
+    leakage: Leakage
     quarantine: Quarantine
     core_colour: str
     spurious_colour: str
@@ -1092,6 +1235,7 @@ def report(
         subgroups=subgroups(run),
         confusion=confusion(run, thumbs, cm_plan),
         saliency=saliency(run, thumbs, sal_plan),
+        leakage=leakage(run, thumb_size=thumb_size, opener=opener),
         quarantine=quarantine(run),
         core_colour=_hex(CORE_COLOUR),
         spurious_colour=_hex(SPURIOUS_COLOUR),
