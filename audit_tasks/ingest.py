@@ -156,6 +156,8 @@ def _ingest(
         attributes=config.attribute_columns(),
         classes=classes,
         suite=suite,
+        # A multilabel model's truth is the tags: a row may come without a label (COCO `--label none`).
+        label_required=config.model is None or config.model.task != "multilabel",
     )
     for path in selected:
         work.read(path, hashes[path])
@@ -230,6 +232,7 @@ class _Run:
         attributes: Sequence[str],
         classes: list[str] | None,
         suite: Any = None,
+        label_required: bool = True,
     ) -> None:
         self.run_id = run_id
         self.ingest_date = ingest_date
@@ -240,6 +243,7 @@ class _Run:
         self.attributes = tuple(attributes)
         self.classes = classes
         self.suite = suite  # the user's GX ExpectationSuite (audit_tasks.gx_suite), or None
+        self.label_required = label_required
         self.validations: tuple[SuiteValidation, ...] = ()
         self.manifests: list[dict[str, Any]] = []
         self.columns: dict[str, None] = {}  # every manifest column, first-seen order
@@ -279,7 +283,7 @@ class _Run:
                 f"{name}: column(s) {', '.join(reserved)} are reserved for what the ingest records; rename them"
             )
         found = ", ".join(c for c in frame.columns if c != ROW_ERROR) or "none"
-        for column in _REQUIRED:
+        for column in _REQUIRED if self.label_required else ("image_uri",):
             if column not in present:
                 raise ManifestError(f"{name}: missing required column '{column}' (columns found: {found})")
         for column in self.attributes:
@@ -328,7 +332,11 @@ class _Run:
             frame["width"] = [r["width"] for _, r in live]
             frame["height"] = [r["height"] for _, r in live]
             checked = check_rows(
-                frame, classes=self.classes, attributes=self.attributes, prior=[found.get(i) for i, _ in live]
+                frame,
+                classes=self.classes,
+                attributes=self.attributes,
+                prior=[found.get(i) for i, _ in live],
+                label_required=self.label_required,
             )
             for (_, row), reason in zip(live, checked.reasons.tolist(), strict=True):
                 row["reason"] = reason

@@ -53,15 +53,18 @@ class RowValidation:
     results: tuple[SuiteValidation, ...] = ()
 
 
-def validate_rows(frame: pd.DataFrame, *, classes: Sequence[str] | None, attributes: Sequence[str]) -> pd.Series:
+def validate_rows(
+    frame: pd.DataFrame, *, classes: Sequence[str] | None, attributes: Sequence[str], label_required: bool = True
+) -> pd.Series:
     """Validate normalised manifest rows; return, per row (same index), a reason string or None.
 
-    Checks: `image_uri` and `label` present and non-empty; `label` in `classes` (skipped when None);
+    Checks: `image_uri` and `label` present and non-empty (the label may be absent or empty when not
+    `label_required`: a multilabel model's truth is the tags); a given `label` in `classes` (skipped when None);
     `regions` well-formed and, when `width`/`height` columns are present, inside the image; each attribute
     column present with a non-empty value; `image_id` (when the column exists) unique. The reasons of every
     failed rule for a row are joined with "; ".
     """
-    return check_rows(frame, classes=classes, attributes=attributes).reasons
+    return check_rows(frame, classes=classes, attributes=attributes, label_required=label_required).reasons
 
 
 def check_rows(
@@ -70,6 +73,7 @@ def check_rows(
     classes: Sequence[str] | None,
     attributes: Sequence[str],
     prior: Sequence[str | None] | None = None,
+    label_required: bool = True,
 ) -> RowValidation:
     """`validate_rows`, keeping each suite's GX result. `prior`: per row, a reason other checks found
     (the user's suite); it follows the built-in rules' reasons and, like them, keeps the row from claiming
@@ -83,7 +87,7 @@ def check_rows(
         import great_expectations as gx  # noqa: F401 - imported here, quietly: a 3-5 s import only validation needs
 
         context = gx_context()
-        rules = _row_rules(frame, classes, attributes)
+        rules = _row_rules(frame, classes, attributes, label_required=label_required)
         results += _run(context, BUILTIN_SUITE, data, rules, reasons)
         for r, extra in zip(reasons, prior or [None] * len(frame), strict=True):
             if extra:
@@ -160,11 +164,13 @@ def _fixed(message: str) -> Callable[[Any], str]:
     return lambda _value: message
 
 
-def _row_rules(frame: pd.DataFrame, classes: Sequence[str] | None, attributes: Sequence[str]) -> list[_Rule]:
+def _row_rules(
+    frame: pd.DataFrame, classes: Sequence[str] | None, attributes: Sequence[str], *, label_required: bool = True
+) -> list[_Rule]:
     import great_expectations.expectations as gxe
 
     rules: list[_Rule] = []
-    for column in ("image_uri", "label"):
+    for column in ("image_uri", "label") if label_required else ("image_uri",):
         if column not in frame.columns:
             rules.append(
                 _Rule(

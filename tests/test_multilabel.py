@@ -382,3 +382,35 @@ def test_f1_gaps_use_bootstrap_intervals():
 def test_subgroup_metric_must_fit_the_task(tmp_path, task, metric, message):
     with pytest.raises(ConfigError, match=message):
         load_config(_config_file(tmp_path, {"task": task}, {"subgroups": {"attributes": ["skin"], "metric": metric}}))
+
+
+def _label_free_world(tmp_path: Path, task: str):
+    """make_world's images and model, one manifest whose second row has no label and no label column at all
+    in a second manifest: what `import coco --label none` writes."""
+    from fixtures_pipeline import lenient_checks, make_world
+
+    world = make_world(tmp_path, n_images=4, checks={"ingest": lenient_checks()["ingest"]})
+    body = yaml.safe_load(world.config.read_text())
+    body["model"]["task"] = task
+    world.config.write_text(yaml.safe_dump(body))
+    frame = pd.read_csv(world.manifest, dtype=str, keep_default_na=False)
+    frame.loc[1, "label"] = ""
+    frame.iloc[:2].to_csv(world.manifest, index=False)
+    frame.iloc[2:].drop(columns=["label"]).to_csv(world.manifest.with_name("no_label_column.csv"), index=False)
+    return load_config(world.config)
+
+
+def test_a_multilabel_ingest_accepts_rows_without_a_label(tmp_path: Path) -> None:
+    from audit_tasks.ingest import ingest
+
+    result = ingest(_label_free_world(tmp_path, "multilabel"), "r1")
+    assert len(result.accepted) == 4 and result.quarantined.empty
+
+
+def test_a_multiclass_ingest_still_needs_a_label(tmp_path: Path) -> None:
+    from audit_tasks.ingest import ingest
+
+    result = ingest(_label_free_world(tmp_path, "multiclass"), "r1")
+    assert len(result.accepted) == 1
+    reasons = set(result.quarantined["reason"])
+    assert "label is empty" in reasons and any("missing required column 'label'" in r for r in reasons)

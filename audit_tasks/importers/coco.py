@@ -6,8 +6,9 @@ grouping, so a file of a million annotations converts in seconds.
 What COCO users expect, and what this importer does:
 
 - **Every image is a row**, in the file's order, also one without annotations (a background image): it
-  gets empty tags, no regions and no label. The manifest stays the whole dataset; the ingest then
-  quarantines a row without a label, with the reason "label is empty", so nothing disappears unreported.
+  gets empty tags, no regions and no label. The manifest stays the whole dataset; a multiclass audit's
+  ingest then quarantines a row without a label ("label is empty"), so nothing disappears unreported, and
+  a multilabel audit keeps it as an image where no class is present.
 - **Crowd annotations** (`iscrowd: 1`, one box around a group of objects) are objects that are present:
   their category is in `tags` and their box is a region (named and kinded like any other box: the CAM's
   energy on a crowd of people belongs to "people", not to "outside every box"). They never decide the
@@ -64,7 +65,7 @@ MSG_UNKNOWN_SPURIOUS = "--spurious: {names} not a category of {name} (categories
 NOTE_EMPTY_BOXES = "{count} box(es) empty after clipping to the image (zero width or height): no region, still tagged"
 NOTE_NO_LABELS = "labels left empty (--label none, for multi-label models): a multiclass audit quarantines such rows"
 NOTE_UNLABELLED = (
-    "{count} image(s) have no non-crowd annotation, so no label: the ingest will quarantine them (label is empty)"
+    "{count} image(s) have no non-crowd annotation, so no label: a multiclass audit's ingest quarantines them"
 )
 
 
