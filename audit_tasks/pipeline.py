@@ -362,6 +362,14 @@ def write_cooccurrence_tables(result, out_dir: StoragePath) -> StoragePath:
     return write_table(result.pairs, out_dir / "cooccurrence.parquet", name="cooccurrence", schema=schemas.COOCCURRENCE)
 
 
+def _scored_images(config: AuditConfig, run_id: str) -> StoragePath:
+    """The run's images.parquet, which the checks after scoring read; an AuditError until it exists."""
+    images_path = run_dir(config, run_id) / "images.parquet"
+    if not images_path.is_file():
+        raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
+    return images_path
+
+
 def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     """Subgroup metrics with confidence intervals over the audited images' predictions (sets, for multilabel)."""
     from audit_tasks.subgroups import check_subgroups, check_subgroups_multilabel, merge_subgroup_results
@@ -371,9 +379,7 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     if check is None:
         _skip_check(config, run_id, "subgroups", ("subgroups.parquet", "confusion.parquet"))
         return None
-    images_path = rd / "images.parquet"
-    if not images_path.is_file():
-        raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
+    images_path = _scored_images(config, run_id)
     # Only what the check reads: the CAM column alone is most of a large images table.
     model = config.require_model()
     multilabel = model.task == "multilabel"
@@ -430,9 +436,7 @@ def stage_leakage(config: AuditConfig, run_id: str) -> StoragePath | None:
     if check is None:
         _skip_check(config, run_id, "leakage", ("leakage.parquet", "leakage_images.parquet"))
         return None
-    images_path = rd / "images.parquet"
-    if not images_path.is_file():
-        raise AuditError(f"{images_path} is missing: run the saliency stage for run {run_id} first")
+    images_path = _scored_images(config, run_id)
     model_config = config.require_model()
     present = set(parquet_schema(images_path).names)
     wanted = ["image_id", "image_path", "tags", "predicted_labels", "scores"]

@@ -180,6 +180,15 @@ class SubgroupResult:
         return self.groups[self.groups["flagged"]]
 
 
+def _require_columns(frame: pd.DataFrame, needed: list[tuple[str, str]], attributes: Sequence[str]) -> None:
+    """A ManifestError naming the first missing column (truth, prediction, then the attributes) and why."""
+    for column, why in needed + [(a, "attribute named in checks.subgroups.attributes") for a in attributes]:
+        if column not in frame.columns:
+            raise ManifestError(
+                MSG_MISSING_COLUMN.format(column=column, why=why, columns=", ".join(map(str, frame.columns)))
+            )
+
+
 def merge_subgroup_results(main: SubgroupResult, extra: SubgroupResult) -> SubgroupResult:
     """The main check's result with another family's groups and gates added (its Holm family stays its
     own); the confusion matrix and the overall metrics are the main check's, over the same images."""
@@ -205,13 +214,7 @@ def check_subgroups(
     if check.metric in MULTILABEL_ONLY_METRICS:
         raise ConfigError(MSG_MULTILABEL_ONLY.format(metric=check.metric))
     attributes = tuple(dict.fromkeys(check.attributes))
-    for column, why in [(label_column, "labels"), (prediction_column, "predictions")] + [
-        (a, "attribute named in checks.subgroups.attributes") for a in attributes
-    ]:
-        if column not in frame.columns:
-            raise ManifestError(
-                MSG_MISSING_COLUMN.format(column=column, why=why, columns=", ".join(map(str, frame.columns)))
-            )
+    _require_columns(frame, [(label_column, "labels"), (prediction_column, "predictions")], attributes)
     base = GroupMetricFrame(
         y_true=frame[label_column],
         y_pred=frame[prediction_column],
@@ -253,13 +256,7 @@ def check_subgroups_multilabel(
     model does not have.
     """
     attributes = tuple(dict.fromkeys(check.attributes))
-    for column, why in [(truth_column, "true classes"), (predicted_column, "predicted classes")] + [
-        (a, "attribute named in checks.subgroups.attributes") for a in attributes
-    ]:
-        if column not in frame.columns:
-            raise ManifestError(
-                MSG_MISSING_COLUMN.format(column=column, why=why, columns=", ".join(map(str, frame.columns)))
-            )
+    _require_columns(frame, [(truth_column, "true classes"), (predicted_column, "predicted classes")], attributes)
     classes = [str(c) for c in classes]
     truth = class_indicator(frame[truth_column].tolist(), classes)
     predicted = class_indicator(frame[predicted_column].tolist(), classes)
