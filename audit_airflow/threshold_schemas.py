@@ -160,6 +160,11 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 2,
         "type": "integer",
     },
+    "checks.image_properties.subgroups": {
+        "description": "The subgroup metric across each property's bins: report (listed, never failing), gate, or off.",
+        "enum": ["report", "gate", "off"],
+        "type": "string",
+    },
     "checks.min_audited": {
         "description": "Fewer audited images than this make the run inconclusive (never green, no retraining).",
         "minimum": 0,

@@ -417,9 +417,12 @@ class ImagePropertiesCheck(_Section):
     properties: Annotated[tuple[ImagePropertyName, ...], BeforeValidator(_list_to_tuple)] = Field(
         default=IMAGE_PROPERTY_NAMES, description="Properties binned and paired with the labels."
     )
-    subgroups: bool = Field(
-        default=True,
-        description="Also compare the subgroup metric across each property's bins (needs checks.subgroups).",
+    # Reported, not gated, by default: a property bin's metric moves with what the images show (a mouse near
+    # the border changes the border's uniformity and F1[mouse] with it), so a gap there is a lead to read,
+    # not a verdict; "gate" makes it one.
+    subgroups: Literal["report", "gate", "off"] = Field(
+        default="report",
+        description="The subgroup metric across each property's bins: report (listed, never failing), gate, or off.",
     )
 
 

@@ -391,7 +391,8 @@ def stage_subgroups(config: AuditConfig, run_id: str) -> StoragePath | None:
     result = checker(images, check=check, classes=model.classes, positive_class=check.positive_class)
     by_property = _subgroups_by_property(config, images_path, check, checker, wanted[:2])
     if by_property is not None:
-        result = merge_subgroup_results(result, by_property)
+        gated = config.checks.image_properties.subgroups == "gate"
+        result = merge_subgroup_results(result, by_property, gated=gated)
     target = write_subgroup_tables(result, rd)
     _write_gates(config, run_id, "subgroups", result.gates)
     return target
@@ -403,7 +404,7 @@ def _subgroups_by_property(
     """The subgroup metric across the image properties' catalog-wide bins: each property alone (never
     intersected), as a family of its own, so the comparisons add no multiplicity to the attributes' tests.
     `checker` is the subgroup check of the model's task, reading `truth_and_prediction` columns."""
-    if not config.checks.image_properties.subgroups:
+    if config.checks.image_properties.subgroups == "off":
         return None
     bins = catalog_property_bins(config)
     if bins is None:

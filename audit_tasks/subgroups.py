@@ -155,6 +155,8 @@ STATUS_GAP = "gap"
 STATUS_TOO_SMALL = "too small to judge"
 #: Status of a flagged intersection group whose gap its flagged parent groups explain (then the parents).
 STATUS_EXPLAINED = "explained by"
+#: A group over the gap in a family that is reported, not gated (the image properties' bins by default).
+STATUS_GAP_REPORTED = "gap (reported, not gated)"
 CHECK_NAME = "subgroups"
 
 GROUPS_COLUMNS = ("attribute", "group", "n", "metric", "value", "ci_low", "ci_high", "gap", "flagged", "status")
@@ -189,11 +191,20 @@ def _require_columns(frame: pd.DataFrame, needed: list[tuple[str, str]], attribu
             )
 
 
-def merge_subgroup_results(main: SubgroupResult, extra: SubgroupResult) -> SubgroupResult:
+def merge_subgroup_results(main: SubgroupResult, extra: SubgroupResult, *, gated: bool = True) -> SubgroupResult:
     """The main check's result with another family's groups and gates added (its Holm family stays its
-    own); the confusion matrix and the overall metrics are the main check's, over the same images."""
-    groups = pd.concat([main.groups, extra.groups], ignore_index=True) if len(extra.groups) else main.groups
-    return replace(main, groups=groups, gates=[*main.gates, *extra.gates])
+    own); the confusion matrix and the overall metrics are the main check's, over the same images.
+
+    Not `gated`: the family's groups are listed (a gap marked STATUS_GAP_REPORTED, never flagged) and its
+    gates dropped."""
+    extra_groups = extra.groups
+    if not gated and len(extra_groups):
+        over = extra_groups["status"] == STATUS_GAP
+        extra_groups = extra_groups.assign(
+            flagged=False, status=extra_groups["status"].where(~over, STATUS_GAP_REPORTED)
+        )
+    groups = pd.concat([main.groups, extra_groups], ignore_index=True) if len(extra_groups) else main.groups
+    return replace(main, groups=groups, gates=[*main.gates, *(extra.gates if gated else [])])
 
 
 def check_subgroups(

@@ -135,7 +135,7 @@ def test_every_config_threshold_has_a_param():
         )
         for name in cls.model_fields
         if name not in not_thresholds
-    } | {"checks.min_audited", "checks.image_properties.bins"}
+    } | {"checks.min_audited", "checks.image_properties.bins", "checks.image_properties.subgroups"}
     assert {t.key for t in THRESHOLDS} == expected
 
 

@@ -101,7 +101,7 @@ def test_equal_brightness_flags_nothing_about_brightness(tmp_path: Path) -> None
 def test_properties_are_on_when_the_section_is_missing(tmp_path: Path) -> None:
     config = _world(tmp_path, wolf_brightness=180, husky_brightness=70)
     assert config.checks.image_properties.enabled
-    assert config.checks.image_properties.subgroups
+    assert config.checks.image_properties.subgroups == "report"
 
 
 def test_disabled_properties_are_neither_measured_nor_paired(tmp_path: Path) -> None:
@@ -189,10 +189,50 @@ def test_the_subgroup_check_compares_property_bins_alone_and_never_intersects_th
 
 
 def test_property_subgroups_can_be_turned_off(tmp_path: Path) -> None:
-    config = _world(tmp_path, wolf_brightness=180, husky_brightness=70, subgroups=True, properties={"subgroups": False})
+    config = _world(tmp_path, wolf_brightness=180, husky_brightness=70, subgroups=True, properties={"subgroups": "off"})
     _audit(config)
     stage_subgroups(config, "r1")
     assert set(read_table(tmp_path / "reports" / "r1" / "subgroups.parquet")["attribute"]) == {"site"}
+
+
+def _gap_by_brightness():
+    """200 images in the lowest brightness bin half wrong, 200 in the highest all right: a clear gap."""
+    from audit_tasks.config import SubgroupCheck
+    from audit_tasks.subgroups import check_subgroups
+
+    n = 200
+    frame = pd.DataFrame(
+        {
+            "label": ["wolf"] * (2 * n),
+            "prediction": ["wolf", "husky"] * (n // 2) + ["wolf"] * n,
+            "site": ["north"] * (2 * n),
+            "brightness": ["q1"] * n + ["q5"] * n,
+        }
+    )
+    main = check_subgroups(frame, check=SubgroupCheck(attributes=("site",)), classes=["husky", "wolf"])
+    by_bin = check_subgroups(
+        frame, check=SubgroupCheck(attributes=("brightness",), intersections=False), classes=["husky", "wolf"]
+    )
+    return main, by_bin
+
+
+def test_a_gap_across_property_bins_is_reported_and_never_gated_by_default() -> None:
+    from audit_tasks.subgroups import STATUS_GAP_REPORTED, merge_subgroup_results
+
+    main, by_bin = _gap_by_brightness()
+    assert any(not g.passed for g in by_bin.gates)  # as a family of its own, the gap is established
+    merged = merge_subgroup_results(main, by_bin, gated=False)
+    rows = merged.groups[merged.groups["attribute"] == "brightness"].set_index("group")
+    assert rows.loc["q1", "status"] == STATUS_GAP_REPORTED and not rows["flagged"].any()
+    assert [g.subject for g in merged.gates] == [g.subject for g in main.gates]
+
+
+def test_gate_mode_makes_a_property_bins_gap_fail() -> None:
+    from audit_tasks.subgroups import merge_subgroup_results
+
+    main, by_bin = _gap_by_brightness()
+    merged = merge_subgroup_results(main, by_bin, gated=True)
+    assert "brightness=q1" in {g.subject for g in merged.gates if not g.passed}
 
 
 def test_bins_are_quantiles_ties_share_a_bin_and_nulls_stay_null() -> None:

@@ -257,7 +257,7 @@ def test_fair_desk_model_passes_every_pair_end_to_end(tmp_path, tiny_builder):
     assert len(leakage) == 12 and leakage["passed"].all() and leakage["judged"].all()
     subgroups = read_table(outcome.run_dir / "subgroups.parquet")
     assert set(subgroups["metric"]) == {f"f1[{c}]" for c in CLASSES}
-    assert set(subgroups["group"]) == {"home", "office"}
+    assert set(subgroups[subgroups["attribute"] == "room"]["group"]) == {"home", "office"}
     assert outcome.verdict.passed, outcome.summary["failed_gates"]
     assert len(read_table(outcome.run_dir / "leakage_images.parquet")) == 0
 
