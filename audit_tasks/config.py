@@ -122,7 +122,6 @@ def _list_to_tuple(value: Any) -> Any:
 #: A local path or an object-store URI (s3://, gs://, ...), kept as `Path` or `UPath`.
 Location = Annotated[StoragePath, PlainValidator(_location), WithJsonSchema({"type": "string", "minLength": 1})]
 ExistingFolder = Annotated[Location, AfterValidator(_existing_folder)]
-ExistingFile = Annotated[Location, AfterValidator(_existing_file)]
 Name = Annotated[str, StringConstraints(min_length=1)]
 Names = Annotated[tuple[Name, ...], BeforeValidator(_list_to_tuple)]
 Positive = Annotated[float, Field(gt=0)]
@@ -174,13 +173,29 @@ class DatasetConfig(_Section):
     min_image_side: int = Field(default=8, gt=0)
 
 
-class ModelConfig(_Section):
-    """The classifier under audit and how to feed it."""
+#: Where a model comes from (audit_tasks.modelio builds each one without fetching anything).
+ModelSource = Literal["torchvision", "timm", "huggingface", "python"]
+#: Sources that define their own resize / crop / normalisation (`preprocess: model` reads it from them).
+SOURCES_WITH_PREPROCESSING = ("timm", "huggingface")
 
+
+class ModelConfig(_Section):
+    """The classifier under audit and how to feed it.
+
+    `source` says how `arch` is read: a torchvision builder, a timm model name, a Hugging Face
+    `save_pretrained` folder (then `checkpoint` is that folder), or a `"pkg.module:build"` callable
+    (`build(num_classes: int) -> nn.Module`). `preprocess: model` feeds the model its own resize, crop and
+    normalisation (timm's data config, the folder's image processor config) and maps region boxes through
+    them; `squash` resizes the whole image to `input_size` with `mean`/`std`. Left out, it is `model` for
+    timm and huggingface and `squash` otherwise, so configs written before `source` existed are unchanged.
+    """
+
+    source: ModelSource = "torchvision"
     arch: Name
-    checkpoint: ExistingFile  # a file, or an object-store URI
+    checkpoint: Location  # a file, or an object-store URI; huggingface: the save_pretrained folder
     classes: Names
-    target_layer: Name
+    target_layer: Name  # a dotted module path, or "auto" (see audit_tasks.cam_target)
+    preprocess: Literal["model", "squash"] | None = None
     input_size: int = Field(default=224, gt=0)
     mean: RGB = (0.485, 0.456, 0.406)
     std: PositiveRGB = (0.229, 0.224, 0.225)
@@ -196,6 +211,37 @@ class ModelConfig(_Section):
         if duplicates:
             raise _problem("has duplicate class names: {names}", names=", ".join(duplicates))
         return classes
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, location: StoragePath, info: ValidationInfo) -> StoragePath:
+        """A file, or for a Hugging Face model a folder; checked only when read from a config file."""
+        if info.data.get("source") == "huggingface":
+            return _existing_folder(location, info)
+        return _existing_file(location, info)
+
+    @model_validator(mode="after")
+    def _preprocess_fits_source(self) -> ModelConfig:
+        if self.preprocess == "model" and self.source not in SOURCES_WITH_PREPROCESSING:
+            raise _problem(
+                "preprocess: model needs a source with its own preprocessing ({sources}); "
+                "source {source} has none, use preprocess: squash",
+                key="preprocess",
+                sources=", ".join(SOURCES_WITH_PREPROCESSING),
+                source=repr(self.source),
+            )
+        if self.source == "python" and ":" not in self.arch:
+            raise _problem(
+                "with source: python, arch must be 'pkg.module:build'; got {arch}", key="arch", arch=repr(self.arch)
+            )
+        return self
+
+    @property
+    def preprocessing(self) -> Literal["model", "squash"]:
+        """`preprocess` with its default resolved: the model's own where the source has one, else squash."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return "model" if self.source in SOURCES_WITH_PREPROCESSING else "squash"
 
 
 class SaliencyConfig(_Section):
