@@ -4,6 +4,10 @@ Per batch everything stays on the device (decode on the device where possible, n
 region metrics); the batch's results come to the host once. Rows that cannot be scored (a label the model
 does not know when CAMs explain labels, malformed regions, an image that does not decode) come back in
 `rejected` with a reason, never as an exception, so every input row ends in exactly one of the two tables.
+
+With the model's own preprocessing (a resize and centre crop, audit_tasks.preprocess), the CAM covers only
+the crop: region boxes are mapped through the same plan (clipped to the crop; a box cut away entirely is
+dropped for that image), and the peak is reported as a fraction of the original image again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from audit_tasks.config import ModelConfig, SaliencyCheck, SaliencyConfig
 from audit_tasks.errors import ImageError
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
+from audit_tasks.modelio import cam_target, preprocess_plan
+from audit_tasks.preprocess import PreprocessPlan, visible_regions
 from audit_tasks.regions import METRIC_COLUMNS, flag_images, region_metrics, row_regions
 from audit_tasks.saliency import GradCAM
 
@@ -55,6 +61,8 @@ REJECTED_COLUMNS = ("position", "image_id", "reason")
 UNKNOWN_LABEL = "label {label!r} is not one of the model's classes ({classes})"
 MISSING_LABEL = "row has no label, and saliency.target is 'label'"
 BAD_SIZE = "row has regions but no valid width/height ({width!r} x {height!r})"
+#: Region kinds with their own share columns (`<kind>_share`, `<kind>_enrichment`).
+_CROPPABLE_KINDS = ("core", "spurious")
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,12 @@ def score_images(
     rejected: list[tuple[int, Any, str]] = []
     prepared = _prepare_rows(rows, class_index, saliency_config.target, rejected)
     usable = sorted(prepared)
+    plan = preprocess_plan(model, model_config)
+    target = cam_target(model, model_config)
     engine = GradCAM(
         model,
-        model_config.target_layer,
+        target.path,
+        layout=target.layout,
         precision=saliency_config.precision,
         channels_last=True,
         fuse_batchnorm=True,
@@ -130,6 +141,7 @@ def score_images(
         num_workers=saliency_config.num_workers,
         device=device,
         opener=opener,
+        plan=plan,
     )
     for batch in batches:
         for local, reason in batch.failures:
@@ -149,6 +161,7 @@ def score_images(
                     attributes,
                     run_id,
                     check,
+                    plan,
                 )
             )
         done += len(positions) + len(batch.failures)
@@ -216,6 +229,7 @@ def _score_batch(
     attributes: Sequence[str],
     run_id: str,
     check: SaliencyCheck,
+    plan: PreprocessPlan,
 ) -> pd.DataFrame:
     info = [prepared[p] for p in positions]
     targets = None if target == "prediction" else torch.tensor([r.target for r in info], dtype=torch.long)
@@ -224,7 +238,7 @@ def _score_batch(
     confidence, prediction = probs.max(dim=1)
     cams = result.cams
     n, h, w = cams.shape
-    metrics = region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    metrics = _region_metrics(cams, info, plan)
     packed = (
         torch.cat(
             [prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None], cams.flatten(1)], dim=1
@@ -268,6 +282,26 @@ def _score_batch(
     frame["width"] = frame["width"].astype("Int64")
     frame["height"] = frame["height"].astype("Int64")
     return frame[image_columns(attributes)]
+
+
+def _region_metrics(cams: torch.Tensor, info: list[_Row], plan: PreprocessPlan) -> pd.DataFrame:
+    """Region metrics of the maps; with a crop, on the boxes as the model saw them (see module docstring)."""
+    if plan.kind == "squash":
+        return region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    views = [visible_regions(r.regions, r.size, plan) for r in info]
+    metrics = region_metrics(cams, [v.regions for v in views], [v.size for v in views])
+    for axis, column in enumerate(("peak_x", "peak_y")):  # back to a fraction of the whole image
+        origin = np.array([v.origin[axis] for v in views])
+        extent = np.array([v.size[axis] for v in views])
+        full = np.array([r.size[axis] for r in info], dtype=np.float64)
+        metrics[column] = (origin + metrics[column].to_numpy() * extent) / full
+    for kind in _CROPPABLE_KINDS:  # a kind whose every box was cut away is absent, not "no saliency there"
+        gone = [
+            any(r["kind"] == kind for r in row.regions) and not any(r["kind"] == kind for r in view.regions)
+            for row, view in zip(info, views, strict=True)
+        ]
+        metrics.loc[gone, [f"{kind}_share", f"{kind}_enrichment"]] = float("nan")
+    return metrics
 
 
 def _column(frame: pd.DataFrame, name: str, n: int) -> list[Any]:
