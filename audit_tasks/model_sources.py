@@ -38,6 +38,7 @@ _EXTRAS = {
     "model.source 'timm'": ("timm", "timm"),
     "model.source 'huggingface'": ("transformers", "huggingface"),
     "a .safetensors checkpoint": ("safetensors", "timm"),
+    "model.preprocess 'model' with timm": ("timm", "timm"),
 }
 
 
@@ -81,7 +82,7 @@ def needs_adapter(model: nn.Module, probe: Tensor) -> bool:
 def build_model(source: str, arch: str, *, num_classes: int) -> nn.Module:
     """A randomly initialised model of `source` (torchvision, timm, python); never downloads weights."""
     if source == "timm":
-        timm = _optional("timm", "model.source 'timm'")
+        timm = optional_import("timm", "model.source 'timm'")
         try:
             model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
         except RuntimeError as exc:  # timm: "Unknown model (...)"
@@ -99,7 +100,7 @@ def build_model(source: str, arch: str, *, num_classes: int) -> nn.Module:
 
 def load_huggingface(folder: Path, *, num_classes: int) -> nn.Module:
     """`AutoModelForImageClassification` from a local save_pretrained folder, offline, no remote code."""
-    transformers = _optional("transformers", "model.source 'huggingface'")
+    transformers = optional_import("transformers", "model.source 'huggingface'")
     try:
         model = transformers.AutoModelForImageClassification.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False
@@ -114,7 +115,7 @@ def load_huggingface(folder: Path, *, num_classes: int) -> nn.Module:
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     """A .safetensors file's tensors (the format holds tensors only: nothing to execute)."""
-    safetensors_torch = _optional("safetensors.torch", "a .safetensors checkpoint")
+    safetensors_torch = optional_import("safetensors.torch", "a .safetensors checkpoint")
     try:
         return dict(safetensors_torch.load_file(str(path), device="cpu"))
     except Exception as exc:  # safetensors raises its own SafetensorError for malformed files
@@ -135,8 +136,12 @@ def _python_builder(arch: str, num_classes: int) -> nn.Module:
     return model
 
 
-def _optional(module: str, what: str) -> Any:
-    """Import an optional extra's module, or a ModelError naming the extra to install."""
+def optional_import(module: str, what: str) -> Any:
+    """Import an optional extra's module, or a ModelError naming the extra to install.
+
+    Through importlib on purpose: the core's import statements name only declared dependencies
+    (tests/test_package.py), and an extra is imported only where it is used.
+    """
     package, extra = _EXTRAS[what]
     try:
         return importlib.import_module(module)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audit_tasks.errors import ModelError
+from audit_tasks.model_sources import optional_import
 
 Interpolation = Literal["bilinear", "bicubic"]
 
@@ -189,9 +190,7 @@ def timm_plan(model: nn.Module, input_size: int | None = None) -> PreprocessPlan
     `input_size` overrides the data config's size (for a model built at another img_size); a ViT built
     with a fixed `patch_embed.img_size` uses that size.
     """
-    from timm.data import resolve_model_data_config
-
-    data = resolve_model_data_config(model)
+    data = optional_import("timm.data", "model.preprocess 'model' with timm").resolve_model_data_config(model)
     _, height, width = data["input_size"]
     fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if input_size is not None:
