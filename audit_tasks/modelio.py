@@ -93,10 +93,8 @@ def model_fingerprint(config: ModelConfig) -> str:
             weights = content_hash(location)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read model checkpoint {public_uri(location)}: {exc}") from exc
-    recipe = {
+    recipe: dict[str, Any] = {
         "weights": weights,
-        "source": config.source,
-        "preprocess": config.preprocessing,
         "arch": config.arch,
         "classes": list(config.classes),
         "target_layer": config.target_layer,
@@ -104,6 +102,11 @@ def model_fingerprint(config: ModelConfig) -> str:
         "mean": list(config.mean),
         "std": list(config.std),
     }
+    # Named only when not the defaults of configs written before they existed, so those keep their fingerprint.
+    if config.source != "torchvision":
+        recipe["source"] = config.source
+    if config.preprocessing != "squash":
+        recipe["preprocess"] = config.preprocessing
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 

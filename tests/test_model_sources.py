@@ -367,3 +367,26 @@ def test_fingerprint_changes_with_source_and_preprocessing(tmp_path):
     python = config.model_copy(update={"source": "python", "arch": "fixtures_models:build", "preprocess": None})
     prints = {model_fingerprint(c) for c in (config, squash, python)}
     assert len(prints) == 3
+
+
+def test_fingerprint_of_a_config_without_the_new_keys_is_unchanged(tmp_path):
+    """Configs written before model.source keep their fingerprint (no spurious 'model changed' re-audit)."""
+    import hashlib
+    import json
+
+    from audit_tasks.images import content_hash
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"weights")
+    config = _config(path, arch="resnet18", target_layer="layer4")
+    recipe = {
+        "weights": content_hash(path),
+        "arch": "resnet18",
+        "classes": list(CLASSES),
+        "target_layer": "layer4",
+        "input_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    expected = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    assert model_fingerprint(config) == expected

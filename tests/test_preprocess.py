@@ -221,3 +221,18 @@ def test_scoring_with_a_crop_drops_regions_cut_away_and_reports_peaks_on_the_who
     assert not images.loc["all-gone", "has_regions"]
     assert images["peak_x"].between(19.7 / 120, 99.1 / 120).all()
     assert images["peak_y"].between(4.8 / 90, 83.9 / 90).all()
+
+
+def test_raw_jpeg_path_applies_the_same_plan(tmp_path):
+    """The device-decode path (forced on the CPU here) resizes and crops by the plan like the PIL path."""
+    paths = []
+    for i, size in enumerate(SIZES):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(_blocky(*size, seed=i)).save(path, quality=95)
+        paths.append(str(path))
+    rows = pd.DataFrame({"image_path": paths})
+    options = dict(input_size=999, mean=(0, 0, 0), std=(1, 1, 1), batch_size=8, plan=CROP, device="cpu")
+    (device_path,) = iter_image_batches(rows, gpu_decode=True, **options)
+    (pil_path,) = iter_image_batches(rows, gpu_decode=False, **options)
+    assert device_path.images.shape == pil_path.images.shape == (len(SIZES), 3, 64, 64)
+    assert float((device_path.images - pil_path.images).abs().mean()) < 3.0 / 127.5
