@@ -41,6 +41,11 @@ class ActivationLayout:
     prefix_tokens: int = 0
     tuple_output: bool = False
 
+    @property
+    def plain(self) -> bool:
+        """The layer's output already is (N, C, h, w): the closed form may apply."""
+        return self.kind == "nchw" and not self.tuple_output
+
     def to_grid(self, activation: Tensor, input_size: tuple[int, int]) -> Tensor:
         """(N, C, h, w) view of `activation` (or of its gradient) for an input of (height, width)."""
         if self.kind == "nchw":

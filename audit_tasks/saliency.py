@@ -143,8 +143,7 @@ class CamEngine:
         self.layout = layout
         #: The path the last `attribute` call took (for logs and the bench); None before the first call.
         self.path: str | None = None
-        plain = layout.kind == "nchw" and not layout.tuple_output
-        if not plain and closed_form is True:
+        if not layout.plain and closed_form is True:
             raise ModelError(
                 CLOSED_FORM_UNAVAILABLE.format(path=self.layer_path, why=f"its output layout is {layout.describe()}")
             )
@@ -158,7 +157,8 @@ class CamEngine:
         self.layer = model.get_submodule(self.layer_path)
         self._private = private
         self._head = _last_linear(model)
-        self._verified: bool | None = False if closed_form is False or not plain else None  # None: not yet checked
+        # None: not yet checked; False: the backward path (asked for, or a layout the closed form cannot read)
+        self._verified: bool | None = False if closed_form is False or not layout.plain else None
         self._compiled: Any = None
         self._compiled_seen: dict[str, list[Any]] = {"layer": [], "head": []}
         self._compiled_handles: list[Any] = []
@@ -204,8 +204,7 @@ class CamEngine:
                         CLOSED_FORM_UNAVAILABLE.format(path=self.layer_path, why="the model has no Linear layer")
                     )
                 result = self._generic(images, targets)
-                plain = self.layout.kind == "nchw" and not self.layout.tuple_output
-                self.path = "one backward" if plain else f"one backward ({self.layout.describe()})"
+                self.path = "one backward" if self.layout.plain else f"one backward ({self.layout.describe()})"
                 return result
         finally:
             for store in self._compiled_seen.values():
