@@ -40,7 +40,7 @@ def timm_model(name: str, **kwargs: object) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=len(CLASSES), **kwargs).eval()
 
 
-def hf_vit(folder: Path | None = None, *, distilled: bool = False) -> nn.Module:
+def hf_vit(folder: Path | None = None) -> nn.Module:
     """A 2-layer ViT on 32 px (8 px patches, 4x4 grid, one CLS token), saved with its processor if `folder`."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
