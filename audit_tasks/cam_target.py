@@ -113,7 +113,7 @@ def _dry_run(model: nn.Module, input_size: tuple[int, int], modules: dict[str, n
         for name, module in modules.items():
             handles.append(module.register_forward_hook(recorder(name, module)))
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, 3, *input_size))
+            model(torch.zeros(1, 3, *input_size, device=next(model.parameters(), torch.zeros(0)).device))
     except ModelError:
         raise
     except Exception as exc:  # any failure means the model cannot be audited at this size
