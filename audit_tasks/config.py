@@ -216,13 +216,29 @@ Thresholds = Annotated[
 ]
 
 
-class ModelConfig(_Section):
-    """The classifier under audit and how to feed it."""
+#: Where a model comes from (audit_tasks.modelio builds each one without fetching anything).
+ModelSource = Literal["torchvision", "timm", "huggingface", "python"]
+#: Sources that define their own resize / crop / normalisation (`preprocess: model` reads it from them).
+SOURCES_WITH_PREPROCESSING = ("timm", "huggingface")
 
+
+class ModelConfig(_Section):
+    """The classifier under audit and how to feed it.
+
+    `source` says how `arch` is read: a torchvision builder, a timm model name, a Hugging Face
+    `save_pretrained` folder (then `checkpoint` is that folder), or a `"pkg.module:build"` callable
+    (`build(num_classes: int) -> nn.Module`). `preprocess: model` feeds the model its own resize, crop and
+    normalisation (timm's data config, the folder's image processor config) and maps region boxes through
+    them; `squash` resizes the whole image to `input_size` with `mean`/`std`. Left out, it is `model` for
+    timm and huggingface and `squash` otherwise, so configs written before `source` existed are unchanged.
+    """
+
+    source: ModelSource = "torchvision"
     arch: Name
-    checkpoint: ExistingFile  # a file, or an object-store URI
+    checkpoint: Location  # a file, or an object-store URI; huggingface: the save_pretrained folder
     classes: Names
-    target_layer: Name
+    target_layer: Name  # a dotted module path, or "auto" (see audit_tasks.cam_target)
+    preprocess: Literal["model", "squash"] | None = None
     input_size: int = Field(default=224, gt=0)
     mean: RGB = (0.485, 0.456, 0.406)
     std: PositiveRGB = (0.229, 0.224, 0.225)
@@ -262,6 +278,37 @@ class ModelConfig(_Section):
         if isinstance(self.thresholds, dict):
             return [float(self.thresholds.get(c, DEFAULT_THRESHOLD)) for c in self.classes]
         return [float(self.thresholds)] * len(self.classes)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, location: StoragePath, info: ValidationInfo) -> StoragePath:
+        """A file, or for a Hugging Face model a folder; checked only when read from a config file."""
+        if info.data.get("source") == "huggingface":
+            return _existing_folder(location, info)
+        return _existing_file(location, info)
+
+    @model_validator(mode="after")
+    def _preprocess_fits_source(self) -> ModelConfig:
+        if self.preprocess == "model" and self.source not in SOURCES_WITH_PREPROCESSING:
+            raise _problem(
+                "preprocess: model needs a source with its own preprocessing ({sources}); "
+                "source {source} has none, use preprocess: squash",
+                key="preprocess",
+                sources=", ".join(SOURCES_WITH_PREPROCESSING),
+                source=repr(self.source),
+            )
+        if self.source == "python" and ":" not in self.arch:
+            raise _problem(
+                "with source: python, arch must be 'pkg.module:build'; got {arch}", key="arch", arch=repr(self.arch)
+            )
+        return self
+
+    @property
+    def preprocessing(self) -> Literal["model", "squash"]:
+        """`preprocess` with its default resolved: the model's own where the source has one, else squash."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return "model" if self.source in SOURCES_WITH_PREPROCESSING else "squash"
 
 
 #: The multilabel threshold of a class that `model.thresholds` does not name.

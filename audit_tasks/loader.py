@@ -8,6 +8,11 @@ a bounded prefetch (`num_workers * prefetch` batches in flight), so memory does 
 of rows. A file that cannot be decoded (corrupt, truncated, not an image, too many pixels) becomes a
 `(position, reason)` failure in its batch; it never raises.
 
+With a model's own preprocessing (`plan`, see audit_tasks.preprocess: resize the shorter side, centre crop),
+the worker decodes with PIL (libjpeg's draft scaling down to no less than the resize), then resizes and
+crops with torch ops (`preprocess.resize_crop`, antialiased), computing the geometry from the image's full
+upright size so that region boxes map through exactly the same plan.
+
 On CUDA, JPEG files can be decoded on the GPU (`torchvision.io.decode_jpeg(device="cuda")`): workers
 then only read the bytes and probe the header, and the device decodes and resizes the batch.
 """
@@ -28,12 +33,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from audit_tasks.preprocess import PreprocessPlan, resize_crop
 from audit_tasks.storage import FileOpener
 
 #: Refuse images with more pixels than this before decoding them (DatasetConfig.max_image_pixels' default).
 MAX_IMAGE_PIXELS = 50_000_000
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _EXIF_ORIENTATION = 0x0112
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ class ImageBatch:
     """Decoded rows of one batch: `images[i]` is the row at position `positions[i]` of the input frame."""
 
     positions: list[int]
-    images: Tensor  # (n, 3, S, S) float32, normalised, on the device
+    images: Tensor  # (n, 3, H, W) float32, normalised, on the device (S x S when squashed)
     failures: list[tuple[int, str]]
 
 
@@ -58,6 +65,7 @@ def iter_image_batches(
     gpu_decode: bool | None = None,
     prefetch: int = 2,
     opener: Callable[[str], IO[bytes]] | None = None,
+    plan: PreprocessPlan | None = None,
 ) -> Iterator[ImageBatch]:
     """Yield ImageBatch objects for `rows` (an `image_path` column of files or URIs), in row order.
 
@@ -67,6 +75,8 @@ def iter_image_batches(
     `gpu_decode`: None = decode JPEGs with torchvision on the device when it is CUDA; True = always
     (also on the CPU); False = always PIL in the workers.
     A batch whose every image failed still comes out (empty `images`), so every row is accounted for.
+    `plan`: a model's own preprocessing (kind "model"); its mean/std and input size replace the arguments.
+    None or a squash plan: the whole image resized to input_size (no crop).
     """
     if "image_path" not in rows.columns:
         raise ValueError("rows need an 'image_path' column")
@@ -75,12 +85,16 @@ def iter_image_batches(
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     use_gpu_decode = on_gpu if gpu_decode is None else gpu_decode
+    planned = plan if plan is not None and plan.kind == "model" else None
+    if planned is not None:
+        mean, std = planned.mean, planned.std
     dataset = _Decode(
         [str(p) for p in rows["image_path"]],
         input_size,
         max_pixels,
         raw_jpeg=use_gpu_decode,
         opener=opener or FileOpener(),
+        plan=planned,
     )
     loader = DataLoader(
         dataset,
@@ -98,7 +112,7 @@ def iter_image_batches(
         positions = [p for p, _ in decoded]
         tensors = [t for _, t in decoded]
         if raw:
-            gpu_ok, gpu_tensors, gpu_failures = _decode_on_device(raw, input_size, device, max_pixels)
+            gpu_ok, gpu_tensors, gpu_failures = _decode_on_device(raw, input_size, device, max_pixels, planned)
             positions += gpu_ok
             tensors += gpu_tensors
             failures = failures + gpu_failures
@@ -108,7 +122,8 @@ def iter_image_batches(
             stacked = torch.stack([tensors[i].to(device, non_blocking=True) for i in order])
             images = (stacked.float() - mean_t) / std_t
         else:
-            images = torch.empty((0, 3, input_size, input_size), device=device)
+            height, width = planned.input_size if planned is not None else (input_size, input_size)
+            images = torch.empty((0, 3, height, width), device=device)
         yield ImageBatch(positions=positions, images=images, failures=sorted(failures))
 
 
@@ -123,6 +138,27 @@ def decode_image(source: str | IO[bytes], input_size: int, max_pixels: int = MAX
         image = image.resize((input_size, input_size), Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_planned(source: str | IO[bytes], plan: PreprocessPlan, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
+    """One file -> (3, H, W) uint8 by a model's plan: upright, RGB, resized and centre-cropped with torch ops.
+
+    The plan's geometry is computed from the full upright size (before libjpeg's draft scaling), the same
+    size region boxes are given in.
+    """
+    with Image.open(source) as opened:
+        _check_pixels(opened.size, max_pixels)
+        width, height = opened.size
+        if _orientation(opened) in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        if opened.format == "JPEG":
+            resized = plan.resized_size((width, height))
+            side = min(resized) if plan.resize == "shorter" else max(resized)
+            opened.draft("RGB", (side, side))  # libjpeg scales down, never below the resize
+        image = _to_rgb(ImageOps.exif_transpose(opened))
+        array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return resize_crop(tensor, plan, (width, height))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -153,8 +189,16 @@ class _Decode(Dataset):
     """Map-style dataset over file paths; only the path list is held, never decoded images."""
 
     def __init__(
-        self, paths: list[str], input_size: int, max_pixels: int, *, raw_jpeg: bool, opener: Callable[[str], IO[bytes]]
+        self,
+        paths: list[str],
+        input_size: int,
+        max_pixels: int,
+        *,
+        raw_jpeg: bool,
+        opener: Callable[[str], IO[bytes]],
+        plan: PreprocessPlan | None = None,
     ) -> None:
+        self.plan = plan
         self.paths = paths
         self.input_size = input_size
         self.max_pixels = max_pixels
@@ -175,6 +219,8 @@ class _Decode(Dataset):
                         if raw is not None:
                             return "raw", position, raw
                         handle.seek(0)
+                    if self.plan is not None:
+                        return "ok", position, decode_planned(handle, self.plan, self.max_pixels)
                     return "ok", position, decode_image(handle, self.input_size, self.max_pixels)
         except Exception as exc:  # noqa: BLE001 - any decoder failure quarantines this one image
             return "fail", position, _reason(path, exc)
@@ -202,9 +248,14 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _decode_on_device(
-    raw: list[tuple[int, Tensor]], input_size: int, device: torch.device, max_pixels: int
+    raw: list[tuple[int, Tensor]],
+    input_size: int,
+    device: torch.device,
+    max_pixels: int,
+    plan: PreprocessPlan | None = None,
 ) -> tuple[list[int], list[Tensor], list[tuple[int, str]]]:
-    """Batch-decode JPEG bytes with nvjpeg, upright and resized whole; PIL takes any image nvjpeg refuses."""
+    """Batch-decode JPEG bytes with nvjpeg, upright, then resized whole (or by `plan`); PIL takes any image
+    nvjpeg refuses."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     positions, data = [p for p, _ in raw], [d for _, d in raw]
@@ -221,13 +272,22 @@ def _decode_on_device(
     for position, image in zip(positions, decoded, strict=True):
         if isinstance(image, Exception):
             try:
-                encoded = data[positions.index(position)].numpy().tobytes()
-                image = decode_image(io.BytesIO(encoded), input_size, max_pixels).to(device)
+                encoded = io.BytesIO(data[positions.index(position)].numpy().tobytes())
+                fallback = (
+                    decode_planned(encoded, plan, max_pixels)
+                    if plan is not None
+                    else decode_image(encoded, input_size, max_pixels)
+                )
+                image = fallback.to(device)
             except Exception as exc:  # noqa: BLE001 - quarantine this one image
                 failures.append((position, f"cannot decode JPEG: {type(exc).__name__}: {exc}"))
                 continue
             ok.append(position)
             tensors.append(image)
+            continue
+        if plan is not None:
+            ok.append(position)
+            tensors.append(resize_crop(image, plan))
             continue
         resized = F.interpolate(
             image[None].float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True

@@ -1,7 +1,9 @@
 """Region metrics: does a CAM's energy sit on the object (core regions) or on a shortcut (spurious ones)?
 
-Geometry. The model sees the whole image resized to a square (no crop), so a box [x0, y0, x1, y1] in
-original (EXIF-upright) pixels maps linearly onto the CAM grid: divide by (width, height). Each CAM
+Geometry. With `preprocess: squash` the model sees the whole image resized to a square (no crop), so a box
+[x0, y0, x1, y1] in original (EXIF-upright) pixels maps linearly onto the CAM grid: divide by (width,
+height). With a model's own resize and centre crop, the scoring stage first maps the boxes into the visible
+window (audit_tasks.preprocess.visible_regions) and passes the window's size here. Each CAM
 cell is a constant patch of the map; a region covers a *fraction* of each cell, computed exactly for
 one box (area-weighted coverage) and, for a union of boxes, on a sub-grid of `s x s` samples per cell
 (exact unless two boxes of one union overlap inside one sub-sample). A 4% patch on a 6x6 CAM thus
@@ -124,7 +126,7 @@ def row_regions(value: Any, *, where: str = "regions") -> list[dict[str, Any]]:
 def region_metrics(
     cams: Tensor,
     regions: Sequence[Sequence[Mapping[str, Any]]],
-    sizes: Sequence[tuple[int, int]],
+    sizes: Sequence[tuple[float, float]],
     *,
     pointing_tolerance_px: float = POINTING_TOLERANCE_PX,
     samples_per_cell: int | None = None,
@@ -177,7 +179,7 @@ class _GroupPlan:
     core_boxes_px: list[tuple[int, list[float]]]  # (image, pixel box) for the pointing game
 
     @classmethod
-    def build(cls, regions: Sequence[Sequence[Mapping[str, Any]]], sizes: Sequence[tuple[int, int]]) -> _GroupPlan:
+    def build(cls, regions: Sequence[Sequence[Mapping[str, Any]]], sizes: Sequence[tuple[float, float]]) -> _GroupPlan:
         boxes: list[list[float]] = []
         box_group: list[int] = []
         groups: list[tuple[int, str, str]] = []

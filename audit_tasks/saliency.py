@@ -20,6 +20,12 @@ Two ways to the same numbers:
   `torch.autograd.grad` of the sum of the selected logits w.r.t. the leaf gives every image's gradient
   (images are independent in eval mode): no parameter gradients, nothing before the layer kept.
 
+Layers whose output is not (N, K, h, w) -- a vision transformer block's tokens, a channels-last Swin stage,
+a Hugging Face stage returning a tuple -- are read through an `ActivationLayout` (audit_tasks.cam_layout):
+the generic path hooks the raw output and rearranges the activation and its gradient to (N, K, h, w) on
+the patch grid; the closed form is used only for plain (N, K, h, w) outputs. `engine.path` says which path
+the last call took ("closed form", "one backward", "one backward (tokens, 1 prefix token)").
+
 Every call runs the model in eval mode (each module's `training` flag is restored afterwards) and
 removes its hooks in `finally`, also when the forward raises. Results stay on the model's device.
 
@@ -41,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audit_tasks.cam_layout import NCHW, ActivationLayout
 from audit_tasks.errors import ModelError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -55,6 +62,7 @@ LAYER_MISSING = "target layer {path!r} is not a submodule of the model ({error})
 LAYER_OBJECT = "target layer is not a submodule of the model: {layer!r}"
 LAYER_TWICE = "target layer {path!r} ran more than once in one forward; Grad-CAM needs a layer that runs once"
 LAYER_OUTPUT = "target layer {path!r} returned {what}; Grad-CAM needs a 4-D tensor (N, K, h, w)"
+LAYER_LAYOUT = "target layer {path!r} returned {what}; its layout ({layout}) needs a {rank}-D tensor"
 LAYER_NOT_REACHED = "target layer {path!r} did not run during the forward pass"
 CLOSED_FORM_UNAVAILABLE = (
     "closed form requested but target layer {path!r} does not feed global average pooling and a single "
@@ -106,6 +114,8 @@ class CamEngine:
             (never the target layer itself): same maps up to float rounding, fewer passes over memory.
         compile: wrap the engine's copy in `torch.compile` (closed form only); any failure falls back to eager.
         device: where the engine's copy lives (default: the model's device).
+        layout: how to read the layer's output as (N, K, h, w) (default: it already is); any other layout
+            takes the backward path (see audit_tasks.cam_target.find_target, which infers it).
 
     The caller's model is never modified: channels_last, fuse_batchnorm, compile and device make the
     engine work on a private deep copy (a snapshot of the weights at construction).
@@ -122,6 +132,7 @@ class CamEngine:
         fuse_batchnorm: bool = False,
         compile: bool = False,
         device: str | torch.device | None = None,
+        layout: ActivationLayout = NCHW,
     ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {precision!r}")
@@ -129,6 +140,13 @@ class CamEngine:
         self.precision: Precision = precision
         self.channels_last = channels_last
         self.closed_form = closed_form
+        self.layout = layout
+        #: The path the last `attribute` call took (for logs and the bench); None before the first call.
+        self.path: str | None = None
+        if not layout.plain and closed_form is True:
+            raise ModelError(
+                CLOSED_FORM_UNAVAILABLE.format(path=self.layer_path, why=f"its output layout is {layout.describe()}")
+            )
         scripted = isinstance(model, torch.jit.ScriptModule)
         private = not scripted and (channels_last or fuse_batchnorm or compile or device is not None)
         if private:
@@ -139,11 +157,12 @@ class CamEngine:
         self.layer = model.get_submodule(self.layer_path)
         self._private = private
         self._head = _last_linear(model)
-        self._verified: bool | None = False if closed_form is False else None  # None: not yet checked
+        # None: not yet checked; False: the backward path (asked for, or a layout the closed form cannot read)
+        self._verified: bool | None = False if closed_form is False or not layout.plain else None
         self._compiled: Any = None
         self._compiled_seen: dict[str, list[Any]] = {"layer": [], "head": []}
         self._compiled_handles: list[Any] = []
-        if compile and private and self._head is not None and closed_form is not False:
+        if compile and private and self._head is not None and self._verified is None:
             # The copy is private, so its recording hooks can stay for good (per-call hooks would
             # make torch.compile recompile on every batch); they are verified eagerly on the first batch.
             self._compiled_handles = [
@@ -174,16 +193,19 @@ class CamEngine:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         try:
-            with _eval_mode(self.model):
+            with eval_mode(self.model):
                 if self._verified is not False and self._head is not None:
                     result = self._closed_form(self._head, images, targets)
                     if result is not None:
+                        self.path = "closed form"
                         return result
                 elif self.closed_form is True:
                     raise ModelError(
                         CLOSED_FORM_UNAVAILABLE.format(path=self.layer_path, why="the model has no Linear layer")
                     )
-                return self._generic(images, targets)
+                result = self._generic(images, targets)
+                self.path = "one backward" if self.layout.plain else f"one backward ({self.layout.describe()})"
+                return result
         finally:
             for store in self._compiled_seen.values():
                 store.clear()  # drop references to this batch's tensors
@@ -280,16 +302,24 @@ class CamEngine:
 
     def _generic(self, images: Tensor, targets: Tensor | None) -> CamResult:
         captured: list[Tensor] = []
+        layout = self.layout
 
-        def on_layer(_m: nn.Module, _i: Any, out: Any) -> Tensor:
+        def on_layer(_m: nn.Module, _i: Any, out: Any) -> Any:
             if captured:
                 raise ModelError(LAYER_TWICE.format(path=self.layer_path))
-            if not isinstance(out, Tensor) or out.dim() != 4:
-                raise ModelError(LAYER_OUTPUT.format(path=self.layer_path, what=_describe(out)))
-            leaf = out.detach().requires_grad_(True)
+            raw = layout.unwrap(out)
+            if not isinstance(raw, Tensor) or raw.dim() != layout.rank():
+                if layout is NCHW:
+                    raise ModelError(LAYER_OUTPUT.format(path=self.layer_path, what=_describe(out)))
+                raise ModelError(
+                    LAYER_LAYOUT.format(
+                        path=self.layer_path, what=_describe(out), layout=layout.describe(), rank=layout.rank()
+                    )
+                )
+            leaf = raw.detach().requires_grad_(True)
             captured.append(leaf)
             torch.set_grad_enabled(True)  # record only from here on; no_grad's exit restores the mode
-            return leaf.clone()  # shields the leaf from in-place ops downstream
+            return layout.rewrap(out, leaf.clone())  # the clone shields the leaf from in-place ops downstream
 
         with _hook(self.layer, on_layer):
             with torch.no_grad(), self._autocast():
@@ -303,7 +333,9 @@ class CamEngine:
                         (gradient,) = torch.autograd.grad(score, captured[0])
                 else:  # the logits do not depend on the layer at all
                     gradient = torch.zeros_like(captured[0])
-        activation = captured[0].detach()
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        activation = layout.to_grid(captured[0].detach(), size)
+        gradient = layout.to_grid(gradient, size)
         cams = self._combine(activation.float(), gradient.float())
         return CamResult(logits=logits.detach(), cams=cams.clamp_min_(0), targets=targets, closed_form=False)
 
@@ -449,7 +481,7 @@ def _hook(module: nn.Module, fn: Any) -> Iterator[None]:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode for the duration; every module's own flag comes back (a frozen BN stays frozen)."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()

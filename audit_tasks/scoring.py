@@ -4,6 +4,10 @@ Per batch everything stays on the device (decode on the device where possible, n
 region metrics); the batch's results come to the host once. Rows that cannot be scored (a label the model
 does not know when CAMs explain labels, malformed regions, an image that does not decode) come back in
 `rejected` with a reason, never as an exception, so every input row ends in exactly one of the two tables.
+
+With the model's own preprocessing (a resize and centre crop, audit_tasks.preprocess), the CAM covers only
+the crop: region boxes are mapped through the same plan (clipped to the crop; a box cut away entirely is
+dropped for that image), and the peak is reported as a fraction of the original image again.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from audit_tasks.group_metrics import class_indicator
 from audit_tasks.image_properties import PIXEL_COLUMNS, pixel_properties
 from audit_tasks.loader import iter_image_batches
 from audit_tasks.manifest import parse_tags
+from audit_tasks.modelio import cam_target, preprocess_plan
+from audit_tasks.preprocess import PreprocessPlan, visible_regions
 from audit_tasks.regions import METRIC_COLUMNS, flag_images, region_metrics, row_regions
 from audit_tasks.saliency import CamResult, GradCAM
 
@@ -61,6 +67,8 @@ REJECTED_COLUMNS = ("position", "image_id", "reason")
 UNKNOWN_LABEL = "label {label!r} is not one of the model's classes ({classes})"
 MISSING_LABEL = "row has no label, and saliency.target is 'label'"
 BAD_SIZE = "row has regions but no valid width/height ({width!r} x {height!r})"
+#: Region kinds with their own share columns (`<kind>_share`, `<kind>_enrichment`).
+_CROPPABLE_KINDS = ("core", "spurious")
 
 
 @dataclass(frozen=True)
@@ -128,17 +136,22 @@ def score_images(
     prepared = _prepare_rows(rows, class_index, saliency_config.target, rejected, label_optional=multilabel)
     thresholds = torch.tensor(model_config.threshold_list(), dtype=torch.float32) if multilabel else None
     usable = sorted(prepared)
+    plan = preprocess_plan(model, model_config)
+    target = cam_target(model, model_config)
     engine = GradCAM(
         model,
-        model_config.target_layer,
+        target.path,
+        layout=target.layout,
         precision=saliency_config.precision,
         channels_last=True,
         fuse_batchnorm=True,
         compile=saliency_config.compile,
         device=device,
     )
-    # The batches come normalised; the properties are defined on 0..255 pixels.
-    to_pixels = _Denormalise(model_config.mean, model_config.std, device) if measure_properties else None
+    # The batches come normalised (by the plan's mean/std for a model's own preprocessing, as the loader
+    # does); the properties are defined on 0..255 pixels.
+    mean, std = (plan.mean, plan.std) if plan.kind == "model" else (model_config.mean, model_config.std)
+    to_pixels = _Denormalise(mean, std, device) if measure_properties else None
     parts: list[pd.DataFrame] = []
     done = total - len(usable)
     if progress is not None and done:
@@ -152,6 +165,7 @@ def score_images(
         num_workers=saliency_config.num_workers,
         device=device,
         opener=opener,
+        plan=plan,
     )
     for batch in batches:
         for local, reason in batch.failures:
@@ -171,6 +185,7 @@ def score_images(
                     attributes,
                     run_id,
                     check,
+                    plan,
                     to_pixels,
                     thresholds,
                 )
@@ -207,7 +222,8 @@ def explain_classes(
     if len(targets) != len(rows):
         raise ValueError(f"{len(targets)} targets for {len(rows)} rows")
     device = resolve_device(saliency_config.device)
-    engine = GradCAM(model, model_config.target_layer, precision=saliency_config.precision, device=device)
+    target = cam_target(model, model_config)  # the same layer, layout and preprocessing as score_images
+    engine = GradCAM(model, target.path, layout=target.layout, precision=saliency_config.precision, device=device)
     out: list[dict[str, Any]] = []
     batches = iter_image_batches(
         rows,
@@ -218,6 +234,7 @@ def explain_classes(
         num_workers=0,
         device=device,
         opener=opener,
+        plan=preprocess_plan(model, model_config),
     )
     for batch in batches:
         if not batch.positions:
@@ -307,6 +324,7 @@ def _score_batch(
     attributes: Sequence[str],
     run_id: str,
     check: SaliencyCheck,
+    plan: PreprocessPlan,
     to_pixels: _Denormalise | None,
     thresholds: torch.Tensor | None = None,
 ) -> pd.DataFrame:
@@ -321,7 +339,7 @@ def _score_batch(
     confidence, prediction = probs.max(dim=1)
     cams = result.cams
     n, h, w = cams.shape
-    metrics = region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    metrics = _region_metrics(cams, info, plan)
     head = [prediction[:, None].float(), result.targets[:, None].float(), confidence[:, None]]
     k = probs.shape[1] if multilabel else 0
     if multilabel:
@@ -424,6 +442,26 @@ class _Denormalise:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return images.float() * self.std + self.mean
+
+
+def _region_metrics(cams: torch.Tensor, info: list[_Row], plan: PreprocessPlan) -> pd.DataFrame:
+    """Region metrics of the maps; with a crop, on the boxes as the model saw them (see module docstring)."""
+    if plan.kind == "squash":
+        return region_metrics(cams, [r.regions for r in info], [r.size for r in info])
+    views = [visible_regions(r.regions, r.size, plan) for r in info]
+    metrics = region_metrics(cams, [v.regions for v in views], [v.size for v in views])
+    for axis, column in enumerate(("peak_x", "peak_y")):  # back to a fraction of the whole image
+        origin = np.array([v.origin[axis] for v in views])
+        extent = np.array([v.size[axis] for v in views])
+        full = np.array([r.size[axis] for r in info], dtype=np.float64)
+        metrics[column] = (origin + metrics[column].to_numpy() * extent) / full
+    for kind in _CROPPABLE_KINDS:  # a kind whose every box was cut away is absent, not "no saliency there"
+        gone = [
+            any(r["kind"] == kind for r in row.regions) and not any(r["kind"] == kind for r in view.regions)
+            for row, view in zip(info, views, strict=True)
+        ]
+        metrics.loc[gone, [f"{kind}_share", f"{kind}_enrichment"]] = float("nan")
+    return metrics
 
 
 def _column(frame: pd.DataFrame, name: str, n: int) -> list[Any]:

@@ -9,6 +9,8 @@ Usage:
   .venv/bin/python bench/gradcam.py                      # CPU: resnet18, batch 32, fp32, 224x224
   .venv/bin/python bench/gradcam.py --device cuda        # GPU: resnet50, batch 128, bf16, plus end to end
   .venv/bin/python bench/gradcam.py --e2e-images 256     # also time the end-to-end JPEG -> tables path
+  .venv/bin/python bench/gradcam.py --sources            # one model per source: engine vs plain inference,
+                                                         # and the CAM path each takes (random weights, offline)
 
 Without a CUDA device, `--device cuda` prints that the GPU benchmark was skipped and exits 0.
 """
@@ -41,6 +43,8 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.sources:
+        return _sources(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("device: no CUDA device available -- GPU benchmark skipped (run with --device cpu for the CPU one)")
         return 0
@@ -95,6 +99,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help="comma-separated methods to skip")
     p.add_argument("--e2e-images", type=int, default=None, help="JPEGs for the end-to-end run (GPU default 4096)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument(
+        "--sources",
+        action="store_true",
+        help="time one model per source (torchvision, timm ConvNeXt/ViT/DeiT/Swin, Hugging Face ViT/ConvNeXt, "
+        "python builder) at 224 px: engine against plain inference, and the path each takes",
+    )
     return p.parse_args(argv)
 
 
@@ -353,6 +363,94 @@ def _end_to_end(device, arch, precision, batch, n_images, size, workers) -> None
         f"{n_images} images, {workers} decode workers: {len(result.images) / seconds:.1f} images/s "
         f"({len(result.rejected)} rejected)"
     )
+
+
+def _source_models() -> dict[str, Callable[[], torch.nn.Module]]:
+    """name -> builder of a model as the audit sees it (logits out), random weights, nothing downloaded."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from audit_tasks.model_sources import LogitsAdapter
+    from fixtures_models import build
+
+    def timm_model(name: str, **kwargs: Any) -> torch.nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+
+    def hf_vit() -> torch.nn.Module:  # ViT-Tiny's shape (google/vit-base's layout): 12 x 192, patch 16
+        from transformers import ViTConfig, ViTForImageClassification
+
+        config = ViTConfig(
+            hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, num_labels=10
+        )
+        return LogitsAdapter(ViTForImageClassification(config))
+
+    def hf_convnext() -> torch.nn.Module:  # ConvNeXt-Atto's shape
+        from transformers import ConvNextConfig, ConvNextForImageClassification
+
+        config = ConvNextConfig(hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], num_labels=10)
+        return LogitsAdapter(ConvNextForImageClassification(config))
+
+    return {
+        "torchvision resnet18": lambda: torchvision.models.resnet18(weights=None, num_classes=10),
+        "timm convnext_atto": lambda: timm_model("convnext_atto"),
+        "timm vit_tiny_patch16_224": lambda: timm_model("vit_tiny_patch16_224"),
+        "timm deit_tiny_distilled_patch16_224": lambda: timm_model("deit_tiny_distilled_patch16_224"),
+        "timm swin (tiny layout, 2 stages)": lambda: timm_model(
+            "swin_tiny_patch4_window7_224", depths=(2, 2), num_heads=(3, 6)
+        ),
+        "huggingface ViT (tiny config)": hf_vit,
+        "huggingface ConvNeXt (atto config)": hf_convnext,
+        "python builder (tests/fixtures_models.py:build)": lambda: LogitsAdapter(build(10)),
+    }
+
+
+def _sources(args: argparse.Namespace) -> int:
+    """Per source: the auto target layer, its layout, the path the engine takes, and images/s vs plain."""
+    from audit_tasks.cam_target import find_target
+
+    device = torch.device("cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu")
+    batch, size = args.batch or 16, args.size
+    import timm
+    import transformers
+
+    print(
+        f"device: {_header(device, '', batch, 'fp32', args).splitlines()[0].removeprefix('device: ')}\n"
+        f"models: one per source (random weights), target_layer auto, input {size}x{size}, batch {batch}, fp32, "
+        f"engine as scoring runs it (private copy, channels_last, BN folded), plain = the model as given; "
+        f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}"
+    )
+    floor_name, engine_name = "plain inference (floor)", "engine"
+    rows = []
+    for name, make in _source_models().items():
+        torch.manual_seed(0)
+        model = make().eval().to(device)
+        target = find_target(model, "auto", (size, size))
+        engine = GradCAM(model, target.path, layout=target.layout, channels_last=True, fuse_batchnorm=True)
+        x = torch.randn(batch, 3, size, size, device=device)
+        targets = torch.arange(batch) % 10
+
+        def floor(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
+            with torch.no_grad():
+                model(x)
+
+        methods = {floor_name: floor, engine_name: lambda e=engine, x=x, t=targets: e.attribute(x, t).cams}
+        results = _time(methods, device, args.rounds, args.warmup, batch)
+        rows.append((name, target, engine.path, results[floor_name], results[engine_name]))
+        print(f"  {name}: {target.path} ({target.layout.describe()}), {engine.path}", flush=True)
+    print(
+        f"\n{'model':<50}{'target layer (auto)':<38}{'path':<40}{'plain img/s':>12}{'engine img/s':>13}{'x plain':>9}"
+        f"{'x plain CPU':>12}"
+    )
+    for name, target, path, plain, ours in rows:
+        print(
+            f"{name:<50}{target.path:<38}{path:<40}{plain['ips']:>12.1f}{ours['ips']:>13.1f}"
+            f"{ours['ips'] / plain['ips']:>9.2f}{ours['ips_cpu'] / plain['ips_cpu']:>12.2f}"
+        )
+    print(
+        "(x plain = the engine's throughput / plain no-grad inference's on the same model and batch;\n"
+        " x plain CPU = the same per CPU-second of this process)"
+    )
+    return 0
 
 
 if __name__ == "__main__":

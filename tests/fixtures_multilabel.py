@@ -51,8 +51,8 @@ class TinyNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def build_tiny(arch: str, *, num_classes: int) -> nn.Module:
-    """Stands in for `modelio.build_model` in the end-to-end test (arch `tiny`), until `model.source: python`."""
+def build_tiny(num_classes: int) -> nn.Module:
+    """The desk model's builder: `model.source: python`, `arch: fixtures_multilabel:build_tiny`."""
     return TinyNet(num_classes)
 
 
@@ -195,7 +195,8 @@ def write_audit_world(
     body = {
         "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
         "model": {
-            "arch": "tiny",
+            "source": "python",
+            "arch": "fixtures_multilabel:build_tiny",
             "checkpoint": "model.pt",
             "classes": list(CLASSES),
             "target_layer": "features",

@@ -26,7 +26,6 @@ from fixtures_multilabel import (
     SIZE,
     STD,
     TinyNet,
-    build_tiny,
     make_scenes,
     train_multilabel,
     write_audit_world,
@@ -204,19 +203,13 @@ def test_explain_classes_gives_the_cam_of_the_asked_class(tmp_path, tiny):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_builder(monkeypatch):
-    """The audit loads the desk model as arch `tiny` (a stand-in until `model.source: python` lands)."""
-    monkeypatch.setattr(modelio, "build_model", build_tiny)
-
-
 def _audit(tmp_path: Path, biased: bool, checks: dict | None = None):
     model = train_multilabel(make_scenes(600, SEED, biased_labels=biased))
     world = write_audit_world(tmp_path, model, make_scenes(400, SEED + 1), checks=checks)
     return run_audit(load_config(world.config), "20260101T000000Z-desk01")
 
 
-def test_biased_desk_model_fails_laptop_to_mouse_end_to_end(tmp_path, tiny_builder):
+def test_biased_desk_model_fails_laptop_to_mouse_end_to_end(tmp_path):
     outcome = _audit(tmp_path, biased=True)
     assert not outcome.verdict.passed
     assert outcome.summary["failed_gates"] == ["leakage/laptop -> mouse/fp_rate_gap"]
@@ -249,7 +242,7 @@ def test_biased_desk_model_fails_laptop_to_mouse_end_to_end(tmp_path, tiny_build
     assert "laptop \u2192 mouse" in html and 'alt="Grad-CAM for mouse on desk_' in html
 
 
-def test_fair_desk_model_passes_every_pair_end_to_end(tmp_path, tiny_builder):
+def test_fair_desk_model_passes_every_pair_end_to_end(tmp_path):
     checks = {"leakage": {}, "subgroups": {"attributes": ["room"], "metric": "f1", "n_bootstrap": 200}}
     outcome = _audit(tmp_path, biased=False, checks=checks)
     gates = read_table(outcome.run_dir / "gates.parquet")
