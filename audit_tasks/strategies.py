@@ -177,15 +177,18 @@ def _zone_masks(h: int, w: int) -> dict[str, np.ndarray]:
     }
 
 
-def describe_location(x: float, y: float, *, on_border: bool) -> str:
-    """Where a hot spot sits, in words: "the bottom-left corner", "the top edge", "the centre"."""
+def describe_location(x: float, y: float) -> str:
+    """Where a hot spot at (x, y) (fractions of width, height) sits, in words: "the bottom-left corner" (in the
+    outer quarter on both axes), "the top edge" (on one), "the top-right" or "the left" (nearer), "the centre"."""
     horizontal = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
     vertical = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
+    outer_x, outer_y = not 0.25 <= x <= 0.75, not 0.25 <= y <= 0.75
     if horizontal and vertical:
-        return f"the {vertical}-{horizontal} corner" if on_border else f"the {vertical}-{horizontal}"
-    if horizontal or vertical:
-        side = horizontal or vertical
-        return f"the {side} edge" if on_border else f"the {side}"
+        return f"the {vertical}-{horizontal} corner" if outer_x and outer_y else f"the {vertical}-{horizontal}"
+    if horizontal:
+        return f"the {horizontal} edge" if outer_x else f"the {horizontal}"
+    if vertical:
+        return f"the {vertical} edge" if outer_y else f"the {vertical}"
     return "the centre"
 
 
@@ -497,7 +500,7 @@ def _cluster_stats(
         "map_height": h,
         "map_width": w,
         "examples": examples,
-        "_where": describe_location(x, y, on_border=bool(zones["border"][peak_row, peak_col])),
+        "_where": describe_location(x, y),
         "_by_boxes": by_boxes,
         "_why_not": next((text for ok, text in reasons if not ok), ""),
     }
