@@ -470,10 +470,10 @@ def _cluster_stats(
         reasons = [(off_object > check.max_off_object_share, f"{_pct(1 - off_object)} of its map on the object")]
     else:
         reasons = [
+            (max(abs(x - 0.5), abs(y - 0.5)) > check.central_region / 2, "central"),
             (consistency >= check.min_peak_consistency, f"peaks at one place in only {_pct(consistency)}"),
             (spread <= check.max_spot_spread, f"the spot moves: spread {spread:.2f} of the image side"),
             (compactness >= check.min_compactness, f"diffuse: {_pct(compactness)} at the peak"),
-            (max(abs(x - 0.5), abs(y - 0.5)) > check.central_region / 2, "central"),
         ]
     return {
         "class": name,

@@ -93,7 +93,7 @@ def test_each_corner_is_named(corner):
     rng = np.random.default_rng(1)
     frame = _frame(_corner_cue(rng, 100, corner) + _objects(rng, 100, centred=True))
     flagged = check_strategies(frame, StrategiesCheck()).clusters.query("flagged")
-    words = describe_location(corner[1] / W, corner[0] / H, on_border=True)
+    words = describe_location(corner[1] / W, corner[0] / H)
     assert not flagged.empty and all(words in d for d in flagged["description"])
 
 
@@ -178,6 +178,15 @@ def test_with_core_boxes_the_test_is_off_object():
     assert all("off the object" in d for d in flagged["description"])
 
 
+def test_locations_in_words():
+    assert describe_location(0.1, 0.9) == "the bottom-left corner"
+    assert describe_location(0.9, 0.1) == "the top-right corner"
+    assert describe_location(0.3, 0.7) == "the bottom-left"
+    assert describe_location(0.5, 0.1) == "the top edge"
+    assert describe_location(0.8, 0.5) == "the right edge"
+    assert describe_location(0.5, 0.5) == "the centre"
+
+
 def test_a_class_under_min_images_is_not_judged():
     rng = np.random.default_rng(8)
     frame = _frame(_corner_cue(rng, 10))
@@ -213,3 +222,79 @@ def test_mass_zones_and_mean_map_describe_the_cluster():
 def test_missing_maps_are_an_error_naming_them():
     with pytest.raises(ValueError, match="needs the stored Grad-CAMs"):
         check_strategies(pd.DataFrame({"label": ["a"]}), StrategiesCheck())
+
+
+# ---------------------------------------------------------------------------------------------
+# The issue's proof: a real (tiny, trained) model, a manifest without regions
+# ---------------------------------------------------------------------------------------------
+
+RUN = "20260101T000000Z-strat1"
+
+
+@pytest.fixture
+def cuenet_builder(monkeypatch):
+    """The audit loads the generated model as arch `cuenet`."""
+    from audit_tasks import modelio
+    from fixtures_strategies import build_cuenet
+
+    monkeypatch.setattr(modelio, "build_model", build_cuenet)
+
+
+def _audit_animals(root, train_set, audit_set):
+    from audit_tasks.config import load_config
+    from audit_tasks.pipeline import run_audit
+    from fixtures_strategies import train, write_world
+
+    config = write_world(root, train(train_set), audit_set, checks={"strategies": {}})
+    return run_audit(load_config(config), RUN)
+
+
+def _strategies(outcome) -> pd.DataFrame:
+    from audit_tasks.tables import read_table
+
+    return read_table(outcome.run_dir / "strategies.parquet")
+
+
+def test_a_model_that_uses_a_corner_cue_is_flagged_without_regions(tmp_path, cuenet_builder):
+    from audit_tasks.tables import read_table
+    from fixtures_strategies import SEED, make_animals
+
+    audit_set = make_animals(300, SEED + 1)
+    outcome = _audit_animals(tmp_path, make_animals(600, SEED), audit_set)
+    assert outcome.summary["failed_gates"] == ["strategies/wolf/fixed_spot_share"]
+    assert outcome.summary["checks"]["strategies"] == "ran"
+    clusters = _strategies(outcome)
+    cue = clusters[clusters["flagged"]]
+    assert set(cue["class"]) == {"wolf"}
+    assert all("bottom-left corner" in d and "fixed spot" in d for d in cue["description"])
+    # the flagged clusters are the cued wolves: about their share of the class, and their examples carry the cue
+    cued = {f"{a.label}_{i:04d}.png" for i, a in enumerate(audit_set) if a.cue}
+    wolves = sum(a.label == "wolf" for a in audit_set)
+    assert cue["share"].sum() == pytest.approx(len(cued) / wolves, abs=0.1)
+    images = read_table(outcome.run_dir / "images.parquet", columns=["image_id", "image_uri", "regions"])
+    uri = dict(zip(images["image_id"], images["image_uri"], strict=True))
+    examples = [uri[i] for ids in cue["examples"] for i in ids]
+    assert examples and all(e in cued for e in examples)
+    assert images["regions"].isna().all()  # no boxes anywhere
+    html = outcome.report_path.read_text(encoding="utf-8")
+    assert 'id="strategies"' in html and "bottom-left corner" in html
+
+
+def test_the_same_data_with_a_model_trained_without_the_cue_flags_nothing(tmp_path, cuenet_builder):
+    from fixtures_strategies import SEED, make_animals
+
+    uninformative = make_animals(600, SEED, cue_on_huskies=True)  # the cue on half of each class
+    outcome = _audit_animals(tmp_path, uninformative, make_animals(300, SEED + 1))
+    assert outcome.verdict.passed, outcome.summary["failed_gates"]
+    gates = [g for g in outcome.verdict.failed]
+    assert not gates
+    clusters = _strategies(outcome)
+    assert not clusters["flagged"].any() and set(clusters["class"]) == {"wolf", "husky"}
+
+
+def test_centred_animals_flag_nothing(tmp_path, cuenet_builder):
+    from fixtures_strategies import SEED, make_centred
+
+    outcome = _audit_animals(tmp_path, make_centred(600, SEED), make_centred(300, SEED + 1))
+    assert outcome.verdict.passed, outcome.summary["failed_gates"]
+    assert not _strategies(outcome)["flagged"].any()
