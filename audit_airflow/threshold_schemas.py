@@ -178,7 +178,7 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "number",
     },
     "checks.strategies.max_spot_spread": {
-        "description": "A fixed spot: RMS spread of the hot spot's position at most this, in fractions of the image side.",
+        "description": "A fixed spot: RMS spread of the hot spot at most this (fraction of the image side).",
         "exclusiveMinimum": 0,
         "maximum": 1,
         "type": "number",
@@ -190,8 +190,7 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "number",
     },
     "checks.strategies.min_compactness": {
-        "description": "A fixed spot: at least this share of the map in the 3x3 cells at its peak.",
-        "maximum": 1,
+        "description": "A fixed spot: the 3x3 cells at its peak hold this many times their area's share.",
         "minimum": 0,
         "type": "number",
     },

@@ -427,7 +427,7 @@ class StrategiesCheck(_Section):
         default=0.06,
         gt=0,
         le=1,
-        description="A fixed spot: RMS spread of the hot spot's position at most this, in fractions of the image side.",
+        description="A fixed spot: RMS spread of the hot spot at most this (fraction of the image side).",
     )
     central_region: float = Field(
         default=0.5,
@@ -436,10 +436,9 @@ class StrategiesCheck(_Section):
         description="Side of the central square (fraction of the image) where a fixed spot is not flagged.",
     )
     min_compactness: float = Field(
-        default=0.4,
+        default=2.0,
         ge=0,
-        le=1,
-        description="A fixed spot: at least this share of the map in the 3x3 cells at its peak.",
+        description="A fixed spot: the 3x3 cells at its peak hold this many times their area's share.",
     )
     max_off_object_share: float = Field(
         default=0.7,

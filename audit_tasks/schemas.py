@@ -181,7 +181,11 @@ STRATEGIES = pa.schema(
         _f("peak_y", pa.float64(), unit="fraction of image height"),
         _f("peak_consistency", pa.float64(), unit="fraction of images whose peak is within 1 cell of the modal peak"),
         _f("spot_spread", pa.float64(), unit="fraction of the image side (RMS distance of hot spots from their mean)"),
-        _f("compactness", pa.float64(), unit=SHARE + ", in the 3x3 cells around each image's peak (mean)"),
+        _f(
+            "compactness",
+            pa.float64(),
+            unit="share in the 3x3 cells at each image's peak over their area fraction (uniform map = 1; mean)",
+        ),
         _f("off_object_share", pa.float64(), unit=SHARE + ", outside the core boxes (null: no core boxes)"),
         _f("images_with_core", pa.int64(), False, unit="images with a core box"),
         _f("flagged", pa.bool_(), False),

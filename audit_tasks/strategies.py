@@ -16,7 +16,9 @@ Per class (the class the CAM explains: `target_class`, else `label`):
   4. Per cluster: size and share of the class, accuracy, the mean map, its mass on the border ring, the
      corner quarters and the central half, the modal peak cell, the share of peaks within 1 cell of it
      (`peak_consistency`), the hot spot's mean position (peak refined to sub-cell precision by the 3x3
-     centre of mass) and its RMS spread across images, `compactness` (mass in the 3x3 cells at the peak).
+     centre of mass) and its RMS spread across images, `compactness`: the share of the map in the 3x3 cells
+     at the peak divided by their share of the area (a uniform map scores 1; a clipped window at a corner or
+     edge is judged by its own area, so a spot in a corner is not penalised).
 
 Flag rule (thresholds from `StrategiesCheck`): a cluster with at least `min_images` maps and a share of
 at least `min_cluster_share` is flagged when
@@ -155,10 +157,13 @@ def _hot_spots(maps: np.ndarray) -> _Spots:
         ii, row[:, None, None] + 1 + offsets[None, :, None], col[:, None, None] + 1 + offsets[None, None, :]
     ]
     mass = window.sum(axis=(1, 2))
+    rows_in = np.minimum(row + 1, h - 1) - np.maximum(row - 1, 0) + 1
+    cols_in = np.minimum(col + 1, w - 1) - np.maximum(col - 1, 0) + 1
     safe = np.where(mass > 0, mass, 1.0)
     dy = (window.sum(axis=2) * offsets).sum(axis=1) / safe
     dx = (window.sum(axis=1) * offsets).sum(axis=1) / safe
-    return _Spots(row, col, (col + 0.5 + dx) / w, (row + 0.5 + dy) / h, mass)
+    concentration = mass / (rows_in * cols_in / (h * w))  # the window's share over its area's share
+    return _Spots(row, col, (col + 0.5 + dx) / w, (row + 0.5 + dy) / h, concentration)
 
 
 def _zone_masks(h: int, w: int) -> dict[str, np.ndarray]:
@@ -473,7 +478,7 @@ def _cluster_stats(
             (max(abs(x - 0.5), abs(y - 0.5)) > check.central_region / 2, "central"),
             (consistency >= check.min_peak_consistency, f"peaks at one place in only {_pct(consistency)}"),
             (spread <= check.max_spot_spread, f"the spot moves: spread {spread:.2f} of the image side"),
-            (compactness >= check.min_compactness, f"diffuse: {_pct(compactness)} at the peak"),
+            (compactness >= check.min_compactness, f"diffuse: compactness {compactness:.1f}"),
         ]
     return {
         "class": name,

@@ -1155,7 +1155,7 @@ def _strategy_cluster(
         centre=pct(r.centre_mass, 0),
         consistency=pct(r.peak_consistency, 0),
         spread=num(r.spot_spread, 2),
-        compactness=pct(r.compactness, 0),
+        compactness=num(r.compactness, 1),
         off_object=pct(r.off_object_share, 0),
         description=str(r.description),
         flagged=bool(r.flagged),
