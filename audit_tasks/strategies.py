@@ -368,6 +368,8 @@ def check_strategies(images: pd.DataFrame, check: StrategiesCheck) -> Strategies
     `images`: images.parquet columns `cam`, `cam_height`, `cam_width`, `target_class` or `label`, and
     optionally `image_id`, `correct`, `regions`, `core_share`. Raises ValueError naming a missing column.
     """
+    if images.empty:  # a night with nothing to audit: no class, no gate
+        return StrategiesResult(_clusters_frame([]), [])
     if not {"cam", "cam_height", "cam_width"} <= set(images.columns):
         raise ValueError(MSG_NO_MAPS)
     column = _class_column(images)
@@ -379,9 +381,12 @@ def check_strategies(images: pd.DataFrame, check: StrategiesCheck) -> Strategies
         class_rows, gate = _check_class(name, part, check)
         rows += class_rows
         gates.append(gate)
+    return StrategiesResult(_clusters_frame(rows), gates)
+
+
+def _clusters_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(CLUSTER_COLUMNS))
-    frame = frame.astype({"flagged": bool, "n": "int64", "cluster": "int64", "images_with_core": "int64"})
-    return StrategiesResult(frame, gates)
+    return frame.astype({"flagged": bool, "n": "int64", "cluster": "int64", "images_with_core": "int64"})
 
 
 def _check_class(name: str, part: pd.DataFrame, check: StrategiesCheck) -> tuple[list[dict], GateResult]:

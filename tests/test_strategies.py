@@ -219,6 +219,11 @@ def test_mass_zones_and_mean_map_describe_the_cluster():
     assert len(cue["examples"]) == 4
 
 
+def test_no_images_gives_no_cluster_and_no_gate():
+    result = check_strategies(pd.DataFrame(), StrategiesCheck())
+    assert result.gates == [] and result.clusters.empty and list(result.clusters.columns) == list(CLUSTER_COLUMNS)
+
+
 def test_missing_maps_are_an_error_naming_them():
     with pytest.raises(ValueError, match="needs the stored Grad-CAMs"):
         check_strategies(pd.DataFrame({"label": ["a"]}), StrategiesCheck())
