@@ -20,13 +20,15 @@ Per class (the class the CAM explains: `target_class`, else `label`):
      at the peak divided by their share of the area (a uniform map scores 1; a clipped window at a corner or
      edge is judged by its own area, so a spot in a corner is not penalised).
 
-Flag rule (thresholds from `StrategiesCheck`): a cluster with at least `min_images` maps and a share of
-at least `min_cluster_share` is flagged when
-  - most of its images carry core boxes: more than `max_off_object_share` of its map lies off them
+Flag rule (thresholds from `StrategiesCheck`): a cluster is a suspect strategy when
+  - at least half its images carry core boxes: more than `max_off_object_share` of its map lies off them
     (1 - `core_share`, as `audit_tasks.regions` measures it), else
   - its hot spot is fixed and off-centre: `peak_consistency >= min_peak_consistency`, `spot_spread <=
     max_spot_spread` (the spot does not move), `compactness >= min_compactness` (a spot, not a wash) and
     the mean hot spot lies outside the central square of side `central_region`.
+Suspect clusters at the same place (modal peaks within 1 cell; or all off-object ones) are one strategy,
+since spectral clustering may split one cue's images by what else their maps show; a strategy with at
+least `min_images` maps and `min_cluster_share` of the class flags every cluster in it.
 Centred objects never flag (their spot is central, however steady); objects that move never flag (their
 spots spread, even inside one cluster, by far more than a fixed cue's). A fixed off-centre place that
 really is the object (every photo framed the same off-centre way) cannot be told from a cue without
