@@ -54,6 +54,7 @@ __all__ = [
     "PolicyConfig",
     "SaliencyCheck",
     "SaliencyConfig",
+    "StrategiesCheck",
     "SubgroupCheck",
     "Waiver",
     "default_checks",
@@ -453,6 +454,54 @@ class LeakageCheck(_Section):
     )
 
 
+class StrategiesCheck(_Section):
+    """Saliency strategies without boxes (see audit_tasks.strategies for the clustering and the flag rule)."""
+
+    min_cluster_share: float = Field(
+        default=0.2, gt=0, le=1, description="A cluster this large a share of its class may be flagged."
+    )
+    min_images: int = Field(
+        default=20, ge=2, description="Classes (and clusters) with fewer maps are not judged (flagged)."
+    )
+    max_clusters: int = Field(default=8, ge=1, le=32, description="Most clusters per class (the eigengap picks k).")
+    min_peak_consistency: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="A fixed spot: at least this share of a cluster's peaks within 1 cell of its modal peak.",
+    )
+    max_spot_spread: float = Field(
+        default=0.06,
+        gt=0,
+        le=1,
+        description="A fixed spot: RMS spread of the hot spot at most this (fraction of the image side).",
+    )
+    central_region: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Side of the central square (fraction of the image) where a fixed spot is not flagged.",
+    )
+    min_compactness: float = Field(
+        default=2.0,
+        ge=0,
+        description="A fixed spot: the 3x3 cells at its peak hold this many times their area's share.",
+    )
+    max_off_object_share: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="With core boxes: a cluster with more of its map off the boxes than this is flagged.",
+    )
+    max_sample: int = Field(
+        default=5000,
+        ge=100,
+        le=50_000,
+        description="Maps per class clustered at most; the rest are assigned to the nearest centroid.",
+    )
+    neighbours: int = Field(default=10, ge=2, le=100, description="Neighbours per map in the spectral kNN graph.")
+
+
 class ImagePropertiesCheck(_Section):
     """Image-property shortcuts (see audit_tasks.image_properties): read from the header at ingest and
     measured on the pixels while scoring (where they are decoded anyway: bench/image_properties.py), binned
@@ -495,6 +544,7 @@ class ChecksConfig(_Section):
     subgroups: SubgroupCheck | None = None
     ingest: IngestCheck | None = None
     leakage: LeakageCheck | None = None
+    strategies: StrategiesCheck | None = None
     # On by default: a missing section measures and checks every property.
     image_properties: ImagePropertiesCheck = Field(default_factory=lambda: ImagePropertiesCheck())
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.

@@ -33,7 +33,7 @@ from audit_tasks.tables import read_table, write_json, write_table
 log = logging.getLogger("audit_tasks")
 
 #: Order in which check gates appear in gates.parquet and the report.
-GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups", "leakage")
+GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "strategies", "subgroups", "leakage")
 
 
 @dataclass(frozen=True)
@@ -510,6 +510,30 @@ def stage_saliency_pairs(config: AuditConfig, run_id: str) -> StoragePath | None
     return target
 
 
+def stage_strategies(config: AuditConfig, run_id: str) -> StoragePath | None:
+    """Saliency strategies (audit_tasks.strategies): each class's stored Grad-CAMs clustered, a fixed spot off
+    the centre or off the object flagged; needs only images.parquet (no regions, no second model pass)."""
+    from audit_tasks.strategies import check_strategies
+
+    check = config.checks.strategies
+    if check is None:
+        _skip_check(config, run_id, "strategies", ("strategies.parquet",))
+        return None
+    images_path = _scored_images(config, run_id)
+    present = set(parquet_schema(images_path).names)
+    wanted = ["image_id", "target_class", "label", "correct", "cam", "cam_height", "cam_width", "regions", "core_share"]
+    images = read_table(images_path, columns=[c for c in wanted if c in present])
+    try:
+        result = check_strategies(images, check)
+    except ValueError as exc:
+        raise AuditError(f"{images_path}: {exc}") from None
+    target = write_table(
+        result.clusters, run_dir(config, run_id) / "strategies.parquet", name="strategies", schema=schemas.STRATEGIES
+    )
+    _write_gates(config, run_id, "strategies", result.gates)
+    return target
+
+
 def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
     """Every configured check's gates, in the fixed check order."""
     gates: list[GateResult] = []
@@ -665,6 +689,7 @@ def _summary(
         "cooccurrence": config.checks.cooccurrence is not None,
         "saliency": config.checks.saliency is not None,
         "subgroups": config.checks.subgroups is not None,
+        "strategies": config.checks.strategies is not None,
     }
     if config.model is not None and config.model.task == "multilabel":  # leakage applies to multilabel models only
         configured["leakage"] = config.checks.leakage is not None
@@ -735,6 +760,7 @@ def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | N
     stage_subgroups(config, run_id)
     stage_leakage(config, run_id)
     stage_saliency_pairs(config, run_id)
+    stage_strategies(config, run_id)
     result = stage_gate(config, run_id, today=today)
     report = stage_report(config, run_id)
     return AuditOutcome(run_id, rd, result, report, read_summary(config, run_id))

@@ -95,6 +95,7 @@ class RunTables:
     leakage: pd.DataFrame | None = None  # multilabel prediction leakage (leakage.parquet)
     leakage_images: pd.DataFrame | None = None  # flagged pairs' worst images with b's CAM (leakage_images.parquet)
     multilabel: bool = False  # images.parquet holds predicted sets (model.task: multilabel)
+    strategies: pd.DataFrame | None = None  # saliency clusters per class (strategies.parquet)
 
     @property
     def run_id(self) -> str:
@@ -187,6 +188,7 @@ def load_run(run_dir: StoragePath) -> RunTables:
         leakage=_read(run_dir / "leakage.parquet"),
         leakage_images=_read(run_dir / "leakage_images.parquet"),
         multilabel=_is_multilabel(run_dir / "images.parquet"),
+        strategies=_read(run_dir / "strategies.parquet"),
     )
 
 
