@@ -238,7 +238,9 @@ class ModelConfig(_Section):
     arch: Name
     checkpoint: Location  # a file, or an object-store URI; huggingface: the save_pretrained folder
     classes: Names
-    target_layer: Name  # a dotted module path, or "auto" (see audit_tasks.cam_target)
+    # A dotted module path, or "auto" (the default): the last spatial feature map of a CNN, the last block's
+    # input of a vision transformer (audit_tasks.cam_target says why and how).
+    target_layer: Name = "auto"
     preprocess: Literal["model", "squash"] | None = None
     input_size: int = Field(default=224, gt=0)
     mean: RGB = (0.485, 0.456, 0.406)

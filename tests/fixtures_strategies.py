@@ -56,8 +56,8 @@ class CueNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def build_cuenet(arch: str, *, num_classes: int) -> nn.Module:
-    """Stands in for `modelio.build_model` in the end-to-end tests (arch `cuenet`)."""
+def build_cuenet(num_classes: int) -> nn.Module:
+    """The generated model's builder: `model.source: python`, `arch: fixtures_strategies:build_cuenet`."""
     return CueNet(num_classes)
 
 
@@ -141,7 +141,8 @@ def write_world(root: Path, model: nn.Module, animals: list[Animal], *, checks: 
     body = {
         "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
         "model": {
-            "arch": "cuenet",
+            "source": "python",
+            "arch": "fixtures_strategies:build_cuenet",
             "checkpoint": "model.pt",
             "classes": list(CLASSES),
             "target_layer": "features",

@@ -236,15 +236,6 @@ def test_missing_maps_are_an_error_naming_them():
 RUN = "20260101T000000Z-strat1"
 
 
-@pytest.fixture
-def cuenet_builder(monkeypatch):
-    """The audit loads the generated model as arch `cuenet`."""
-    from audit_tasks import modelio
-    from fixtures_strategies import build_cuenet
-
-    monkeypatch.setattr(modelio, "build_model", build_cuenet)
-
-
 def _audit_animals(root, train_set, audit_set):
     from audit_tasks.config import load_config
     from audit_tasks.pipeline import run_audit
@@ -260,7 +251,7 @@ def _strategies(outcome) -> pd.DataFrame:
     return read_table(outcome.run_dir / "strategies.parquet")
 
 
-def test_a_model_that_uses_a_corner_cue_is_flagged_without_regions(tmp_path, cuenet_builder):
+def test_a_model_that_uses_a_corner_cue_is_flagged_without_regions(tmp_path):
     from audit_tasks.tables import read_table
     from fixtures_strategies import SEED, make_animals
 
@@ -285,7 +276,7 @@ def test_a_model_that_uses_a_corner_cue_is_flagged_without_regions(tmp_path, cue
     assert 'id="strategies"' in html and "bottom-left corner" in html
 
 
-def test_the_same_data_with_a_model_trained_without_the_cue_flags_nothing(tmp_path, cuenet_builder):
+def test_the_same_data_with_a_model_trained_without_the_cue_flags_nothing(tmp_path):
     from fixtures_strategies import SEED, make_animals
 
     uninformative = make_animals(600, SEED, cue_on_huskies=True)  # the cue on half of each class
@@ -297,7 +288,7 @@ def test_the_same_data_with_a_model_trained_without_the_cue_flags_nothing(tmp_pa
     assert not clusters["flagged"].any() and set(clusters["class"]) == {"wolf", "husky"}
 
 
-def test_centred_animals_flag_nothing(tmp_path, cuenet_builder):
+def test_centred_animals_flag_nothing(tmp_path):
     from fixtures_strategies import SEED, make_centred
 
     outcome = _audit_animals(tmp_path, make_centred(600, SEED), make_centred(300, SEED + 1))
