@@ -11,12 +11,16 @@ a histogram of `bins` equal-width bins over the class's range; an image's value 
 probability of its bin (count / class size, not the lab's per-width density, so alpha means the same at
 any feature scale). The lab combines dimensions by the **max** of the per-dimension weights 1/(h + alpha),
 which is 1/(min_i h_i + alpha): the image's single rarest dimension. With 16 dimensions nearly every image
-sits in some dimension's tail bin, so that max ranks the tails of unrelated dimensions beside a real rare
-subgroup, which differs in many dimensions at once. Our default (`combine: product`) multiplies the
-per-dimension probabilities (naive-Bayes density, in log space, then the geometric mean over dimensions so
-it stays on the 0..1 scale of one bin's probability); `combine: max` is the lab's exact combination.
+sits in some dimension's tail bin, so that max ranks the tails of unrelated (often noise) dimensions beside a
+real rare subgroup. Our default (`combine: product`) multiplies the per-dimension probabilities (a naive-Bayes
+density, in log space), each dimension's log-probability weighted by its principal component's share of the
+variance (weights summing to 1, so the result is a weighted geometric mean on the 0..1 scale of one bin's
+probability): the directions the model's features really vary in decide, the low-variance tail of the kept
+components does not. `combine: max` is the lab's exact combination (unweighted).
 `method: knn`: 1 / (distance to the k-th nearest neighbour in the class), the neighbours drawn from a
-reference sample of at most `_KNN_REFERENCE` images per class (bounded memory and time).
+reference sample of at most `_KNN_REFERENCE` images per class (bounded memory and time). kNN measures local
+density: a compact subgroup with more than k members is dense to it, so choose k above the size of the
+subgroups it should find.
 
 Either density is finally scaled so that the class's densest image has 1: a density is "how typical for its
 class", in (0, 1], and `alpha` in 1/(density + alpha) bounds the weight of the rarest images at 1/alpha
@@ -100,8 +104,9 @@ class RarityResult:
     gates: list[GateResult]
 
 
-def reduce_features(features: np.ndarray, dims: int, *, seed: int = _SEED) -> np.ndarray:
-    """(N, D) features centred and projected on their first `dims` principal components (float32).
+def reduce_features(features: np.ndarray, dims: int, *, seed: int = _SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) features centred and projected on their first `dims` principal components (float32), and each
+    component's share of the variance the kept components carry (sums to 1).
 
     The components come from an SVD of at most `_PCA_SAMPLE` rows; D <= dims keeps every dimension.
     """
@@ -109,18 +114,27 @@ def reduce_features(features: np.ndarray, dims: int, *, seed: int = _SEED) -> np
     if x.ndim != 2:
         raise ValueError(MSG_FEATURES_SHAPE.format(shape=x.shape))
     if len(x) == 0:
-        return np.zeros((0, min(dims, x.shape[1])), dtype=np.float32)
+        k = min(dims, x.shape[1])
+        return np.zeros((0, k), dtype=np.float32), np.full(k, 1.0 / max(k, 1))
     rng = np.random.default_rng(seed)
     sample = x if len(x) <= _PCA_SAMPLE else x[rng.choice(len(x), _PCA_SAMPLE, replace=False)]
     mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
-    if x.shape[1] <= dims:
-        return x - mean
-    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    return (x - mean) @ vt[:dims].T
+    _, singular, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    k = min(dims, len(singular))
+    variance = singular[:k].astype(np.float64) ** 2
+    share = variance / variance.sum() if variance.sum() > 0 else np.full(k, 1.0 / k)
+    return (x - mean) @ vt[:k].T, share
 
 
-def histogram_density(z: np.ndarray, *, bins: int, combine: str = "product") -> np.ndarray:
-    """Per image of one class: its bins' probabilities combined over dimensions (see the module docstring)."""
+def histogram_density(
+    z: np.ndarray, *, bins: int, combine: str = "product", weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Per image of one class: its bins' probabilities combined over dimensions (see the module docstring).
+
+    `weights` (one per dimension, summing to 1; default equal) weigh each dimension's log-probability in the
+    product: the principal components' variance shares, so that low-variance components, mostly noise, do
+    not decide rarity by their tails.
+    """
     n, d = z.shape
     if n == 0:
         return np.zeros(0)
@@ -135,7 +149,8 @@ def histogram_density(z: np.ndarray, *, bins: int, combine: str = "product") -> 
         log_p[:, j] = np.log(counts[index] / n)
     if combine == "max":  # the lab: the weight of the rarest dimension, so the density of that dimension
         return np.exp(log_p.min(axis=1))
-    return np.exp(log_p.mean(axis=1))
+    w = np.full(d, 1.0 / d) if weights is None else np.asarray(weights, dtype=float)
+    return np.exp(log_p @ w)
 
 
 def knn_density(z: np.ndarray, *, k: int, seed: int = _SEED) -> np.ndarray:
@@ -164,7 +179,7 @@ def knn_density(z: np.ndarray, *, k: int, seed: int = _SEED) -> np.ndarray:
 
 def class_densities(features: np.ndarray, labels: Sequence[Any], check: RarityCheck) -> np.ndarray:
     """Each image's density within its class, scaled so each class's densest image has 1 (NaN: no label)."""
-    z = reduce_features(features, check.dims)
+    z, share = reduce_features(features, check.dims)
     series = pd.Series(list(labels), dtype=object)
     density = np.full(len(series), np.nan)
     for _, index in series.groupby(series, sort=True).indices.items():
@@ -172,7 +187,7 @@ def class_densities(features: np.ndarray, labels: Sequence[Any], check: RarityCh
         if check.method == "knn":
             raw = knn_density(part, k=check.k)
         else:
-            raw = histogram_density(part, bins=check.bins, combine=check.combine)
+            raw = histogram_density(part, bins=check.bins, combine=check.combine, weights=share)
         top = float(raw.max()) if len(raw) else 1.0
         density[index] = raw / top if top > 0 else 1.0
     return density
