@@ -4,6 +4,7 @@ pass collects for them, and the planted-story proof on a trained model."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -295,8 +296,11 @@ def test_a_rare_subgroup_the_model_fails_on_is_found_without_its_attribute(tmp_p
     rarity = read_table(outcome.run_dir / "rarity.parquet")
     q1 = rarity[(rarity["label"] == "day") & (rarity["quantile"] == 1)]
     assert q1["flagged"].item() and q1["accuracy"].item() < 0.8
-    assert not (outcome.run_dir / "_stages" / "features.parquet").stat().st_size == 0
+    assert len(read_table(outcome.run_dir / "_stages" / "features.parquet")) == len(weights)
     assert "features" not in read_table(outcome.run_dir / "images.parquet").columns
+    section = re.search(r'<section id="rarity">(.*?)</section>', outcome.report_path.read_text(), flags=re.S).group(1)
+    assert "<strong>Flagged:</strong> day" in section
+    assert section.count("<figure") >= 2 * 8  # the rarest images of both classes
 
 
 def test_a_model_that_learned_the_rare_subgroup_flags_nothing(tmp_path):
