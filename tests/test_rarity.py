@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from audit_tasks import pipeline
 from audit_tasks.config import RarityCheck, load_config
 from audit_tasks.errors import ManifestError
 from audit_tasks.pipeline import run_audit
@@ -28,7 +29,7 @@ from audit_tasks.rarity import (
 from audit_tasks.saliency import GradCAM
 from audit_tasks.sample_weights import combine_weights, pair_weights, rarity_weights
 from audit_tasks.stats import holm_adjust, newcombe_exceedance_pvalue
-from audit_tasks.tables import read_table
+from audit_tasks.tables import read_table, write_table
 from fixtures_multilabel import TinyNet
 from fixtures_rarity import make_skies, train_classifier, write_sky_world
 
@@ -309,3 +310,27 @@ def test_a_model_that_learned_the_rare_subgroup_flags_nothing(tmp_path):
     assert not [g for g in outcome.summary["failed_gates"] if g.startswith("rarity/")]
     rarity = read_table(outcome.run_dir / "rarity.parquet")
     assert not rarity["flagged"].any()
+
+
+def test_sharded_scoring_merges_the_features_like_one_pass(tmp_path):
+    world = write_sky_world(
+        tmp_path,
+        train_classifier(make_skies(60, 60, dusk_share=0.0, seed=1), epochs=1),
+        make_skies(40, 40, dusk_share=0.1, seed=2),
+        checks={"rarity": {"min_images": 2}},
+    )
+    config = load_config(world.config)
+    pipeline.stage_ingest(config, "one")
+    pipeline.stage_saliency(config, "one")
+    whole = read_table(pipeline.run_dir(config, "one") / "_stages" / "features.parquet")
+    pipeline.stage_ingest(config, "three")  # nothing new lands: audit the rows run "one" audited
+    stages = pipeline.run_dir(config, "three") / "_stages"
+    write_table(pipeline.audit_rows(config, "one"), stages / "audit_rows.parquet", name="audit_rows")
+    for shard in range(3):
+        pipeline.stage_saliency(config, "three", shard, 3)
+    pipeline.stage_merge_shards(config, "three", 3)
+    merged = read_table(stages / "features.parquet")
+    images = read_table(pipeline.run_dir(config, "three") / "images.parquet", columns=["image_id"])
+    assert merged["image_id"].tolist() == images["image_id"].tolist() == whole["image_id"].tolist()
+    np.testing.assert_allclose(np.stack(merged["features"]), np.stack(whole["features"]), rtol=1e-5, atol=1e-5)
+    assert pipeline.stage_rarity(config, "three") is not None
