@@ -13,6 +13,7 @@ BENCHES = (
     ["subgroups.py"],
     ["sharded.py"],
     ["importers.py"],
+    ["rarity.py"],
 )
 
 
