@@ -160,7 +160,7 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "string",
     },
     "checks.rarity.combine": {
-        "description": "How the per-dimension histograms combine: product (geometric mean) or max (the lab's rarest dim).",
+        "description": "How per-dimension histograms combine: product (weighted geometric mean) or max (the lab).",
         "enum": ["product", "max"],
         "type": "string",
     },
@@ -215,12 +215,6 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "Cap on a sample weight (weights have mean 1).",
         "minimum": 1,
         "type": "number",
-    },
-    "checks.rarity.rarest_images": {
-        "description": "Rarest images per class shown in the report.",
-        "maximum": 64,
-        "minimum": 0,
-        "type": "integer",
     },
     "checks.image_properties.bins": {
         "description": "Quantile bins per numeric property (q1 lowest).",

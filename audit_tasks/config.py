@@ -464,7 +464,7 @@ class RarityCheck(_Section):
     )
     combine: Literal["product", "max"] = Field(
         default="product",
-        description="How the per-dimension histograms combine: product (geometric mean) or max (the lab's rarest dim).",
+        description="How per-dimension histograms combine: product (weighted geometric mean) or max (the lab).",
     )
     alpha: float = Field(
         default=0.001, gt=0, le=1, description="Smoothing added to each density before 1/(density + alpha)."
@@ -480,7 +480,6 @@ class RarityCheck(_Section):
     # Above 1/2: the one-sided test at level 1 - confidence is read off a two-sided interval at 1 - 2 (1 - confidence).
     confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the tail-gap tests.")
     max_weight: float = Field(default=10.0, ge=1, description="Cap on a sample weight (weights have mean 1).")
-    rarest_images: int = Field(default=8, ge=0, le=64, description="Rarest images per class shown in the report.")
 
 
 class ImagePropertiesCheck(_Section):
