@@ -262,6 +262,7 @@ def _rejected_rows(rows: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
 def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> StoragePath | None:
     """Merge the shard parts into images.parquet and the run's quarantine; summarise saliency."""
     from audit_tasks.regions import summarize_saliency
+    from audit_tasks.scoring import FEATURES_COLUMN
 
     parts, rejected_parts = [], []
     for shard in range(num_shards):
@@ -275,7 +276,7 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Sto
     rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame()
     rd = run_dir(config, run_id)
     _write_features(config, run_id, images)
-    images = images.drop(columns=["features"], errors="ignore")
+    images = images.drop(columns=[FEATURES_COLUMN], errors="ignore")
     target = write_table(images, rd / "images.parquet", name="images", schema=schemas.images_schema(images))
     _write_quarantine(config, run_id, scoring_rejected=rejected)
     if config.checks.image_properties.enabled and len(images):
@@ -303,11 +304,13 @@ def _features_path(config: AuditConfig, run_id: str) -> StoragePath:
 def _write_features(config: AuditConfig, run_id: str, images: pd.DataFrame) -> None:
     """The penultimate features the scoring pass collected for the rarity check, beside images.parquet (which
     does not grow by them), in the same image order; removed when this run collected none."""
+    from audit_tasks.scoring import FEATURES_COLUMN
+
     path = _features_path(config, run_id)
-    if "features" not in images.columns:
+    if FEATURES_COLUMN not in images.columns:
         path.unlink(missing_ok=True)
         return
-    frame = images[["image_id", "features"]]
+    frame = images[["image_id", FEATURES_COLUMN]]
     write_table(frame, path, name="features", schema=schemas.FEATURES)
 
 
