@@ -212,6 +212,68 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 2,
         "type": "integer",
     },
+    "checks.rarity.method": {
+        "description": "Density per class: histogram (DB-VAE: smoothed histograms per dimension) or knn.",
+        "enum": ["histogram", "knn"],
+        "type": "string",
+    },
+    "checks.rarity.combine": {
+        "description": "How per-dimension histograms combine: product (weighted geometric mean) or max (the lab).",
+        "enum": ["product", "max"],
+        "type": "string",
+    },
+    "checks.rarity.alpha": {
+        "description": "Smoothing added to each density before 1/(density + alpha).",
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "type": "number",
+    },
+    "checks.rarity.bins": {
+        "description": "Histogram bins per latent dimension.",
+        "maximum": 100,
+        "minimum": 2,
+        "type": "integer",
+    },
+    "checks.rarity.dims": {
+        "description": "Principal components of the features kept.",
+        "maximum": 256,
+        "minimum": 1,
+        "type": "integer",
+    },
+    "checks.rarity.k": {
+        "description": "knn: the neighbour whose distance sets the density.",
+        "maximum": 100,
+        "minimum": 1,
+        "type": "integer",
+    },
+    "checks.rarity.quantiles": {
+        "description": "Density quantiles per class (q1 rarest).",
+        "maximum": 20,
+        "minimum": 2,
+        "type": "integer",
+    },
+    "checks.rarity.max_tail_gap": {
+        "description": "Largest allowed accuracy gap, commonest quantile minus rarest.",
+        "exclusiveMaximum": 1,
+        "minimum": 0,
+        "type": "number",
+    },
+    "checks.rarity.min_images": {
+        "description": "Quantiles with fewer images are not judged.",
+        "minimum": 1,
+        "type": "integer",
+    },
+    "checks.rarity.confidence": {
+        "description": "Confidence level of the tail-gap tests.",
+        "exclusiveMaximum": 1,
+        "exclusiveMinimum": 0.5,
+        "type": "number",
+    },
+    "checks.rarity.max_weight": {
+        "description": "Cap on a sample weight (weights have mean 1).",
+        "minimum": 1,
+        "type": "number",
+    },
     "checks.image_properties.bins": {
         "description": "Quantile bins per numeric property (q1 lowest).",
         "maximum": 20,

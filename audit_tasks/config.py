@@ -49,6 +49,7 @@ __all__ = [
     "DatasetConfig",
     "IngestCheck",
     "LeakageCheck",
+    "RarityCheck",
     "ModelConfig",
     "OutputConfig",
     "PolicyConfig",
@@ -504,6 +505,34 @@ class StrategiesCheck(_Section):
     neighbours: int = Field(default=10, ge=2, le=100, description="Neighbours per map in the spectral kNN graph.")
 
 
+class RarityCheck(_Section):
+    """Rarity from the model's own latent structure, and sample weights (see audit_tasks.rarity and
+    audit_tasks.sample_weights for the recipe). Off unless the section is present."""
+
+    method: Literal["histogram", "knn"] = Field(
+        default="histogram",
+        description="Density per class: histogram (DB-VAE: smoothed histograms per dimension) or knn.",
+    )
+    combine: Literal["product", "max"] = Field(
+        default="product",
+        description="How per-dimension histograms combine: product (weighted geometric mean) or max (the lab).",
+    )
+    alpha: float = Field(
+        default=0.001, gt=0, le=1, description="Smoothing added to each density before 1/(density + alpha)."
+    )
+    bins: int = Field(default=10, ge=2, le=100, description="Histogram bins per latent dimension.")
+    dims: int = Field(default=16, ge=1, le=256, description="Principal components of the features kept.")
+    k: int = Field(default=10, ge=1, le=100, description="knn: the neighbour whose distance sets the density.")
+    quantiles: int = Field(default=5, ge=2, le=20, description="Density quantiles per class (q1 rarest).")
+    max_tail_gap: float = Field(
+        default=0.10, ge=0, lt=1, description="Largest allowed accuracy gap, commonest quantile minus rarest."
+    )
+    min_images: int = Field(default=20, ge=1, description="Quantiles with fewer images are not judged.")
+    # Above 1/2: the one-sided test at level 1 - confidence is read off a two-sided interval at 1 - 2 (1 - confidence).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the tail-gap tests.")
+    max_weight: float = Field(default=10.0, ge=1, description="Cap on a sample weight (weights have mean 1).")
+
+
 class ImagePropertiesCheck(_Section):
     """Image-property shortcuts (see audit_tasks.image_properties): read from the header at ingest and
     measured on the pixels while scoring (where they are decoded anyway: bench/image_properties.py), binned
@@ -547,6 +576,7 @@ class ChecksConfig(_Section):
     ingest: IngestCheck | None = None
     leakage: LeakageCheck | None = None
     strategies: StrategiesCheck | None = None
+    rarity: RarityCheck | None = None
     # On by default: a missing section measures and checks every property.
     image_properties: ImagePropertiesCheck = Field(default_factory=lambda: ImagePropertiesCheck())
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.

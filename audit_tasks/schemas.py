@@ -38,7 +38,7 @@ GATES = pa.schema(
             "check",
             pa.string(),
             False,
-            doc="ingest | cooccurrence | class_balance | saliency | subgroups | leakage | strategies",
+            doc="ingest | cooccurrence | class_balance | saliency | subgroups | leakage | strategies | rarity",
         ),
         _f("subject", pa.string(), False, doc="what the gate judges: a class, a group, a tag pair"),
         _f("metric", pa.string(), False),
@@ -195,6 +195,45 @@ STRATEGIES = pa.schema(
         _f("map_height", pa.int64(), unit="CAM cells"),
         _f("map_width", pa.int64(), unit="CAM cells"),
         _f("examples", pa.list_(pa.string()), doc="image ids of a few members nearest the cluster's centre"),
+    ]
+)
+
+RARITY = pa.schema(
+    [
+        _f("label", pa.string(), False, doc="the class"),
+        _f("quantile", pa.int64(), False, doc="density quantile within the class: 1 = rarest"),
+        _f("n", pa.int64(), False, unit="images"),
+        _f("correct", pa.int64(), False, unit="images the model got right"),
+        _f("accuracy", pa.float64(), unit="fraction of the quantile's images"),
+        _f("ci_low", pa.float64(), unit="accuracy; Wilson interval at the check's confidence"),
+        _f("ci_high", pa.float64(), unit="accuracy; Wilson interval at the check's confidence"),
+        _f("density_low", pa.float64(), unit="density; the class's densest image = 1"),
+        _f("density_high", pa.float64(), unit="density; the class's densest image = 1"),
+        _f("gap", pa.float64(), unit="accuracy of the commonest quantile - the rarest (the class's, on every row)"),
+        _f("gap_ci_low", pa.float64(), unit="gap; Newcombe interval at the check's adjusted level"),
+        _f("gap_ci_high", pa.float64(), unit="gap; Newcombe interval at the check's adjusted level"),
+        _f("pvalue", pa.float64(), doc="one-sided p-value of gap > max_tail_gap, Holm-adjusted over the classes"),
+        _f("flagged", pa.bool_(), False, doc="the class's tail gap is flagged (on every row of the class)"),
+        _f("status", pa.string(), doc="ok | tail gap | too small to judge"),
+        _f("shared", pa.string(), doc="rarest quantile only: JSON list of {column, value, share, lift}"),
+    ]
+)
+
+SAMPLE_WEIGHTS = pa.schema(
+    [
+        _f("image_id", pa.string(), False),
+        _f("label", pa.string()),
+        _f("density", pa.float64(), unit="density within the class; the densest image = 1"),
+        _f("rarity_weight", pa.float64(), doc="1 / (density + alpha), mean 1 within the class"),
+        _f("pair_weight", pa.float64(), doc="product of the flagged pairs' balancing weights (1: none applies)"),
+        _f("weight", pa.float64(), False, doc="rarity_weight x pair_weight, capped at max_weight, mean 1"),
+    ]
+)
+
+FEATURES = pa.schema(
+    [
+        _f("image_id", pa.string(), False),
+        _f("features", pa.list_(pa.float32()), doc="input of the model's last Linear (penultimate features)"),
     ]
 )
 

@@ -14,6 +14,7 @@ BENCHES = (
     ["sharded.py"],
     ["importers.py"],
     ["strategies.py"],
+    ["rarity.py"],
 )
 
 

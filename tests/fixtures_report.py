@@ -17,8 +17,10 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
-from audit_tasks.config import StrategiesCheck
+from audit_tasks import schemas
+from audit_tasks.config import RarityCheck, StrategiesCheck
 from audit_tasks.gates import GATES_SCHEMA
+from audit_tasks.rarity import check_rarity
 from audit_tasks.schemas import STRATEGIES
 from audit_tasks.strategies import check_strategies
 from audit_tasks.tables import write_json, write_table
@@ -28,6 +30,7 @@ XSS_ATTR = '"><img src=x onerror=alert(1)>'
 CAM_H, CAM_W = 7, 7
 ALL_TABLES = (
     "images",
+    "rarity",
     "quarantine",
     "cooccurrence",
     "class_balance",
@@ -354,6 +357,22 @@ def build_run(
     if "quarantine" not in skip:
         write_table(pd.DataFrame(q_rows), run_dir / "quarantine.parquet", name="quarantine")
 
+    # rarity.parquet + sample_weights.parquet (the check's own functions on made-up densities) ----------
+    density = rng.random(n_images)
+    rarity = check_rarity(images, density, check=RarityCheck(min_images=2), describe=["gender", "tags"])
+    if "rarity" not in skip:
+        write_table(rarity.quantiles, run_dir / "rarity.parquet", name="rarity", schema=schemas.RARITY)
+        weights = pd.DataFrame(
+            {
+                "image_id": images["image_id"],
+                "label": images["label"],
+                "density": density,
+                "rarity_weight": 1 / (density + 0.001),
+                "pair_weight": 1.0,
+            }
+        ).assign(weight=lambda f: f["rarity_weight"] / f["rarity_weight"].mean())
+        write_table(weights, run_dir / "sample_weights.parquet", name="sample_weights", schema=schemas.SAMPLE_WEIGHTS)
+
     # gates.parquet + summary.json -------------------------------------------------------------------
     gates = _gates(passed, hostile)
     if "gates" not in skip:
@@ -370,6 +389,7 @@ def build_run(
             "saliency": "skipped" if "saliency_by_class" in skip else "ran",
             "subgroups": "skipped" if "subgroups" in skip else "ran",
             "strategies": "skipped" if "strategies" in skip else "ran",
+            "rarity": "skipped" if "rarity" in skip else "ran",
         },
         "created_at": created_at,
         "config": "/etc/audit/config.yaml",

@@ -154,6 +154,7 @@ def test_debiased_demo_audit_passes_with_evidence(demo_audits):
         "saliency": "ran",
         "subgroups": "ran",
         "strategies": "skipped",
+        "rarity": "skipped",
     }
 
 

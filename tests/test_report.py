@@ -52,7 +52,16 @@ def test_passed_run_shows_passed_verdict(tmp_path):
 
 def test_report_has_every_section(tmp_path):
     page = _render(build_run(tmp_path))
-    for anchor in ("summary", "cooccurrence", "subgroups", "confusion", "saliency", "strategies", "quarantine"):
+    for anchor in (
+        "summary",
+        "cooccurrence",
+        "subgroups",
+        "confusion",
+        "saliency",
+        "strategies",
+        "rarity",
+        "quarantine",
+    ):
         assert f'<section id="{anchor}">' in page
     assert "Skipped" not in page
 
@@ -75,6 +84,7 @@ def test_missing_tables_show_check_skipped(tmp_path):
             "saliency_by_class",
             "strategies",
             "quarantine",
+            "rarity",
         ),
     )
     page = _render(run_dir)
@@ -86,9 +96,10 @@ def test_missing_tables_show_check_skipped(tmp_path):
         "confusion",
         "saliency",
         "strategies",
+        "rarity",
         "quarantine",
     ]
-    for anchor in ("cooccurrence", "subgroups", "confusion", "saliency", "strategies", "quarantine"):
+    for anchor in ("cooccurrence", "subgroups", "confusion", "saliency", "strategies", "rarity", "quarantine"):
         body = re.search(rf'<section id="{anchor}">(.*?)</section>', page, flags=re.S).group(1)
         assert "check not configured / skipped" in body, anchor
 

@@ -8,6 +8,7 @@ light for any number of images, while the Parquet tables beside it keep every ro
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -1308,6 +1309,118 @@ def _as_names(value: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Rarity
+# ---------------------------------------------------------------------------------------------
+
+#: Rarest images shown per class (the lowest densities in sample_weights.parquet).
+RARITY_THUMBS = 8
+
+
+@dataclass(frozen=True)
+class RarityQuantile:
+    quantile: str
+    n: str
+    accuracy: str
+    ci: str
+    density: str
+
+
+@dataclass(frozen=True)
+class RarityClass:
+    label: str
+    gap: str
+    ci: str
+    mark: Badge
+    quantiles: tuple[RarityQuantile, ...]
+    shared: tuple[str, ...]  # "tags = snow (60% of the rarest, 3.1x the class)"
+    figures: tuple[Figure, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rarity:
+    skipped: str = ""
+    gates: GatesLine | None = None
+    threshold: str = ""
+    classes: tuple[RarityClass, ...] = ()
+    flagged: tuple[str, ...] = ()
+
+
+_RARITY_MARKS = {"tail gap": ("fail", "tail gap"), "ok": ("pass", "ok")}
+
+
+def rarity_plan(run: RunTables, per_class: int = RARITY_THUMBS) -> dict[str, list[int]]:
+    """Rows of images.parquet to show per class: the lowest densities first (ties by image id)."""
+    weights, images = run.sample_weights, run.images
+    if weights is None or images is None or not len(weights) or "image_id" not in images:
+        return {}
+    rows = pd.Series(images["_row"].to_numpy(), index=images["image_id"].astype(str))
+    known = weights[weights["density"].notna()].assign(_id=lambda f: f["image_id"].astype(str))
+    known = known.sort_values(["density", "_id"], kind="stable")
+    plan: dict[str, list[int]] = {}
+    for label, group in known.groupby("label", sort=True):
+        ids = [i for i in group["_id"] if i in rows.index][:per_class]
+        plan[str(label)] = [int(rows[i]) for i in ids]
+    return plan
+
+
+def rarity(run: RunTables, thumbs: Thumbs | None, plan: dict[str, list[int]]) -> Rarity:
+    """Per class: accuracy by density quantile, the tail gap's verdict, what the rarest share, the rarest images."""
+    table = run.rarity
+    if table is None:
+        return Rarity(skipped=_skip_message(run, "rarity", "rarity.parquet"))
+    classes = []
+    for label, group in table.sort_values(["label", "quantile"], kind="stable").groupby("label", sort=True):
+        first = group.iloc[0]
+        kind, text = _RARITY_MARKS.get(str(first["status"]), ("small", str(first["status"])))
+        last = int(group["quantile"].max())
+        quantiles = tuple(
+            RarityQuantile(
+                quantile=f"q{int(r.quantile)}"
+                + (" (rarest)" if r.quantile == 1 else " (commonest)" if r.quantile == last else ""),
+                n=count(r.n),
+                accuracy=pct(r.accuracy),
+                ci=f"[{pct(r.ci_low)}, {pct(r.ci_high)}]",
+                density=f"{num(r.density_low, 3)}–{num(r.density_high, 3)}",
+            )
+            for r in group.itertuples(index=False)
+        )
+        rows = plan.get(str(label), [])
+        classes.append(
+            RarityClass(
+                label=str(label),
+                gap=num(first["gap"], 3),
+                ci=f"[{num(first['gap_ci_low'], 3)}, {num(first['gap_ci_high'], 3)}]",
+                mark=Badge(kind, text),
+                quantiles=quantiles,
+                shared=_shared_lines(first["shared"]),
+                figures=thumbs.figures(rows) if thumbs is not None and rows else (),
+            )
+        )
+    threshold = _threshold(run, "rarity", "tail_gap")
+    return Rarity(
+        gates=_gates_line(run, "rarity"),
+        threshold="" if threshold is None else num(threshold, 2),
+        classes=tuple(classes),
+        flagged=tuple(c.label for c in classes if c.mark.kind == "fail"),
+    )
+
+
+def _shared_lines(raw: Any) -> tuple[str, ...]:
+    """The rarest quantile's over-represented values as sentences (the stage's JSON; unreadable: none)."""
+    if is_missing(raw):
+        return ()
+    try:
+        items = json.loads(str(raw))
+    except ValueError:
+        return ()
+    return tuple(
+        f"{i['column']} = {i['value']} ({pct(i['share'], 0)} of the rarest, {num(i['lift'], 1)}x the class)"
+        for i in items
+        if isinstance(i, Mapping) and {"column", "value", "share", "lift"} <= set(i)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Quarantine
 # ---------------------------------------------------------------------------------------------
 
@@ -1386,6 +1499,7 @@ class Report:
     saliency: Saliency
     strategies: Strategies
     leakage: Leakage
+    rarity: Rarity
     quarantine: Quarantine
     core_colour: str
     spurious_colour: str
@@ -1408,11 +1522,13 @@ def report(
     thumbs = None
     cm_plan: dict[tuple[str, str], list[int]] = {}
     sal_plan: dict[str, list[int]] = {}
+    rare_plan: dict[str, list[int]] = {}
     if run.images is not None and len(run.images):
         if {"label", "prediction"} <= set(run.images.columns):
             cm_plan = confusion_plan(run.images, max_gallery)
         sal_plan = saliency_plan(run.images, max_gallery)
-        wanted = [r for rows in cm_plan.values() for r in rows] + [r for rows in sal_plan.values() for r in rows]
+        rare_plan = rarity_plan(run, min(RARITY_THUMBS, max_gallery))
+        wanted = [r for plan in (cm_plan, sal_plan, rare_plan) for rows in plan.values() for r in rows]
         thumbs = Thumbs(run.images, read_cams(run.run_dir / "images.parquet", wanted), thumb_size, opener)
     top = verdict(run)
     return Report(
@@ -1425,6 +1541,7 @@ def report(
         saliency=saliency(run, thumbs, sal_plan),
         strategies=strategies(run, max_gallery=max_gallery, thumb_size=thumb_size, opener=opener),
         leakage=leakage(run, thumb_size=thumb_size, opener=opener),
+        rarity=rarity(run, thumbs, rare_plan),
         quarantine=quarantine(run),
         core_colour=_hex(CORE_COLOUR),
         spurious_colour=_hex(SPURIOUS_COLOUR),
