@@ -12,7 +12,6 @@ story, never exact figures, and hold on any x86-64 CPU.
 from __future__ import annotations
 
 import contextlib
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from PIL import Image
 from torch import nn
+
+from fixtures_worlds import write_generated_world
 
 CLASSES = ("laptop", "mouse", "cup", "book")
 SIZE = 32
@@ -179,36 +178,33 @@ def write_audit_world(
     root: Path, model: nn.Module, scenes: list[Scene], *, checks: dict[str, Any] | None = None
 ) -> AuditWorld:
     """The audit scenes as PNGs + a CSV manifest (tags = what is drawn), the model's weights, audit.yaml."""
-    for name in ("landing", "images", "catalog"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, scene in enumerate(scenes):
-        uri = f"desk_{i:04d}.png"
-        Image.fromarray(scene.pixels).save(root / "images" / uri)
-        room = "office" if i % 3 else "home"  # a subgroup attribute with no planted effect
-        rows.append({"image_uri": uri, "label": scene.drawn[0], "tags": "|".join(scene.drawn), "room": room})
-    with open(root / "landing" / "desks.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    torch.save(model.state_dict(), root / "model.pt")
-    body = {
-        "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
-        "model": {
-            "source": "python",
-            "arch": "fixtures_multilabel:build_tiny",
-            "checkpoint": "model.pt",
-            "classes": list(CLASSES),
-            "target_layer": "features",
-            "input_size": SIZE,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "task": "multilabel",
-        },
-        "saliency": {"device": "cpu", "num_workers": 0, "batch_size": 128},
-        "checks": checks if checks is not None else {"leakage": {}},
-        "output": {"dir": "runs"},
-    }
-    config = root / "audit.yaml"
-    config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    uris = [f"desk_{i:04d}.png" for i in range(len(scenes))]
+    rows = [
+        # room: a subgroup attribute with no planted effect
+        {"image_uri": uri, "label": s.drawn[0], "tags": "|".join(s.drawn), "room": "office" if i % 3 else "home"}
+        for i, (uri, s) in enumerate(zip(uris, scenes, strict=True))
+    ]
+    config = write_generated_world(
+        root,
+        images=[(uri, s.pixels) for uri, s in zip(uris, scenes, strict=True)],
+        rows=rows,
+        manifest="desks.csv",
+        model=model,
+        model_section=model_section(task="multilabel"),
+        checks=checks if checks is not None else {"leakage": {}},
+    )
     return AuditWorld(root, config)
+
+
+def model_section(**extra: Any) -> dict[str, Any]:
+    """The config's model section for TinyNet, loaded through `source: python`."""
+    return {
+        "source": "python",
+        "arch": "fixtures_multilabel:build_tiny",
+        "classes": list(CLASSES),
+        "target_layer": "features",
+        "input_size": SIZE,
+        "mean": list(MEAN),
+        "std": list(STD),
+        **extra,
+    }

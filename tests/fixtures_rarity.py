@@ -10,18 +10,16 @@ features can find them. The planted effect is wide, so the tests assert the stor
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from PIL import Image
 from torch import nn
 
-from fixtures_multilabel import MEAN, SIZE, STD, TinyNet, _reproducible, to_tensor
+from fixtures_multilabel import SIZE, TinyNet, _reproducible, model_section, to_tensor
+from fixtures_worlds import write_generated_world
 
 CLASSES = ("day", "night")
 SEED = 17
@@ -86,36 +84,18 @@ class SkyWorld:
 
 def write_sky_world(root: Path, model: nn.Module, skies: list[Sky], *, checks: dict[str, Any]) -> SkyWorld:
     """The audit skies as PNGs + a CSV manifest with no dusk column, the model's weights, audit.yaml."""
-    for name in ("landing", "images", "catalog"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    rows, dusk = [], set()
-    for i, sky in enumerate(skies):
-        image_id = f"sky{i:04d}"
-        Image.fromarray(sky.pixels).save(root / "images" / f"{image_id}.png")
-        rows.append({"image_id": image_id, "image_uri": f"{image_id}.png", "label": sky.label})
-        if sky.dusk:
-            dusk.add(image_id)
-    with open(root / "landing" / "skies.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    torch.save(model.state_dict(), root / "model.pt")
-    body = {
-        "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
-        "model": {
-            "source": "python",
-            "arch": "fixtures_multilabel:build_tiny",
-            "checkpoint": "model.pt",
-            "classes": list(CLASSES),
-            "target_layer": "features",
-            "input_size": SIZE,
-            "mean": list(MEAN),
-            "std": list(STD),
-        },
-        "saliency": {"device": "cpu", "num_workers": 0, "batch_size": 128},
-        "checks": checks,
-        "output": {"dir": "runs"},
-    }
-    config = root / "audit.yaml"
-    config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
-    return SkyWorld(root, config, frozenset(dusk))
+    ids = [f"sky{i:04d}" for i in range(len(skies))]
+    config = write_generated_world(
+        root,
+        images=[(f"{image_id}.png", sky.pixels) for image_id, sky in zip(ids, skies, strict=True)],
+        rows=[
+            {"image_id": image_id, "image_uri": f"{image_id}.png", "label": sky.label}
+            for image_id, sky in zip(ids, skies, strict=True)
+        ],
+        manifest="skies.csv",
+        model=model,
+        model_section=model_section(classes=list(CLASSES)),
+        checks=checks,
+    )
+    dusk = frozenset(image_id for image_id, sky in zip(ids, skies, strict=True) if sky.dusk)
+    return SkyWorld(root, config, dusk)

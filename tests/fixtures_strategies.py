@@ -12,18 +12,16 @@ never exact figures, and hold on any x86-64 CPU.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from PIL import Image
 from torch import nn
 
 from fixtures_multilabel import _reproducible
+from fixtures_worlds import write_generated_world
 
 CLASSES = ("wolf", "husky")
 SIZE = 32
@@ -126,34 +124,21 @@ def train(animals: list[Animal], *, seed: int = SEED, epochs: int = 6) -> CueNet
 
 def write_world(root: Path, model: nn.Module, animals: list[Animal], *, checks: dict[str, Any]) -> Path:
     """The animals as PNGs + a CSV manifest without regions, the model's weights and audit.yaml (its path)."""
-    for name in ("landing", "images", "catalog"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, animal in enumerate(animals):
-        uri = f"{animal.label}_{i:04d}.png"
-        Image.fromarray(animal.pixels).save(root / "images" / uri)
-        rows.append({"image_uri": uri, "label": animal.label})
-    with open(root / "landing" / "animals.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    torch.save(model.state_dict(), root / "model.pt")
-    body = {
-        "dataset": {"landing": "landing", "image_root": "images", "catalog": "catalog"},
-        "model": {
+    uris = [f"{animal.label}_{i:04d}.png" for i, animal in enumerate(animals)]
+    return write_generated_world(
+        root,
+        images=[(uri, a.pixels) for uri, a in zip(uris, animals, strict=True)],
+        rows=[{"image_uri": uri, "label": a.label} for uri, a in zip(uris, animals, strict=True)],
+        manifest="animals.csv",
+        model=model,
+        model_section={
             "source": "python",
             "arch": "fixtures_strategies:build_cuenet",
-            "checkpoint": "model.pt",
             "classes": list(CLASSES),
             "target_layer": "features",
             "input_size": SIZE,
             "mean": list(MEAN),
             "std": list(STD),
         },
-        "saliency": {"device": "cpu", "num_workers": 0, "batch_size": 128},
-        "checks": checks,
-        "output": {"dir": "runs"},
-    }
-    config = root / "audit.yaml"
-    config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
-    return config
+        checks=checks,
+    )
