@@ -17,7 +17,7 @@ import torch
 
 from audit_tasks.config import load_config
 from audit_tasks.demo.build import SCALES, build_batch, write_config
-from audit_tasks.demo.loop import gate_changes, red_run_weights
+from audit_tasks.demo.loop import format_table, gate_table, red_run_weights
 from audit_tasks.demo.retrain import (
     WEIGHTS_FILE,
     join_weights,
@@ -230,7 +230,7 @@ def test_red_run_weights_says_why_when_the_audit_wrote_none(tmp_path):
     assert red_run_weights(tmp_path) == tmp_path / WEIGHTS_FILE
 
 
-def test_gate_changes_lists_gates_failed_in_either_audit():
+def test_gate_table_lists_gates_failed_in_any_audit():
     def gates(rows):
         return pd.DataFrame(rows, columns=["check", "subject", "metric", "value", "threshold", "passed"])
 
@@ -239,21 +239,48 @@ def test_gate_changes_lists_gates_failed_in_either_audit():
             ("saliency", "wolf", "flagged_fraction", 0.5, 0.25, False),
             ("saliency", "husky", "flagged_fraction", 0.0, 0.25, True),
             ("subgroups", "fur_tone=dark", "accuracy", 0.2, 0.05, False),
+            ("ingest", "all manifests", "quarantine_fraction", 0.0, 0.1, True),
         ]
     )
     after = gates(
         [
             ("saliency", "wolf", "flagged_fraction", 0.1, 0.25, True),
             ("saliency", "husky", "flagged_fraction", 0.3, 0.25, False),
-            ("subgroups", "fur_tone=dark", "accuracy", 0.15, 0.05, False),
+            ("ingest", "all manifests", "quarantine_fraction", 0.0, 0.1, True),
         ]
     )
-    changes = {c.name: c for c in gate_changes(before, after)}
-    assert set(changes) == {
+    rows = {r.name: r for r in gate_table([before, after])}
+    assert list(rows) == [
         "saliency/wolf/flagged_fraction",
         "saliency/husky/flagged_fraction",
         "subgroups/fur_tone=dark/accuracy",
-    }
-    wolf = changes["saliency/wolf/flagged_fraction"]
-    assert (wolf.before, wolf.after, wolf.passed_before, wolf.passed_after) == (0.5, 0.1, False, True)
-    assert changes["saliency/husky/flagged_fraction"].passed_before is True
+    ]
+    assert rows["saliency/wolf/flagged_fraction"].values == (0.5, 0.1)
+    assert rows["saliency/wolf/flagged_fraction"].passed == (False, True)
+    assert rows["subgroups/fur_tone=dark/accuracy"].passed == (False, None)  # not in the second audit
+    assert "0.500 FAIL" in format_table(list(rows.values()), ("before", "after"))
+
+
+@pytest.mark.slow
+def test_demo_loop_audits_retrains_and_audits_again_at_small_scale(tmp_path, capsys):
+    """The whole loop in process, with a weights file of our own (minutes: it trains the demo's models)."""
+    from audit_tasks.demo.build import build_demo
+    from audit_tasks.demo.loop import AFTER_RUN, BEFORE_RUN, prepare_loop, run_loop
+    from audit_tasks.history import RUNS_FILE
+
+    build = build_demo(tmp_path, scale="small")
+    prepare_loop(build, scale="small")
+    landed = pd.read_csv(next((tmp_path / "loop" / "landing").glob("*.csv")))
+    rare = landed["tags"].fillna("").str.contains("snow") != (landed["label"] == "wolf")
+    weights = write_weights(tmp_path / WEIGHTS_FILE, landed["image_id"], np.where(rare, 5.0, 1.0))
+
+    result = run_loop(tmp_path, use_airflow=False, scale="small", weights=weights)
+
+    assert not result.before_passed  # the loop starts from a red audit
+    assert result.checkpoint == tmp_path / "models" / "loop-retrained.pt" and result.checkpoint.is_file()
+    history = pd.read_parquet(tmp_path / "reports" / RUNS_FILE)
+    assert set(result.audits) <= set(history["run_id"])  # before and after are both in the history
+    assert result.on_training_data and result.on_heldout
+    assert all(len(row.values) == 3 for row in result.on_heldout)
+    printed = capsys.readouterr().out
+    assert BEFORE_RUN in printed and AFTER_RUN in printed and "hand-built" in printed
