@@ -135,6 +135,30 @@ def audit_in_airflow(config_path: Path, run_id: str, env: dict[str, str], log_pa
     return _airflow(["dags", "test", "dataset_audit", "-c", conf], env, log_path, allowed=(0, 1))
 
 
+def retrain_in_airflow(
+    config_path: Path, weights: Path, checkpoint: Path, epochs: int, seed: int, env: dict[str, str], log_path: Path
+) -> Path:
+    """Run `retrain_on_clean_audit` with its EXAMPLE training on, given the red audit's weights explicitly.
+
+    Returns the checkpoint; AuditError naming the log when the DAG run wrote none.
+    """
+    conf = json.dumps(
+        {
+            "config": str(config_path),
+            "example_training": True,
+            "sample_weights": str(weights),
+            "checkpoint": str(checkpoint),
+            "epochs": epochs,
+            "seed": seed,
+        }
+    )
+    print(f"demo: airflow dags test retrain_on_clean_audit (weights {weights.name}); log: {log_path}", flush=True)
+    _airflow(["dags", "test", "retrain_on_clean_audit", "-c", conf], env, log_path)
+    if not checkpoint.is_file():
+        raise AuditError(f"retrain_on_clean_audit wrote no {checkpoint}; see {log_path}")
+    return checkpoint
+
+
 def _airflow(args: list[str], env: dict[str, str], log_path: Path, allowed: tuple[int, ...] = (0,)) -> int:
     airflow = Path(sys.executable).with_name("airflow")
     command = [str(airflow) if airflow.exists() else "airflow", *args]
