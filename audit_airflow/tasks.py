@@ -130,6 +130,8 @@ def gate_stage() -> str:
     context = get_current_context()
     dag_run = {"dag_id": str(context["dag"].dag_id), "dag_run_id": str(context["run_id"])}
     pipeline.stage_saliency_pairs(config, run_id)  # needs both the merged images and co-occurrence
+    pipeline.stage_strategies(config, run_id)  # needs the merged images (their CAMs)
+    pipeline.stage_rarity(config, run_id)  # the same: features from the merge, flagged pairs for the weights
     verdict = pipeline.stage_gate(config, run_id, airflow=dag_run)
     log.info("audit run %s: %s", run_id, verdict.describe())
     return verdict.status

@@ -49,11 +49,13 @@ __all__ = [
     "DatasetConfig",
     "IngestCheck",
     "LeakageCheck",
+    "RarityCheck",
     "ModelConfig",
     "OutputConfig",
     "PolicyConfig",
     "SaliencyCheck",
     "SaliencyConfig",
+    "StrategiesCheck",
     "SubgroupCheck",
     "Waiver",
     "default_checks",
@@ -237,7 +239,9 @@ class ModelConfig(_Section):
     arch: Name
     checkpoint: Location  # a file, or an object-store URI; huggingface: the save_pretrained folder
     classes: Names
-    target_layer: Name  # a dotted module path, or "auto" (see audit_tasks.cam_target)
+    # A dotted module path, or "auto" (the default): the last spatial feature map of a CNN, the last block's
+    # input of a vision transformer (audit_tasks.cam_target says why and how).
+    target_layer: Name = "auto"
     preprocess: Literal["model", "squash"] | None = None
     input_size: int = Field(default=224, gt=0)
     mean: RGB = (0.485, 0.456, 0.406)
@@ -453,6 +457,82 @@ class LeakageCheck(_Section):
     )
 
 
+class StrategiesCheck(_Section):
+    """Saliency strategies without boxes (see audit_tasks.strategies for the clustering and the flag rule)."""
+
+    min_cluster_share: float = Field(
+        default=0.2, gt=0, le=1, description="A cluster this large a share of its class may be flagged."
+    )
+    min_images: int = Field(
+        default=20, ge=2, description="Classes (and clusters) with fewer maps are not judged (flagged)."
+    )
+    max_clusters: int = Field(default=8, ge=1, le=32, description="Most clusters per class (the eigengap picks k).")
+    min_peak_consistency: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="A fixed spot: at least this share of a cluster's peaks within 1 cell of its modal peak.",
+    )
+    max_spot_spread: float = Field(
+        default=0.06,
+        gt=0,
+        le=1,
+        description="A fixed spot: RMS spread of the hot spot at most this (fraction of the image side).",
+    )
+    central_region: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Side of the central square (fraction of the image) where a fixed spot is not flagged.",
+    )
+    min_compactness: float = Field(
+        default=2.0,
+        ge=0,
+        description="A fixed spot: the 3x3 cells at its peak hold this many times their area's share.",
+    )
+    max_off_object_share: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="With core boxes: a cluster with more of its map off the boxes than this is flagged.",
+    )
+    max_sample: int = Field(
+        default=5000,
+        ge=100,
+        le=50_000,
+        description="Maps per class clustered at most; the rest are assigned to the nearest centroid.",
+    )
+    neighbours: int = Field(default=10, ge=2, le=100, description="Neighbours per map in the spectral kNN graph.")
+
+
+class RarityCheck(_Section):
+    """Rarity from the model's own latent structure, and sample weights (see audit_tasks.rarity and
+    audit_tasks.sample_weights for the recipe). Off unless the section is present."""
+
+    method: Literal["histogram", "knn"] = Field(
+        default="histogram",
+        description="Density per class: histogram (DB-VAE: smoothed histograms per dimension) or knn.",
+    )
+    combine: Literal["product", "max"] = Field(
+        default="product",
+        description="How per-dimension histograms combine: product (weighted geometric mean) or max (the lab).",
+    )
+    alpha: float = Field(
+        default=0.001, gt=0, le=1, description="Smoothing added to each density before 1/(density + alpha)."
+    )
+    bins: int = Field(default=10, ge=2, le=100, description="Histogram bins per latent dimension.")
+    dims: int = Field(default=16, ge=1, le=256, description="Principal components of the features kept.")
+    k: int = Field(default=10, ge=1, le=100, description="knn: the neighbour whose distance sets the density.")
+    quantiles: int = Field(default=5, ge=2, le=20, description="Density quantiles per class (q1 rarest).")
+    max_tail_gap: float = Field(
+        default=0.10, ge=0, lt=1, description="Largest allowed accuracy gap, commonest quantile minus rarest."
+    )
+    min_images: int = Field(default=20, ge=1, description="Quantiles with fewer images are not judged.")
+    # Above 1/2: the one-sided test at level 1 - confidence is read off a two-sided interval at 1 - 2 (1 - confidence).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of the tail-gap tests.")
+    max_weight: float = Field(default=10.0, ge=1, description="Cap on a sample weight (weights have mean 1).")
+
+
 class ImagePropertiesCheck(_Section):
     """Image-property shortcuts (see audit_tasks.image_properties): read from the header at ingest and
     measured on the pixels while scoring (where they are decoded anyway: bench/image_properties.py), binned
@@ -495,6 +575,8 @@ class ChecksConfig(_Section):
     subgroups: SubgroupCheck | None = None
     ingest: IngestCheck | None = None
     leakage: LeakageCheck | None = None
+    strategies: StrategiesCheck | None = None
+    rarity: RarityCheck | None = None
     # On by default: a missing section measures and checks every property.
     image_properties: ImagePropertiesCheck = Field(default_factory=lambda: ImagePropertiesCheck())
     # A verdict needs evidence: fewer audited images than this make the run inconclusive, never passed.

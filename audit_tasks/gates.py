@@ -37,7 +37,7 @@ FAILED: VerdictStatus = "failed"
 INCONCLUSIVE: VerdictStatus = "inconclusive"
 
 #: Every gate's `check` name (class_balance gates come from the co-occurrence check).
-GATE_CHECKS = ("ingest", "cooccurrence", "class_balance", "saliency", "subgroups", "leakage")
+GATE_CHECKS = ("ingest", "cooccurrence", "class_balance", "saliency", "subgroups", "leakage", "strategies", "rarity")
 
 #: A gate's status under the policy (audit_tasks.policy); `passed` means neither fail nor regressed.
 GateStatus = Literal["pass", "warn", "fail", "waived", "regressed"]

@@ -13,9 +13,10 @@ each property is measured where its input is already at hand:
   `brightness` (mean luma, ITU-R 601, 0..1), `contrast` (standard deviation of the luma, 0..1),
   `colourfulness` (Hasler & Susstrunk 2003, ``sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)``
   on 0..255 channels, ``rg = R - G``, ``yb = (R + G) / 2 - B``), `sharpness` (variance of the 4-neighbour
-  Laplacian of the 0..255 luma, at the model's input size, so it compares images with each other, not with
-  other tools' full-size figures) and `border_uniformity` (standard deviation of the luma, 0..1, over the
-  outer 5% frame, at least one pixel each side: 0 for a flat studio border or letterbox). They are columns
+  Laplacian of the 0..255 luma, on the thumbnail, so it compares images with each other, not with other
+  tools' full-size figures) and `border_uniformity` (standard deviation of the luma, 0..1, over the
+  outer 5% frame, at least one pixel each side: 0 for a flat studio border or letterbox), all on a box-averaged
+  thumbnail of at most 128 pixels a side (as the sharpness says, they compare images with each other). They are columns
   of the images table and are kept beside the catalog (`catalog.write_measured_properties`), one part per
   run, so the co-occurrence check judges every image ever scored, not only tonight's.
 
@@ -56,6 +57,8 @@ ImagePropertyName = Literal[
     "height",
 ]
 IMAGE_PROPERTY_NAMES: tuple[ImagePropertyName, ...] = get_args(ImagePropertyName)
+#: Longest side of the thumbnail the pixel properties are measured on (a box average of the model's input).
+THUMBNAIL_SIDE = 128
 #: Share of each side that makes the border frame.
 BORDER_SHARE = 0.05
 #: Property name -> column (catalog or images table). `width` and `height` are the catalog's own columns.
@@ -104,17 +107,21 @@ def pixel_properties(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
     """Brightness, contrast, colourfulness, sharpness and border uniformity (column -> (N,) float64 tensor
     on the batch's device) of a batch of (N, 3, H, W) RGB images on a 0..255 scale.
 
-    All are orientation-free, and all are per-image reductions, so a batch costs a few vector operations.
+    Measured on a thumbnail of at most THUMBNAIL_SIDE pixels a side (a box average of the batch), so they
+    cost a small fraction of the model's pass whatever the input size; all are orientation-free per-image
+    reductions.
     """
     import torch  # here, not at the top: the catalog and the ingest import this module and need no torch
 
     rgb = rgb.float()
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    luma = 0.299 * r + 0.587 * g + 0.114 * b
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    spread = (rg.std(dim=(1, 2), correction=0) ** 2 + yb.std(dim=(1, 2), correction=0) ** 2).sqrt()
-    offset = (rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2).sqrt()
+    factor = -(-max(rgb.shape[-2:]) // THUMBNAIL_SIDE)
+    if factor > 1:
+        rgb = torch.nn.functional.avg_pool2d(rgb, factor, ceil_mode=True)
+    weights = rgb.new_tensor([[0.299, 0.587, 0.114], [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]])
+    luma, rg, yb = torch.einsum("kc,nchw->knhw", weights, rgb).unbind(0)  # one pass for the three planes
+    rg_var, rg_mean = torch.var_mean(rg, dim=(1, 2), correction=0)
+    yb_var, yb_mean = torch.var_mean(yb, dim=(1, 2), correction=0)
+    luma_var, luma_mean = torch.var_mean(luma, dim=(1, 2), correction=0)
     n, height, width = luma.shape
     if height >= 3 and width >= 3:
         laplacian = luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] + luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1]
@@ -126,9 +133,9 @@ def pixel_properties(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
     edges = [luma[:, :dy], luma[:, -dy:], luma[:, :, :dx], luma[:, :, -dx:]]
     frame = torch.cat([edge.flatten(1) for edge in edges], dim=1)
     values = {
-        "prop_brightness": luma.mean(dim=(1, 2)) / 255.0,
-        "prop_contrast": luma.std(dim=(1, 2), correction=0) / 255.0,
-        "prop_colourfulness": spread + 0.3 * offset,
+        "prop_brightness": luma_mean / 255.0,
+        "prop_contrast": luma_var.sqrt() / 255.0,
+        "prop_colourfulness": (rg_var + yb_var).sqrt() + 0.3 * (rg_mean**2 + yb_mean**2).sqrt(),
         "prop_sharpness": sharpness,
         "prop_border_uniformity": frame.std(dim=1, correction=0) / 255.0,
     }

@@ -33,7 +33,16 @@ from audit_tasks.tables import read_table, write_json, write_table
 log = logging.getLogger("audit_tasks")
 
 #: Order in which check gates appear in gates.parquet and the report.
-GATE_FILES = ("ingest", "cooccurrence", "saliency", "saliency_pairs", "subgroups", "leakage")
+GATE_FILES = (
+    "ingest",
+    "cooccurrence",
+    "saliency",
+    "saliency_pairs",
+    "strategies",
+    "subgroups",
+    "leakage",
+    "rarity",
+)
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,7 @@ def stage_saliency(
         check=config.checks.saliency,
         opener=_image_opener(config),
         measure_properties=config.checks.image_properties.enabled,
+        collect_features=config.checks.rarity is not None,
     )
     rejected = _rejected_rows(rows, result.rejected)
     write_table(result.images, images_path, name="images_shard")
@@ -261,6 +271,7 @@ def _rejected_rows(rows: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
 def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> StoragePath | None:
     """Merge the shard parts into images.parquet and the run's quarantine; summarise saliency."""
     from audit_tasks.regions import summarize_saliency
+    from audit_tasks.scoring import FEATURES_COLUMN
 
     parts, rejected_parts = [], []
     for shard in range(num_shards):
@@ -273,6 +284,8 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Sto
     images = images.sort_values("image_id", kind="stable").reset_index(drop=True)
     rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame()
     rd = run_dir(config, run_id)
+    _write_features(config, run_id, images)
+    images = images.drop(columns=[FEATURES_COLUMN], errors="ignore")
     target = write_table(images, rd / "images.parquet", name="images", schema=schemas.images_schema(images))
     _write_quarantine(config, run_id, scoring_rejected=rejected)
     if config.checks.image_properties.enabled and len(images):
@@ -291,6 +304,23 @@ def stage_merge_shards(config: AuditConfig, run_id: str, num_shards: int) -> Sto
     else:
         _skip_check(config, run_id, "saliency", ("saliency_by_class.parquet",))
     return target
+
+
+def _features_path(config: AuditConfig, run_id: str) -> StoragePath:
+    return _stages(config, run_id) / "features.parquet"
+
+
+def _write_features(config: AuditConfig, run_id: str, images: pd.DataFrame) -> None:
+    """The penultimate features the scoring pass collected for the rarity check, beside images.parquet (which
+    does not grow by them), in the same image order; removed when this run collected none."""
+    from audit_tasks.scoring import FEATURES_COLUMN
+
+    path = _features_path(config, run_id)
+    if FEATURES_COLUMN not in images.columns:
+        path.unlink(missing_ok=True)
+        return
+    frame = images[["image_id", FEATURES_COLUMN]]
+    write_table(frame, path, name="features", schema=schemas.FEATURES)
 
 
 def _write_quarantine(config: AuditConfig, run_id: str, scoring_rejected: pd.DataFrame | None) -> StoragePath:
@@ -510,6 +540,114 @@ def stage_saliency_pairs(config: AuditConfig, run_id: str) -> StoragePath | None
     return target
 
 
+def stage_strategies(config: AuditConfig, run_id: str) -> StoragePath | None:
+    """Saliency strategies (audit_tasks.strategies): each class's stored Grad-CAMs clustered, a fixed spot off
+    the centre or off the object flagged; needs only images.parquet (no regions, no second model pass)."""
+    from audit_tasks.strategies import check_strategies
+
+    check = config.checks.strategies
+    if check is None:
+        _skip_check(config, run_id, "strategies", ("strategies.parquet",))
+        return None
+    images_path = _scored_images(config, run_id)
+    present = set(parquet_schema(images_path).names)
+    wanted = ["image_id", "target_class", "label", "correct", "cam", "cam_height", "cam_width", "regions", "core_share"]
+    images = read_table(images_path, columns=[c for c in wanted if c in present])
+    try:
+        result = check_strategies(images, check)
+    except ValueError as exc:
+        raise AuditError(f"{images_path}: {exc}") from None
+    target = write_table(
+        result.clusters, run_dir(config, run_id) / "strategies.parquet", name="strategies", schema=schemas.STRATEGIES
+    )
+    _write_gates(config, run_id, "strategies", result.gates)
+    return target
+
+
+def stage_rarity(config: AuditConfig, run_id: str) -> StoragePath | None:
+    """Rarity from the model's penultimate features (audit_tasks.rarity) and sample_weights.parquet
+    (audit_tasks.sample_weights); needs images.parquet, the features the scoring pass collected and, for the
+    pair weights, cooccurrence.parquet, so it runs after those (before the gate stage)."""
+    from audit_tasks.rarity import check_rarity
+    from audit_tasks.sample_weights import combine_weights, pair_weights, rarity_weights
+
+    check = config.checks.rarity
+    rd = run_dir(config, run_id)
+    if check is None:
+        _skip_check(config, run_id, "rarity", ("rarity.parquet", "sample_weights.parquet"))
+        return None
+    images_path = _scored_images(config, run_id)
+    present = set(parquet_schema(images_path).names)
+    describe = [c for c in (*config.attribute_columns(), "tags", *_pixel_property_columns()) if c in present]
+    wanted = list(dict.fromkeys(["image_id", "label", "correct", *describe]))
+    images = read_table(images_path, columns=[c for c in wanted if c in present])
+    density = _densities(config, run_id, images, check)
+    result = check_rarity(images, density, check=check, describe=describe)
+    labels = images["label"].tolist()
+    rarity = rarity_weights(density, labels, check.alpha)
+    pair = np.ones(len(images))
+    if "tags" in images.columns:
+        pair, _ = pair_weights(images["tags"].tolist(), _flagged_tag_pairs(config, run_id), _target_share(config))
+    weights = pd.DataFrame(
+        {
+            "image_id": images["image_id"].astype(str),
+            "label": images["label"],
+            "density": density,
+            "rarity_weight": rarity,
+            "pair_weight": pair,
+            "weight": combine_weights([rarity, pair], check.max_weight),
+        }
+    )
+    write_table(weights, rd / "sample_weights.parquet", name="sample_weights", schema=schemas.SAMPLE_WEIGHTS)
+    target = write_table(result.quantiles, rd / "rarity.parquet", name="rarity", schema=schemas.RARITY)
+    _write_gates(config, run_id, "rarity", result.gates)
+    return target
+
+
+def _densities(config: AuditConfig, run_id: str, images: pd.DataFrame, check) -> np.ndarray:
+    """Each audited image's density within its class (NaN where the scoring pass collected no features)."""
+    from audit_tasks.rarity import class_densities
+
+    density = np.full(len(images), np.nan)
+    path = _features_path(config, run_id)
+    if not path.is_file() or not len(images):
+        log.warning("rarity: no penultimate features for run %s (the model has no final Linear?)", run_id)
+        return density
+    features = read_table(path).set_index("image_id")["features"].reindex(images["image_id"])
+    have = features.notna().to_numpy()
+    if have.any():
+        matrix = np.stack([np.asarray(v, dtype=np.float32) for v in features[have]])
+        density[have] = class_densities(matrix, images["label"][have].tolist(), check)
+    return density
+
+
+def _pixel_property_columns() -> tuple[str, ...]:
+    from audit_tasks.image_properties import PIXEL_COLUMNS
+
+    return tuple(PIXEL_COLUMNS)
+
+
+def _flagged_tag_pairs(config: AuditConfig, run_id: str) -> list[tuple[str, str]]:
+    """The run's flagged co-occurrence pairs a -> b whose b is a tag (not `attribute=value`, `property=bin` or
+    `label=class`): those the pair weights balance."""
+    path = run_dir(config, run_id) / "cooccurrence.parquet"
+    if config.checks.cooccurrence is None or not path.is_file():
+        return []
+    pairs = read_table(path, columns=["tag_a", "tag_b", "flagged"])
+    pairs = pairs[pairs["flagged"].astype(bool)]
+    # the rule stage_saliency_pairs applies: b is no `attribute=value`, `property=bin` or `label=class`
+    not_tags = tuple(f"{name}=" for name in (*config.checks.cooccurrence_attributes(), *IMAGE_PROPERTY_NAMES, "label"))
+    return [
+        (str(a), str(b)) for a, b in zip(pairs["tag_a"], pairs["tag_b"], strict=True) if not str(b).startswith(not_tags)
+    ]
+
+
+def _target_share(config: AuditConfig) -> float:
+    from audit_tasks.config import CooccurrenceCheck
+
+    return (config.checks.cooccurrence or CooccurrenceCheck()).target_share
+
+
 def collect_gates(config: AuditConfig, run_id: str) -> list[GateResult]:
     """Every configured check's gates, in the fixed check order."""
     gates: list[GateResult] = []
@@ -665,6 +803,8 @@ def _summary(
         "cooccurrence": config.checks.cooccurrence is not None,
         "saliency": config.checks.saliency is not None,
         "subgroups": config.checks.subgroups is not None,
+        "strategies": config.checks.strategies is not None,
+        "rarity": config.checks.rarity is not None,
     }
     if config.model is not None and config.model.task == "multilabel":  # leakage applies to multilabel models only
         configured["leakage"] = config.checks.leakage is not None
@@ -735,6 +875,8 @@ def run_audit(config: AuditConfig, run_id: str | None = None, *, today: date | N
     stage_subgroups(config, run_id)
     stage_leakage(config, run_id)
     stage_saliency_pairs(config, run_id)
+    stage_strategies(config, run_id)
+    stage_rarity(config, run_id)  # after co-occurrence: the pair weights read its flagged pairs
     result = stage_gate(config, run_id, today=today)
     report = stage_report(config, run_id)
     return AuditOutcome(run_id, rd, result, report, read_summary(config, run_id))

@@ -63,15 +63,26 @@ class PolicyOutcome:
 
 def max_increase_for(gate: GateResult, policy: PolicyConfig) -> float | None:
     """The allowed increase for a gate (`check.metric`, or `subgroups.gap`), or None when none is set."""
-    exact = policy.max_increase.get(f"{gate.check}.{gate.metric}")
-    if exact is not None:
+    key = _max_increase_key(gate, policy)
+    return policy.max_increase[key] if key is not None else None
+
+
+def _max_increase_key(gate: GateResult, policy: PolicyConfig) -> str | None:
+    """The `policy.max_increase` key that applies to a gate, so a decision can name its config line."""
+    exact = f"{gate.check}.{gate.metric}"
+    if exact in policy.max_increase:
         return exact
     alias = VALUE_ALIASES.get(gate.check)
-    return policy.max_increase.get(f"{gate.check}.{alias}") if alias else None
+    return f"{gate.check}.{alias}" if alias and f"{gate.check}.{alias}" in policy.max_increase else None
 
 
 def _warns(gate: GateResult, policy: PolicyConfig) -> bool:
     return gate.check in policy.warn or gate.name in policy.warn
+
+
+def _warn_entry(gate: GateResult, policy: PolicyConfig) -> str:
+    """The `policy.warn` entry that makes a gate warn: its full name when listed, else its check."""
+    return gate.name if gate.name in policy.warn else gate.check
 
 
 def _num(value: float | None) -> str:
@@ -104,16 +115,19 @@ def apply_policy(
             since = f" in run {baseline_run}" if baseline_run else ""
             detail = _join(
                 f"regressed: {_num(gate.value)} against {_num(base)}{since}, "
-                f"more than the allowed increase of {_num(allowed)}",
+                f"more than the allowed increase of {_num(allowed)} "
+                f"(policy.max_increase: {_max_increase_key(gate, policy)})",
                 detail,
             )
         failing = regressed or not gate.passed
         if failing and _warns(gate, policy):
             status = "warn"
+            detail = _join(f"warns, never fails (policy.warn: {_warn_entry(gate, policy)})", detail)
         elif regressed:
             status = "regressed"
         elif not gate.passed and waiver is not None and today <= waiver.expires:
             status = "waived"
+            detail = _join(f"waived until {waiver.expires.isoformat()} (policy.waivers: {waiver.owner})", detail)
         elif not gate.passed:
             status = "fail"
             if waiver is not None:

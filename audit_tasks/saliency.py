@@ -78,6 +78,9 @@ class CamResult:
     cams: Tensor  # (N, h, w) float32
     targets: Tensor  # (N,) long: the class each map explains
     closed_form: bool  # True when no backward pass was needed
+    #: (N, D) float32 input of the model's last Linear (its penultimate features), taken from the same forward;
+    #: None unless the engine was built with `collect_features=True` and the model has a Linear.
+    features: Tensor | None = None
 
 
 def upsample(cams: Tensor, size: int | tuple[int, int]) -> Tensor:
@@ -116,6 +119,8 @@ class CamEngine:
         device: where the engine's copy lives (default: the model's device).
         layout: how to read the layer's output as (N, K, h, w) (default: it already is); any other layout
             takes the backward path (see audit_tasks.cam_target.find_target, which infers it).
+        collect_features: also return the input of the model's last Linear (`CamResult.features`), read by a
+            hook during the same forward (the rarity check's embedding: no second pass).
 
     The caller's model is never modified: channels_last, fuse_batchnorm, compile and device make the
     engine work on a private deep copy (a snapshot of the weights at construction).
@@ -133,6 +138,7 @@ class CamEngine:
         compile: bool = False,
         device: str | torch.device | None = None,
         layout: ActivationLayout = NCHW,
+        collect_features: bool = False,
     ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {precision!r}")
@@ -141,6 +147,7 @@ class CamEngine:
         self.channels_last = channels_last
         self.closed_form = closed_form
         self.layout = layout
+        self.collect_features = collect_features
         #: The path the last `attribute` call took (for logs and the bench); None before the first call.
         self.path: str | None = None
         if not layout.plain and closed_form is True:
@@ -245,6 +252,7 @@ class CamEngine:
             return None
         self._verified = True
         activation = seen["layer"][0][0]
+        head_in = seen["head"][0][0]
         seen["layer"].clear()
         seen["head"].clear()
         targets = _resolve_targets(targets, logits)
@@ -252,7 +260,10 @@ class CamEngine:
         weight = head.weight.detach()[targets].float() / (h * w)  # Grad-CAM's alpha, exactly
         gradient = weight[:, :, None, None].expand(activation.shape)
         cams = self._combine(activation.float(), gradient)
-        return CamResult(logits=logits.detach(), cams=cams.clamp_min_(0), targets=targets, closed_form=True)
+        features = _features(head_in) if self.collect_features else None
+        return CamResult(
+            logits=logits.detach(), cams=cams.clamp_min_(0), targets=targets, closed_form=True, features=features
+        )
 
     def _run_compiled(self, images: Tensor) -> Tensor:
         try:
@@ -321,7 +332,11 @@ class CamEngine:
             torch.set_grad_enabled(True)  # record only from here on; no_grad's exit restores the mode
             return layout.rewrap(out, leaf.clone())  # the clone shields the leaf from in-place ops downstream
 
-        with _hook(self.layer, on_layer):
+        penultimate: list[Any] = []
+        with ExitStack() as stack:
+            stack.enter_context(_hook(self.layer, on_layer))
+            if self.collect_features and self._head is not None:
+                stack.enter_context(_hook(self._head, _recorder(penultimate, output=False)))
             with torch.no_grad(), self._autocast():
                 logits = self._run(self.model, images)
                 if not captured:
@@ -337,7 +352,11 @@ class CamEngine:
         activation = layout.to_grid(captured[0].detach(), size)
         gradient = layout.to_grid(gradient, size)
         cams = self._combine(activation.float(), gradient.float())
-        return CamResult(logits=logits.detach(), cams=cams.clamp_min_(0), targets=targets, closed_form=False)
+        # The last call is the one that made the logits (a head run twice keeps its final input).
+        features = _features(penultimate[-1][0]) if penultimate else None
+        return CamResult(
+            logits=logits.detach(), cams=cams.clamp_min_(0), targets=targets, closed_form=False, features=features
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -420,6 +439,13 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
         if isinstance(module, nn.Linear):
             last = module
     return last
+
+
+def _features(head_input: Any) -> Tensor | None:
+    """The last Linear's input as (N, D) float32, detached; None when it is not a tensor."""
+    if not isinstance(head_input, Tensor):
+        return None
+    return head_input.detach().flatten(1).float()
 
 
 def _model_device(model: nn.Module) -> torch.device:

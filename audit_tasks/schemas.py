@@ -34,7 +34,12 @@ PROB = "probability (0..1)"
 
 GATES = pa.schema(
     [
-        _f("check", pa.string(), False, doc="ingest | cooccurrence | class_balance | saliency | subgroups | leakage"),
+        _f(
+            "check",
+            pa.string(),
+            False,
+            doc="ingest | cooccurrence | class_balance | saliency | subgroups | leakage | strategies | rarity",
+        ),
         _f("subject", pa.string(), False, doc="what the gate judges: a class, a group, a tag pair"),
         _f("metric", pa.string(), False),
         _f("value", pa.float64()),
@@ -157,6 +162,78 @@ LEAKAGE_IMAGES = pa.schema(
         _f("cam", pa.list_(pa.float32()), doc="ReLU'd Grad-CAM for b at the layer's native resolution, row-major"),
         _f("cam_height", pa.int64(), unit="CAM cells"),
         _f("cam_width", pa.int64(), unit="CAM cells"),
+    ]
+)
+
+STRATEGIES = pa.schema(
+    [
+        _f("class", pa.string(), False, doc="the class the CAMs explain"),
+        _f("cluster", pa.int64(), False, doc="0 = the class's largest cluster"),
+        _f("n", pa.int64(), False, unit="images"),
+        _f("share", pa.float64(), False, unit="fraction of the class's clustered maps"),
+        _f("accuracy", pa.float64(), unit="fraction of the cluster's images predicted correctly"),
+        _f("border_mass", pa.float64(), unit=SHARE + ", outermost ring of CAM cells"),
+        _f("corner_mass", pa.float64(), unit=SHARE + ", the four corner quarters (outer quarter on both axes)"),
+        _f("centre_mass", pa.float64(), unit=SHARE + ", the middle half on both axes"),
+        _f("peak_row", pa.int64(), unit="CAM cell (0 = top)", doc="the cluster's modal peak cell"),
+        _f("peak_col", pa.int64(), unit="CAM cell (0 = left)"),
+        _f("peak_x", pa.float64(), unit="fraction of image width", doc="mean sub-cell hot-spot position"),
+        _f("peak_y", pa.float64(), unit="fraction of image height"),
+        _f("peak_consistency", pa.float64(), unit="fraction of images whose peak is within 1 cell of the modal peak"),
+        _f("spot_spread", pa.float64(), unit="fraction of the image side (RMS distance of hot spots from their mean)"),
+        _f(
+            "compactness",
+            pa.float64(),
+            unit="share in the 3x3 cells at each image's peak over their area fraction (uniform map = 1; mean)",
+        ),
+        _f("off_object_share", pa.float64(), unit=SHARE + ", outside the core boxes (null: no core boxes)"),
+        _f("images_with_core", pa.int64(), False, unit="images with a core box"),
+        _f("flagged", pa.bool_(), False),
+        _f("description", pa.string(), doc="the cluster in words"),
+        _f("method", pa.string(), doc="how the class was clustered (sampling, assignment, k)"),
+        _f("mean_map", pa.list_(pa.float32()), doc="the members' mean normalised map, row-major (sums to 1)"),
+        _f("map_height", pa.int64(), unit="CAM cells"),
+        _f("map_width", pa.int64(), unit="CAM cells"),
+        _f("examples", pa.list_(pa.string()), doc="image ids of a few members nearest the cluster's centre"),
+    ]
+)
+
+RARITY = pa.schema(
+    [
+        _f("label", pa.string(), False, doc="the class"),
+        _f("quantile", pa.int64(), False, doc="density quantile within the class: 1 = rarest"),
+        _f("n", pa.int64(), False, unit="images"),
+        _f("correct", pa.int64(), False, unit="images the model got right"),
+        _f("accuracy", pa.float64(), unit="fraction of the quantile's images"),
+        _f("ci_low", pa.float64(), unit="accuracy; Wilson interval at the check's confidence"),
+        _f("ci_high", pa.float64(), unit="accuracy; Wilson interval at the check's confidence"),
+        _f("density_low", pa.float64(), unit="density; the class's densest image = 1"),
+        _f("density_high", pa.float64(), unit="density; the class's densest image = 1"),
+        _f("gap", pa.float64(), unit="accuracy of the commonest quantile - the rarest (the class's, on every row)"),
+        _f("gap_ci_low", pa.float64(), unit="gap; Newcombe interval at the check's adjusted level"),
+        _f("gap_ci_high", pa.float64(), unit="gap; Newcombe interval at the check's adjusted level"),
+        _f("pvalue", pa.float64(), doc="one-sided p-value of gap > max_tail_gap, Holm-adjusted over the classes"),
+        _f("flagged", pa.bool_(), False, doc="the class's tail gap is flagged (on every row of the class)"),
+        _f("status", pa.string(), doc="ok | tail gap | too small to judge"),
+        _f("shared", pa.string(), doc="rarest quantile only: JSON list of {column, value, share, lift}"),
+    ]
+)
+
+SAMPLE_WEIGHTS = pa.schema(
+    [
+        _f("image_id", pa.string(), False),
+        _f("label", pa.string()),
+        _f("density", pa.float64(), unit="density within the class; the densest image = 1"),
+        _f("rarity_weight", pa.float64(), doc="1 / (density + alpha), mean 1 within the class"),
+        _f("pair_weight", pa.float64(), doc="product of the flagged pairs' balancing weights (1: none applies)"),
+        _f("weight", pa.float64(), False, doc="rarity_weight x pair_weight, capped at max_weight, mean 1"),
+    ]
+)
+
+FEATURES = pa.schema(
+    [
+        _f("image_id", pa.string(), False),
+        _f("features", pa.list_(pa.float32()), doc="input of the model's last Linear (penultimate features)"),
     ]
 )
 

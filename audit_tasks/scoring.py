@@ -64,6 +64,9 @@ TAIL_COLUMNS = (
 #: class's sigmoid probability in model class order. A multiclass images table has neither.
 MULTILABEL_COLUMNS = ("predicted_labels", "scores")
 REJECTED_COLUMNS = ("position", "image_id", "reason")
+#: The column `score_images(collect_features=True)` adds after the images table's own: the penultimate features
+#: (list<float32>); the merge stage moves it to `_stages/features.parquet` so images.parquet does not grow.
+FEATURES_COLUMN = "features"
 UNKNOWN_LABEL = "label {label!r} is not one of the model's classes ({classes})"
 MISSING_LABEL = "row has no label, and saliency.target is 'label'"
 BAD_SIZE = "row has regions but no valid width/height ({width!r} x {height!r})"
@@ -119,11 +122,14 @@ def score_images(
     check: SaliencyCheck | None = None,
     opener: Callable[[str], IO[bytes]] | None = None,
     measure_properties: bool = True,
+    collect_features: bool = False,
 ) -> ScoringResult:
     """Predict, explain and measure every row; `check` sets the per-image flag's thresholds (defaults if None).
 
     `opener` opens each row's `image_path` (see `loader.iter_image_batches`). `measure_properties` adds the
     pixel properties of audit_tasks.image_properties, measured on the batch the model sees (null when off).
+    `collect_features` adds a `features` column: the input of the model's last Linear from the CAM pass's own
+    forward (null when the model has none), for the rarity check.
     """
     check = check or SaliencyCheck()
     device = resolve_device(saliency_config.device)
@@ -147,6 +153,7 @@ def score_images(
         fuse_batchnorm=True,
         compile=saliency_config.compile,
         device=device,
+        collect_features=collect_features,
     )
     # The batches come normalised (by the plan's mean/std for a model's own preprocessing, as the loader
     # does); the properties are defined on 0..255 pixels.
@@ -193,11 +200,8 @@ def score_images(
         done += len(positions) + len(batch.failures)
         if progress is not None:
             progress(done, total)
-    images = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=image_columns(attributes, multilabel=multilabel))
-    )
+    columns = image_columns(attributes, multilabel=multilabel) + ([FEATURES_COLUMN] if collect_features else [])
+    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     rejected_frame = pd.DataFrame(rejected, columns=list(REJECTED_COLUMNS)).sort_values("position", kind="stable")
     return ScoringResult(images=images, rejected=rejected_frame.reset_index(drop=True))
 
@@ -392,7 +396,12 @@ def _score_batch(
     frame["cam_width"] = w
     frame["width"] = frame["width"].astype("Int64")
     frame["height"] = frame["height"].astype("Int64")
-    return frame[image_columns(attributes, multilabel=multilabel)]
+    columns = image_columns(attributes, multilabel=multilabel)
+    if engine.collect_features:
+        features = result.features.cpu().numpy() if result.features is not None else None
+        frame[FEATURES_COLUMN] = list(features) if features is not None else [None] * n
+        columns.append(FEATURES_COLUMN)
+    return frame[columns]
 
 
 def _attribute(engine: GradCAM, images: torch.Tensor, targets: list[int | None] | None) -> CamResult:
@@ -409,11 +418,15 @@ def _attribute(engine: GradCAM, images: torch.Tensor, targets: list[int | None] 
     first = engine.attribute(images[given], torch.tensor([targets[i] for i in given], dtype=torch.long))
     second = engine.attribute(images[missing], None)
     order = torch.tensor(given + missing).argsort().to(first.logits.device)
+    features = None
+    if first.features is not None and second.features is not None:
+        features = torch.cat([first.features, second.features])[order]
     return CamResult(
         logits=torch.cat([first.logits, second.logits])[order],
         cams=torch.cat([first.cams, second.cams])[order],
         targets=torch.cat([first.targets, second.targets])[order],
         closed_form=first.closed_form and second.closed_form,
+        features=features,
     )
 
 

@@ -13,6 +13,8 @@ BENCHES = (
     ["subgroups.py"],
     ["sharded.py"],
     ["importers.py"],
+    ["strategies.py"],
+    ["rarity.py"],
 )
 
 

@@ -17,7 +17,12 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
+from audit_tasks import schemas
+from audit_tasks.config import RarityCheck, StrategiesCheck
 from audit_tasks.gates import GATES_SCHEMA
+from audit_tasks.rarity import check_rarity
+from audit_tasks.schemas import STRATEGIES
+from audit_tasks.strategies import check_strategies
 from audit_tasks.tables import write_json, write_table
 
 XSS_SCRIPT = "<script>alert(1)</script>"
@@ -25,12 +30,14 @@ XSS_ATTR = '"><img src=x onerror=alert(1)>'
 CAM_H, CAM_W = 7, 7
 ALL_TABLES = (
     "images",
+    "rarity",
     "quarantine",
     "cooccurrence",
     "class_balance",
     "saliency_by_class",
     "subgroups",
     "confusion",
+    "strategies",
     "gates",
     "summary",
 )
@@ -179,6 +186,11 @@ def build_run(
     table = table.append_column("cam", pa.FixedSizeListArray.from_arrays(pa.array(cams.ravel()), CAM_H * CAM_W))
     if "images" not in skip:
         write_table(table, run_dir / "images.parquet", name="images")
+
+    # strategies.parquet (its gates are left out: the gate counts above stay the report tests' own) -------
+    if "strategies" not in skip:
+        clusters = check_strategies(images.assign(cam=list(cams.reshape(n_images, -1))), StrategiesCheck(min_images=5))
+        write_table(clusters.clusters, run_dir / "strategies.parquet", name="strategies", schema=STRATEGIES)
 
     # saliency_by_class.parquet ------------------------------------------------------------------
     by_class = (
@@ -345,6 +357,22 @@ def build_run(
     if "quarantine" not in skip:
         write_table(pd.DataFrame(q_rows), run_dir / "quarantine.parquet", name="quarantine")
 
+    # rarity.parquet + sample_weights.parquet (the check's own functions on made-up densities) ----------
+    density = rng.random(n_images)
+    rarity = check_rarity(images, density, check=RarityCheck(min_images=2), describe=["gender", "tags"])
+    if "rarity" not in skip:
+        write_table(rarity.quantiles, run_dir / "rarity.parquet", name="rarity", schema=schemas.RARITY)
+        weights = pd.DataFrame(
+            {
+                "image_id": images["image_id"],
+                "label": images["label"],
+                "density": density,
+                "rarity_weight": 1 / (density + 0.001),
+                "pair_weight": 1.0,
+            }
+        ).assign(weight=lambda f: f["rarity_weight"] / f["rarity_weight"].mean())
+        write_table(weights, run_dir / "sample_weights.parquet", name="sample_weights", schema=schemas.SAMPLE_WEIGHTS)
+
     # gates.parquet + summary.json -------------------------------------------------------------------
     gates = _gates(passed, hostile)
     if "gates" not in skip:
@@ -360,6 +388,8 @@ def build_run(
             "cooccurrence": "skipped" if "cooccurrence" in skip else "ran",
             "saliency": "skipped" if "saliency_by_class" in skip else "ran",
             "subgroups": "skipped" if "subgroups" in skip else "ran",
+            "strategies": "skipped" if "strategies" in skip else "ran",
+            "rarity": "skipped" if "rarity" in skip else "ran",
         },
         "created_at": created_at,
         "config": "/etc/audit/config.yaml",

@@ -117,9 +117,15 @@ def test_missing_landing_folder_is_named(tmp_path, dataset_dirs):
 
 def test_missing_required_key_is_named(tmp_path, dataset_dirs):
     body = full_body(dataset_dirs)
-    del body["model"]["target_layer"]
-    with pytest.raises(ConfigError, match=r"missing required key 'model\.target_layer'"):
+    del body["model"]["classes"]
+    with pytest.raises(ConfigError, match=r"missing required key 'model\.classes'"):
         load_config(write_config(tmp_path, body))
+
+
+def test_a_missing_target_layer_means_auto(tmp_path, dataset_dirs):
+    body = full_body(dataset_dirs)
+    del body["model"]["target_layer"]
+    assert load_config(write_config(tmp_path, body)).model.target_layer == "auto"
 
 
 def test_literal_choice_is_enforced(tmp_path, dataset_dirs):

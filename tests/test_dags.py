@@ -140,6 +140,8 @@ def test_every_config_threshold_has_a_param():
             ("subgroups", config.SubgroupCheck),
             ("ingest", config.IngestCheck),
             ("leakage", config.LeakageCheck),
+            ("strategies", config.StrategiesCheck),
+            ("rarity", config.RarityCheck),
         )
         for name in cls.model_fields
         if name not in not_thresholds

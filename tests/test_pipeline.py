@@ -127,6 +127,8 @@ def test_a_run_where_every_check_is_too_few_to_judge_is_inconclusive(tmp_path):
         "cooccurrence": "skipped",
         "saliency": "too few to judge",
         "subgroups": "too few to judge",
+        "strategies": "skipped",
+        "rarity": "skipped",
     }
     assert "too little data" in outcome.summary["inconclusive_reason"]
 

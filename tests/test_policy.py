@@ -287,3 +287,19 @@ def test_check_subgroups_refuses_a_waiver_naming_no_gate_of_its_check(tmp_path):
     predictions, config = _predictions_with_a_gap(tmp_path, {"waivers": [_waiver("subgroups/gender=x/accuracy")]})
     with pytest.raises(ConfigError, match="gender=x"):
         run_subgroup_check(predictions, config, tmp_path / "out", today=TODAY)
+
+
+def test_every_policy_decision_names_the_config_line_that_made_it():
+    policy = PolicyConfig.model_validate(
+        {
+            "max_increase": {"saliency.flagged_fraction": 0.05},
+            "warn": ["class_balance"],
+            "waivers": [_waiver(WOLF)],
+        }
+    )
+    regressed = _one(_gate(0.2), policy, baseline={WOLF: 0.1})
+    assert "(policy.max_increase: saliency.flagged_fraction)" in regressed.detail
+    warned = _one(_gate(12.0, passed=False, check="class_balance", subject="labels"), policy)
+    assert warned.status == "warn" and "(policy.warn: class_balance)" in warned.detail
+    waived = _one(_gate(0.5, passed=False), policy)
+    assert waived.status == "waived" and "policy.waivers: data-team@example.org" in waived.detail

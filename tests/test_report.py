@@ -52,7 +52,16 @@ def test_passed_run_shows_passed_verdict(tmp_path):
 
 def test_report_has_every_section(tmp_path):
     page = _render(build_run(tmp_path))
-    for anchor in ("summary", "cooccurrence", "subgroups", "confusion", "saliency", "quarantine"):
+    for anchor in (
+        "summary",
+        "cooccurrence",
+        "subgroups",
+        "confusion",
+        "saliency",
+        "strategies",
+        "rarity",
+        "quarantine",
+    ):
         assert f'<section id="{anchor}">' in page
     assert "Skipped" not in page
 
@@ -66,12 +75,31 @@ def test_summary_shows_counts(tmp_path):
 def test_missing_tables_show_check_skipped(tmp_path):
     run_dir = build_run(
         tmp_path,
-        skip=("cooccurrence", "class_balance", "subgroups", "confusion", "images", "saliency_by_class", "quarantine"),
+        skip=(
+            "cooccurrence",
+            "class_balance",
+            "subgroups",
+            "confusion",
+            "images",
+            "saliency_by_class",
+            "strategies",
+            "quarantine",
+            "rarity",
+        ),
     )
     page = _render(run_dir)
     skipped_sections = re.findall(r'<section id="(\w+)">.*?</section>', page, flags=re.S)
-    assert skipped_sections == ["summary", "cooccurrence", "subgroups", "confusion", "saliency", "quarantine"]
-    for anchor in ("cooccurrence", "subgroups", "confusion", "saliency", "quarantine"):
+    assert skipped_sections == [
+        "summary",
+        "cooccurrence",
+        "subgroups",
+        "confusion",
+        "saliency",
+        "strategies",
+        "rarity",
+        "quarantine",
+    ]
+    for anchor in ("cooccurrence", "subgroups", "confusion", "saliency", "strategies", "rarity", "quarantine"):
         body = re.search(rf'<section id="{anchor}">(.*?)</section>', page, flags=re.S).group(1)
         assert "check not configured / skipped" in body, anchor
 

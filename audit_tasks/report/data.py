@@ -95,6 +95,9 @@ class RunTables:
     leakage: pd.DataFrame | None = None  # multilabel prediction leakage (leakage.parquet)
     leakage_images: pd.DataFrame | None = None  # flagged pairs' worst images with b's CAM (leakage_images.parquet)
     multilabel: bool = False  # images.parquet holds predicted sets (model.task: multilabel)
+    strategies: pd.DataFrame | None = None  # saliency clusters per class (strategies.parquet)
+    rarity: pd.DataFrame | None = None  # accuracy by density quantile per class (rarity.parquet)
+    sample_weights: pd.DataFrame | None = None  # per image: density and weights (sample_weights.parquet)
 
     @property
     def run_id(self) -> str:
@@ -187,6 +190,9 @@ def load_run(run_dir: StoragePath) -> RunTables:
         leakage=_read(run_dir / "leakage.parquet"),
         leakage_images=_read(run_dir / "leakage_images.parquet"),
         multilabel=_is_multilabel(run_dir / "images.parquet"),
+        strategies=_read(run_dir / "strategies.parquet"),
+        rarity=_read(run_dir / "rarity.parquet"),
+        sample_weights=_read(run_dir / "sample_weights.parquet"),
     )
 
 

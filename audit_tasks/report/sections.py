@@ -8,6 +8,7 @@ light for any number of images, while the Parquet tables beside it keep every ro
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -979,6 +980,193 @@ def saliency(run: RunTables, thumbs: Thumbs | None, plan: dict[str, list[int]]) 
 
 
 # ---------------------------------------------------------------------------------------------
+# Saliency strategies (clusters of each class's Grad-CAMs)
+# ---------------------------------------------------------------------------------------------
+
+#: Classes drawn with their clusters' maps and thumbnails (flagged classes first); the rest are listed in words.
+STRATEGY_CLASSES = 24
+#: Member thumbnails per cluster (strategies.parquet names a few of the most typical members).
+STRATEGY_THUMBS = 3
+
+
+@dataclass(frozen=True)
+class StrategyFigure:
+    """A heat thumbnail: a cluster's mean map (no image under it) or one member's CAM over its image."""
+
+    data_uri: str
+    width: int
+    height: int
+    box_width: int
+    caption: str
+    title: str
+    has_original: bool
+
+
+@dataclass(frozen=True)
+class StrategyCluster:
+    cluster: int
+    n: str
+    share: str
+    accuracy: str
+    border: str
+    corner: str
+    centre: str
+    consistency: str
+    spread: str
+    compactness: str
+    off_object: str
+    description: str
+    flagged: bool
+    mean_map: StrategyFigure | None
+    figures: tuple[StrategyFigure, ...]
+    box_width: int  # the cluster's card: its mean map and members side by side
+
+
+@dataclass(frozen=True)
+class StrategyClass:
+    cls: str
+    mark: Badge
+    method: str
+    flagged: tuple[str, ...]  # the flagged strategies in words (one per group of clusters)
+    clusters: tuple[StrategyCluster, ...]
+    drawn: bool  # False past STRATEGY_CLASSES: words and numbers only
+
+
+@dataclass(frozen=True)
+class Strategies:
+    skipped: str = ""
+    gates: GatesLine | None = None
+    classes: tuple[StrategyClass, ...] = ()
+    too_few: tuple[str, ...] = ()  # classes with too few maps to cluster (their gate says so)
+
+
+def strategies(
+    run: RunTables, *, max_gallery: int, thumb_size: int, opener: Callable[[str], IO[bytes]] | None = None
+) -> Strategies:
+    """Per class its clusters side by side (mean map, a few members), the flagged strategy named in words;
+    `max_gallery` 0 draws no thumbnail (numbers and words only)."""
+    table = run.strategies
+    if table is None:
+        return Strategies(skipped=_skip_message(run, "strategies", "strategies.parquet"))
+    gates = _gates_for(run, "strategies")
+    judged = gates["judged"].astype(bool) if "judged" in gates else pd.Series(True, index=gates.index)
+    too_few = tuple(sorted(str(s) for s in gates.loc[~judged, "subject"]))
+    flagged_classes = set(table.loc[table["flagged"].astype(bool), "class"].astype(str))
+    names = sorted(table["class"].astype(str).unique(), key=lambda c: (c not in flagged_classes, c))
+    drawn = set(names[:STRATEGY_CLASSES]) if max_gallery > 0 else set()
+    members = _strategy_members(run, table, drawn, min(STRATEGY_THUMBS, max_gallery))
+    cams = read_cams(run.run_dir / "images.parquet", [int(r["_row"]) for r in members.values()])
+    classes = []
+    for name in names:
+        part = table[table["class"].astype(str) == name].sort_values("cluster", kind="stable")
+        draw = name in drawn
+        clusters = tuple(
+            _strategy_cluster(r, members if draw else {}, cams, thumb_size, opener, draw)
+            for r in part.itertuples(index=False)
+        )
+        flagged = tuple(dict.fromkeys(c.description for c in clusters if c.flagged))
+        classes.append(
+            StrategyClass(
+                cls=name,
+                mark=_badge(not flagged, yes="ok", no="flagged"),
+                method=str(part["method"].iloc[0]) if len(part) else "",
+                flagged=flagged,
+                clusters=clusters,
+                drawn=draw,
+            )
+        )
+    return Strategies(gates=_gates_line(run, "strategies"), classes=tuple(classes), too_few=too_few)
+
+
+def _strategy_members(run: RunTables, table: pd.DataFrame, drawn: set[str], per_cluster: int) -> dict[str, pd.Series]:
+    """image id -> its images.parquet row, for the examples of the drawn classes' clusters."""
+    if run.images is None or "image_id" not in run.images:
+        return {}
+    wanted = {
+        str(i)
+        for cls, ids in zip(table["class"].astype(str), table["examples"], strict=True)
+        if cls in drawn and ids is not None
+        for i in list(ids)[:per_cluster]
+    }
+    rows = run.images[run.images["image_id"].astype(str).isin(wanted)]
+    return {str(r["image_id"]): r for _, r in rows.iterrows()}
+
+
+def _strategy_cluster(
+    r: Any,
+    members: dict[str, pd.Series],
+    cams: dict[int, np.ndarray],
+    thumb_size: int,
+    opener: Callable[[str], IO[bytes]] | None,
+    draw: bool,
+) -> StrategyCluster:
+    mean_map = None
+    if draw and r.mean_map is not None:
+        overlay = render_overlay(
+            r.mean_map,
+            r.map_height,
+            r.map_width,
+            image_path=None,
+            width=r.map_width,
+            height=r.map_height,
+            regions=None,
+            thumb_size=thumb_size,
+            opener=opener,
+        )
+        caption = f"cluster {r.cluster}: mean map"
+        mean_map = StrategyFigure(
+            overlay.data_uri, overlay.width, overlay.height, max(overlay.width, 104) + 12, caption, caption, False
+        )
+    figures = []
+    for image_id in list(r.examples if r.examples is not None else []):
+        source = members.get(str(image_id))
+        if source is None:
+            continue
+        row = int(source["_row"])
+        overlay = render_overlay(
+            cams.get(row),
+            source.get("cam_height"),
+            source.get("cam_width"),
+            image_path=source.get("image_path"),
+            width=source.get("width"),
+            height=source.get("height"),
+            regions=source.get("regions"),
+            thumb_size=thumb_size,
+            opener=opener,
+        )
+        uri = str(source.get("image_uri") or image_id)
+        figures.append(
+            StrategyFigure(
+                overlay.data_uri,
+                overlay.width,
+                overlay.height,
+                max(overlay.width, 104) + 12,
+                uri.rstrip("/").rsplit("/", 1)[-1] or uri,
+                uri,
+                overlay.has_original,
+            )
+        )
+    return StrategyCluster(
+        cluster=int(r.cluster),
+        n=count(r.n),
+        share=pct(r.share, 0),
+        accuracy=pct(r.accuracy, 0),
+        border=pct(r.border_mass, 0),
+        corner=pct(r.corner_mass, 0),
+        centre=pct(r.centre_mass, 0),
+        consistency=pct(r.peak_consistency, 0),
+        spread=num(r.spot_spread, 2),
+        compactness=num(r.compactness, 1),
+        off_object=pct(r.off_object_share, 0),
+        description=str(r.description),
+        flagged=bool(r.flagged),
+        mean_map=mean_map,
+        figures=tuple(figures),
+        box_width=sum(f.width + 10 for f in ([mean_map] if mean_map else []) + figures) + 14,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Prediction leakage (multilabel)
 # ---------------------------------------------------------------------------------------------
 
@@ -1121,6 +1309,118 @@ def _as_names(value: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Rarity
+# ---------------------------------------------------------------------------------------------
+
+#: Rarest images shown per class (the lowest densities in sample_weights.parquet).
+RARITY_THUMBS = 8
+
+
+@dataclass(frozen=True)
+class RarityQuantile:
+    quantile: str
+    n: str
+    accuracy: str
+    ci: str
+    density: str
+
+
+@dataclass(frozen=True)
+class RarityClass:
+    label: str
+    gap: str
+    ci: str
+    mark: Badge
+    quantiles: tuple[RarityQuantile, ...]
+    shared: tuple[str, ...]  # "tags = snow (60% of the rarest, 3.1x the class)"
+    figures: tuple[Figure, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rarity:
+    skipped: str = ""
+    gates: GatesLine | None = None
+    threshold: str = ""
+    classes: tuple[RarityClass, ...] = ()
+    flagged: tuple[str, ...] = ()
+
+
+_RARITY_MARKS = {"tail gap": ("fail", "tail gap"), "ok": ("pass", "ok")}
+
+
+def rarity_plan(run: RunTables, per_class: int = RARITY_THUMBS) -> dict[str, list[int]]:
+    """Rows of images.parquet to show per class: the lowest densities first (ties by image id)."""
+    weights, images = run.sample_weights, run.images
+    if weights is None or images is None or not len(weights) or "image_id" not in images:
+        return {}
+    rows = pd.Series(images["_row"].to_numpy(), index=images["image_id"].astype(str))
+    known = weights[weights["density"].notna()].assign(_id=lambda f: f["image_id"].astype(str))
+    known = known.sort_values(["density", "_id"], kind="stable")
+    plan: dict[str, list[int]] = {}
+    for label, group in known.groupby("label", sort=True):
+        ids = [i for i in group["_id"] if i in rows.index][:per_class]
+        plan[str(label)] = [int(rows[i]) for i in ids]
+    return plan
+
+
+def rarity(run: RunTables, thumbs: Thumbs | None, plan: dict[str, list[int]]) -> Rarity:
+    """Per class: accuracy by density quantile, the tail gap's verdict, what the rarest share, the rarest images."""
+    table = run.rarity
+    if table is None:
+        return Rarity(skipped=_skip_message(run, "rarity", "rarity.parquet"))
+    classes = []
+    for label, group in table.sort_values(["label", "quantile"], kind="stable").groupby("label", sort=True):
+        first = group.iloc[0]
+        kind, text = _RARITY_MARKS.get(str(first["status"]), ("small", str(first["status"])))
+        last = int(group["quantile"].max())
+        quantiles = tuple(
+            RarityQuantile(
+                quantile=f"q{int(r.quantile)}"
+                + (" (rarest)" if r.quantile == 1 else " (commonest)" if r.quantile == last else ""),
+                n=count(r.n),
+                accuracy=pct(r.accuracy),
+                ci=f"[{pct(r.ci_low)}, {pct(r.ci_high)}]",
+                density=f"{num(r.density_low, 3)}–{num(r.density_high, 3)}",
+            )
+            for r in group.itertuples(index=False)
+        )
+        rows = plan.get(str(label), [])
+        classes.append(
+            RarityClass(
+                label=str(label),
+                gap=num(first["gap"], 3),
+                ci=f"[{num(first['gap_ci_low'], 3)}, {num(first['gap_ci_high'], 3)}]",
+                mark=Badge(kind, text),
+                quantiles=quantiles,
+                shared=_shared_lines(first["shared"]),
+                figures=thumbs.figures(rows) if thumbs is not None and rows else (),
+            )
+        )
+    threshold = _threshold(run, "rarity", "tail_gap")
+    return Rarity(
+        gates=_gates_line(run, "rarity"),
+        threshold="" if threshold is None else num(threshold, 2),
+        classes=tuple(classes),
+        flagged=tuple(c.label for c in classes if c.mark.kind == "fail"),
+    )
+
+
+def _shared_lines(raw: Any) -> tuple[str, ...]:
+    """The rarest quantile's over-represented values as sentences (the stage's JSON; unreadable: none)."""
+    if is_missing(raw):
+        return ()
+    try:
+        items = json.loads(str(raw))
+    except ValueError:
+        return ()
+    return tuple(
+        f"{i['column']} = {i['value']} ({pct(i['share'], 0)} of the rarest, {num(i['lift'], 1)}x the class)"
+        for i in items
+        if isinstance(i, Mapping) and {"column", "value", "share", "lift"} <= set(i)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Quarantine
 # ---------------------------------------------------------------------------------------------
 
@@ -1197,7 +1497,9 @@ class Report:
     subgroups: Subgroups
     confusion: Confusion
     saliency: Saliency
+    strategies: Strategies
     leakage: Leakage
+    rarity: Rarity
     quarantine: Quarantine
     core_colour: str
     spurious_colour: str
@@ -1220,11 +1522,13 @@ def report(
     thumbs = None
     cm_plan: dict[tuple[str, str], list[int]] = {}
     sal_plan: dict[str, list[int]] = {}
+    rare_plan: dict[str, list[int]] = {}
     if run.images is not None and len(run.images):
         if {"label", "prediction"} <= set(run.images.columns):
             cm_plan = confusion_plan(run.images, max_gallery)
         sal_plan = saliency_plan(run.images, max_gallery)
-        wanted = [r for rows in cm_plan.values() for r in rows] + [r for rows in sal_plan.values() for r in rows]
+        rare_plan = rarity_plan(run, min(RARITY_THUMBS, max_gallery))
+        wanted = [r for plan in (cm_plan, sal_plan, rare_plan) for rows in plan.values() for r in rows]
         thumbs = Thumbs(run.images, read_cams(run.run_dir / "images.parquet", wanted), thumb_size, opener)
     top = verdict(run)
     return Report(
@@ -1235,7 +1539,9 @@ def report(
         subgroups=subgroups(run),
         confusion=confusion(run, thumbs, cm_plan),
         saliency=saliency(run, thumbs, sal_plan),
+        strategies=strategies(run, max_gallery=max_gallery, thumb_size=thumb_size, opener=opener),
         leakage=leakage(run, thumb_size=thumb_size, opener=opener),
+        rarity=rarity(run, thumbs, rare_plan),
         quarantine=quarantine(run),
         core_colour=_hex(CORE_COLOUR),
         spurious_colour=_hex(SPURIOUS_COLOUR),
