@@ -97,18 +97,11 @@ class LoopResult:
         return self.audits[BEFORE_RUN].passed
 
 
-def rarity_available() -> bool:
-    """True when this build's config knows `checks.rarity` (the check that writes the weights)."""
-    from audit_tasks.config import ChecksConfig
-
-    return "rarity" in ChecksConfig.model_fields
-
-
 def prepare_loop(build: DemoBuild, *, scale: str = "full") -> LoopConfigs:
     """Land the biased training images as the `loop/` batch and write the loop's configs (cached)."""
     sizes = SCALES[scale]
     build_batch(build.root / "loop", train_specs(sizes)["biased"], WorldSpec())
-    rarity = RARITY_SECTION if rarity_available() else ""
+    rarity = RARITY_SECTION
     biased, retrained, debiased = "models/biased.pt", RETRAINED_CHECKPOINT, "models/debiased.pt"
     plans = {
         BEFORE_RUN: ("loop", biased, "trained on biased data, audited on its own training images", rarity),
@@ -127,14 +120,12 @@ def prepare_loop(build: DemoBuild, *, scale: str = "full") -> LoopConfigs:
 def red_run_weights(run_dir: Path) -> Path:
     """The weights file the red audit wrote; AuditError saying why when it is missing."""
     path = run_dir / WEIGHTS_FILE
-    if path.is_file():
-        return path
-    why = (
-        "checks.rarity is configured but wrote nothing"
-        if rarity_available()
-        else "this build has no checks.rarity (the check that writes it)"
-    )
-    raise AuditError(f"the red audit left no {path}: {why}; the loop needs the audit's sample weights to retrain")
+    if not path.is_file():
+        raise AuditError(
+            f"the red audit left no {path} (checks.rarity writes it: is the section in the config?); "
+            "the loop needs the audit's sample weights to retrain"
+        )
+    return path
 
 
 def gate_table(gates: Sequence[pd.DataFrame]) -> list[GateRow]:
