@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import get_current_context
+from airflow.sdk import Param, get_current_context
 
 from audit_airflow import compat
 from audit_airflow.assets import AUDIT_CLEAN
@@ -24,8 +25,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The asset event extra's key for the location of the run's `sample_weights.parquet`.
+SAMPLE_WEIGHTS_KEY = "sample_weights_uri"
+
 __all__ = [
     "audit_summary",
+    "clean_event_extra",
     "cooccurrence",
     "failure_message",
     "gate",
@@ -37,6 +42,8 @@ __all__ = [
     "report",
     "score_shard",
     "subgroups",
+    "retrain_params",
+    "train_demo_model_with_weights",
     "train_model_placeholder",
 ]
 
@@ -160,13 +167,30 @@ def gate(report_location: str | None = None) -> str:
         raise compat.AirflowSkipException(inconclusive_message(summary, report_path))
     if summary.get("passed") is not True:
         raise compat.AirflowFailException(failure_message(summary, report_path))
+    extra = clean_event_extra(summary, report_path, report_location, pipeline.run_dir(config, run_id))
+    get_current_context()["outlet_events"][AUDIT_CLEAN].extra = extra
+    log.info("audit run %s passed every gate; report: %s", run_id, report_path)
+    return report_path
+
+
+def clean_event_extra(
+    summary: Mapping[str, Any], report_path: str, report_location: str | None, run_folder: StoragePath
+) -> dict[str, Any]:
+    """The clean-audit asset event's extra: the summary, the report, and the run's sample weights when written.
+
+    `sample_weights_uri` (given as the report path is: a local path or a URI) is present only when
+    `<run>/sample_weights.parquet` exists, i.e. when `checks.rarity` ran; retraining reads it from here.
+    """
+    from audit_tasks.demo.retrain import WEIGHTS_FILE
+
     extra = dict(summary)
     extra.setdefault("report", report_path)
     if report_location and report_location != extra["report"]:
         extra["published_report"] = report_location
-    get_current_context()["outlet_events"][AUDIT_CLEAN].extra = extra
-    log.info("audit run %s passed every gate; report: %s", run_id, report_path)
-    return report_path
+    weights = run_folder / WEIGHTS_FILE
+    if weights.exists():
+        extra[SAMPLE_WEIGHTS_KEY] = _location(weights)
+    return extra
 
 
 def inconclusive_message(summary: Mapping[str, Any], report_path: str) -> str:
@@ -205,9 +229,51 @@ def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def retrain_params() -> dict[str, Param]:
+    """The `params` of `retrain_on_clean_audit`; every default leaves the asset-triggered run as it was."""
+    return {
+        "config": Param(
+            compat.default_config_path(),
+            type="string",
+            minLength=1,
+            title="Config file",
+            description="The audit config: its catalog, image root and model are what the example trains.",
+        ),
+        "example_training": Param(
+            False,
+            type="boolean",
+            title="Run the EXAMPLE training",
+            description="Retrain the demo's torchvision model with the audit's sample weights (the demo sets it).",
+        ),
+        "sample_weights": Param(
+            None,
+            type=["null", "string"],
+            title="Sample weights",
+            description="A sample_weights.parquet to train with instead of the triggering event's (e.g. a red "
+            "audit's, as demo --loop passes it).",
+        ),
+        "checkpoint": Param(
+            None,
+            type=["null", "string"],
+            title="Checkpoint",
+            description="Where the example writes the retrained model. Empty: <output.dir>/retrained/<run_id>.pt.",
+        ),
+        "epochs": Param(2, type="integer", minimum=1, title="Epochs (example training)"),
+        "seed": Param(0, type="integer", minimum=0, title="Seed (example training)"),
+    }
+
+
 def audit_summary() -> dict[str, Any]:
-    """The summary a passing audit attached to its asset event (the event that triggered this run)."""
-    extra = compat.latest_event_extra(get_current_context(), AUDIT_CLEAN)
+    """The summary a passing audit attached to its asset event (the event that triggered this run).
+
+    A manual run given explicit `sample_weights` (a red audit emits no event) gets a summary naming them.
+    """
+    context = get_current_context()
+    extra = compat.latest_event_extra(context, AUDIT_CLEAN)
+    explicit = context["params"].get("sample_weights")
+    if extra is None and explicit:
+        log.info("no clean-audit event; training with the explicitly given sample weights %s", explicit)
+        return {"run_id": None, "report": None, SAMPLE_WEIGHTS_KEY: explicit}
     if extra is None:
         raise compat.AirflowFailException(
             f"no '{AUDIT_CLEAN.uri}' asset event found: run dataset_audit until it passes first"
@@ -230,29 +296,82 @@ def train_model_placeholder(summary: Mapping[str, Any]) -> dict[str, Any]:
     return plan
 
 
+def train_demo_model_with_weights(summary: Mapping[str, Any]) -> str:
+    """EXAMPLE (the demo's torchvision models only): retrain on the audited catalog, resampled by the audit's
+    sample weights; returns the new checkpoint's path. `train_model_placeholder` is what you replace.
+
+    Runs only with the param `example_training` (the demo sets it), so a clean audit of your own data never
+    trains a demo model. The weights are the `sample_weights` param when given, else the triggering event's
+    `sample_weights_uri`; the training is `audit_tasks.demo.retrain.retrain_with_weights` (weighted resampling).
+    """
+    from audit_tasks.demo.retrain import retrain_with_weights, spec_for
+    from audit_tasks.errors import AuditError
+    from audit_tasks.storage import is_remote
+
+    params = get_current_context()["params"]
+    if not params.get("example_training"):
+        raise compat.AirflowSkipException("the example training is off (param example_training); nothing trained")
+    weights = params.get("sample_weights") or summary.get(SAMPLE_WEIGHTS_KEY)
+    if not weights:
+        raise compat.AirflowSkipException(
+            "the audit wrote no sample weights (configure checks.rarity) and none were given; nothing trained"
+        )
+    config = _load_config(params)
+    output = config.output.dir
+    if params.get("checkpoint"):
+        checkpoint = Path(params["checkpoint"])
+    elif is_remote(output):
+        raise compat.AirflowFailException("the example training writes a local checkpoint: pass the checkpoint param")
+    else:
+        checkpoint = output / "retrained" / f"{summary.get('run_id') or 'manual'}.pt"
+    spec = spec_for(config, epochs=int(params["epochs"]), seed=int(params["seed"]))
+    try:
+        result = retrain_with_weights(config, weights, checkpoint, spec)
+    except AuditError as exc:  # unusable weights or a catalog they do not belong to: retrying will not help
+        raise compat.AirflowFailException(f"example training: {exc}") from exc
+    log.info(
+        "EXAMPLE training with %s: %s (%s, %.0f s)",
+        weights,
+        result.checkpoint,
+        "cached" if result.cached else f"train accuracy {result.train_accuracy:.3f}",
+        result.seconds,
+    )
+    return str(result.checkpoint)
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
 
 
 def _config_and_run_id() -> tuple[AuditConfig, str]:
-    from audit_tasks.config import load_config
     from audit_tasks.errors import ConfigError
     from audit_tasks.pipeline import check_run_id
 
     context = get_current_context()
     params = context["params"]
+    config = _load_config(params)
+    try:
+        run_id = check_run_id(params.get("run_id") or compat.audit_run_id(context["run_id"]))
+    except ConfigError as exc:
+        raise compat.AirflowFailException(f"unusable audit config: {exc}") from exc
+    return config, run_id
+
+
+def _load_config(params: Mapping[str, Any]) -> AuditConfig:
+    """The config named by the `config` param, with the params' threshold overrides and the storage binding."""
+    from audit_tasks.config import load_config
+    from audit_tasks.errors import ConfigError
+
     overrides = config_overrides(params)
     if overrides:
         log.info("threshold overrides from params: %s", overrides)
     try:
-        config = bind_storage(
+        return bind_storage(
             load_config(params["config"], overrides), compat.audit_setting("storage_conn_id", "") or None
         )
-        run_id = check_run_id(params.get("run_id") or compat.audit_run_id(context["run_id"]))
     except ConfigError as exc:  # a bad config will not fix itself: fail now, no retries
         raise compat.AirflowFailException(f"unusable audit config: {exc}") from exc
-    return config, run_id
 
 
 def _report_path(summary: Mapping[str, Any], run_folder: Any) -> str:

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo_data"))
     p.add_argument("--no-airflow", action="store_true", help="run the audits in this process instead of Airflow")
     p.add_argument("--scale", choices=["full", "small"], default="full", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="close the loop: audit the biased model on its training data (red, writes sample weights), "
+        "retrain it with those weights, audit it again, print both",
+    )
+    p.add_argument("--weights", type=Path, help="with --loop: train with this sample_weights.parquet instead")
 
     p = sub.add_parser("report", help="(re)render report.html from a finished run's tables")
     p.add_argument("--run", required=True, type=storage_path, help="run folder or object-store URI")
@@ -158,6 +165,15 @@ def _print_verdict(run_id: str, verdict: Verdict, report: StoragePath) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from audit_tasks.demo.run import came_out_as_planted, run_demo
 
+    if args.weights is not None and not args.loop:
+        from audit_tasks.errors import ConfigError
+
+        raise ConfigError("--weights is used only with --loop")
+    if args.loop:
+        from audit_tasks.demo.loop import run_loop
+
+        loop = run_loop(args.out.resolve(), use_airflow=not args.no_airflow, scale=args.scale, weights=args.weights)
+        return EXIT_GATE_FAILED if loop.before_passed else EXIT_PASSED  # the loop starts from a red audit
     results = run_demo(args.out.resolve(), use_airflow=not args.no_airflow, scale=args.scale)
     return EXIT_PASSED if came_out_as_planted(results) else EXIT_GATE_FAILED
 

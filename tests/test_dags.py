@@ -104,6 +104,14 @@ def test_retrain_dag_is_scheduled_on_the_clean_audit_asset(dagbag):
     assert "train_model_placeholder" in dag.task_ids
 
 
+def test_retrain_dag_has_the_example_training_beside_the_placeholder_and_off_by_default(dagbag):
+    dag = dagbag.dags["retrain_on_clean_audit"]
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream["audit_summary"] == {"train_model_placeholder", "train_demo_model_with_weights"}
+    assert dag.params["example_training"] is False  # a clean audit of real data never trains a demo model
+    assert dag.params["sample_weights"] is None
+
+
 def test_gpu_task_kwargs_set_the_queue_only_under_celery(monkeypatch):
     from audit_airflow import compat
 

@@ -47,7 +47,7 @@ def run_demo(out: Path, *, use_airflow: bool = True, scale: str = "full") -> lis
     out = Path(out).resolve()
     print(f"demo: building the generated world and models under {out} (cached after the first run)", flush=True)
     build = build_demo(out, scale=scale)
-    airflow_env = _prepare_airflow(out) if use_airflow else None
+    airflow_env = airflow_environment(out) if use_airflow else None
     runs = []
     for name, config_path, expected_pass in (
         ("biased", build.biased_config, False),
@@ -55,12 +55,12 @@ def run_demo(out: Path, *, use_airflow: bool = True, scale: str = "full") -> lis
     ):
         run_id = f"demo-{name}"
         if airflow_env is not None:
-            _audit_in_airflow(config_path, run_id, airflow_env, out / "airflow" / f"{name}.log")
+            audit_in_airflow(config_path, run_id, airflow_env, out / "airflow" / f"{name}.log")
         else:
             from audit_tasks.pipeline import run_audit
 
             run_audit(load_config(config_path), run_id)
-        runs.append(_read_run(name, config_path, run_id, expected_pass))
+        runs.append(read_run(name, config_path, run_id, expected_pass))
     for run in runs:
         verdict = "PASSED" if run.passed else "FAILED"
         print(f"\n== {run.name} model: audit {verdict}")
@@ -85,7 +85,7 @@ def came_out_as_planted(runs: list[DemoRun]) -> bool:
     return all(run.ok for run in runs) and story_holds(by_name["biased"].failed_gates, by_name["debiased"].failed_gates)
 
 
-def _read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) -> DemoRun:
+def read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) -> DemoRun:
     config = load_config(config_path)
     if is_remote(config.output.dir):
         raise AuditError(f"the demo reads its runs from this machine, not from {public_uri(config.output.dir)}")
@@ -99,7 +99,7 @@ def _read_run(name: str, config_path: Path, run_id: str, expected_pass: bool) ->
     )
 
 
-def _prepare_airflow(out: Path) -> dict[str, str]:
+def airflow_environment(out: Path) -> dict[str, str]:
     """Environment for an Airflow of our own: SQLite DB under the demo folder, our dags and plugins."""
     home = out / "airflow"
     home.mkdir(parents=True, exist_ok=True)
@@ -129,10 +129,34 @@ def _prepare_airflow(out: Path) -> dict[str, str]:
     return env
 
 
-def _audit_in_airflow(config_path: Path, run_id: str, env: dict[str, str], log_path: Path) -> int:
+def audit_in_airflow(config_path: Path, run_id: str, env: dict[str, str], log_path: Path) -> int:
     conf = json.dumps({"config": str(config_path), "run_id": run_id})
     print(f"demo: airflow dags test dataset_audit (config {config_path.name}); log: {log_path}", flush=True)
     return _airflow(["dags", "test", "dataset_audit", "-c", conf], env, log_path, allowed=(0, 1))
+
+
+def retrain_in_airflow(
+    config_path: Path, weights: Path, checkpoint: Path, epochs: int, seed: int, env: dict[str, str], log_path: Path
+) -> Path:
+    """Run `retrain_on_clean_audit` with its EXAMPLE training on, given the red audit's weights explicitly.
+
+    Returns the checkpoint; AuditError naming the log when the DAG run wrote none.
+    """
+    conf = json.dumps(
+        {
+            "config": str(config_path),
+            "example_training": True,
+            "sample_weights": str(weights),
+            "checkpoint": str(checkpoint),
+            "epochs": epochs,
+            "seed": seed,
+        }
+    )
+    print(f"demo: airflow dags test retrain_on_clean_audit (weights {weights.name}); log: {log_path}", flush=True)
+    _airflow(["dags", "test", "retrain_on_clean_audit", "-c", conf], env, log_path)
+    if not checkpoint.is_file():
+        raise AuditError(f"retrain_on_clean_audit wrote no {checkpoint}; see {log_path}")
+    return checkpoint
 
 
 def _airflow(args: list[str], env: dict[str, str], log_path: Path, allowed: tuple[int, ...] = (0,)) -> int:

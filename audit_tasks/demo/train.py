@@ -119,13 +119,30 @@ def to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
+def epoch_order(rng: np.random.Generator, n: int, sample_weights: np.ndarray | None = None) -> np.ndarray:
+    """The image indices one epoch visits: a permutation, or `n` weighted draws with replacement.
+
+    Weighted draws are resampling, as torch's `WeightedRandomSampler(weights, n, replacement=True)` does
+    (with this seeded NumPy generator instead of torch's, so an unweighted run is unchanged): an image of
+    weight 3 is seen about three times per epoch, one of weight 0 never. Resampling rather than a weighted
+    loss keeps every batch's gradient on the same scale and is what DB-VAE's debiasing does.
+    """
+    if sample_weights is None:
+        return rng.permutation(n)
+    total = float(np.sum(sample_weights))
+    if len(sample_weights) != n or not np.all(np.isfinite(sample_weights)) or total <= 0:
+        raise ValueError("sample_weights must be one finite weight per image, not all zero")
+    return rng.choice(n, size=n, replace=True, p=sample_weights / total)
+
+
 def train_classifier(
     images: np.ndarray, labels: np.ndarray, spec: TrainSpec, sample_weights: np.ndarray | None = None
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Train from scratch on (N, H, W, 3) uint8 images; returns the state_dict and the last epoch's accuracy.
 
     `sample_weights` (optional, one per image) makes each epoch draw images with replacement in
-    proportion to their weight: the reweighting half of the debiasing.
+    proportion to their weight (`epoch_order`): the reweighting half of the hand-built debiasing, and all
+    of the closed loop's retraining on an audit's `sample_weights.parquet`.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -143,11 +160,10 @@ def train_classifier(
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.25
         )
-        probs = None if sample_weights is None else sample_weights / sample_weights.sum()
         model.train()
         accuracy = 0.0
         for _ in range(spec.epochs):
-            order = rng.permutation(n) if probs is None else rng.choice(n, size=n, replace=True, p=probs)
+            order = epoch_order(rng, n, sample_weights)
             correct = 0
             for step in range(steps_per_epoch):
                 idx = torch.from_numpy(order[step * spec.batch_size : (step + 1) * spec.batch_size])
