@@ -181,7 +181,7 @@ def clean_event_extra(
     `sample_weights_uri` (given as the report path is: a local path or a URI) is present only when
     `<run>/sample_weights.parquet` exists, i.e. when `checks.rarity` ran; retraining reads it from here.
     """
-    from audit_tasks.demo.retrain import WEIGHTS_FILE
+    from audit_tasks.sample_weights import WEIGHTS_FILE
 
     extra = dict(summary)
     extra.setdefault("report", report_path)

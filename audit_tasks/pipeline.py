@@ -569,12 +569,12 @@ def stage_rarity(config: AuditConfig, run_id: str) -> StoragePath | None:
     (audit_tasks.sample_weights); needs images.parquet, the features the scoring pass collected and, for the
     pair weights, cooccurrence.parquet, so it runs after those (before the gate stage)."""
     from audit_tasks.rarity import check_rarity
-    from audit_tasks.sample_weights import combine_weights, pair_weights, rarity_weights
+    from audit_tasks.sample_weights import WEIGHTS_FILE, combine_weights, pair_weights, rarity_weights
 
     check = config.checks.rarity
     rd = run_dir(config, run_id)
     if check is None:
-        _skip_check(config, run_id, "rarity", ("rarity.parquet", "sample_weights.parquet"))
+        _skip_check(config, run_id, "rarity", ("rarity.parquet", WEIGHTS_FILE))
         return None
     images_path = _scored_images(config, run_id)
     present = set(parquet_schema(images_path).names)
@@ -598,7 +598,7 @@ def stage_rarity(config: AuditConfig, run_id: str) -> StoragePath | None:
             "weight": combine_weights([rarity, pair], check.max_weight),
         }
     )
-    write_table(weights, rd / "sample_weights.parquet", name="sample_weights", schema=schemas.SAMPLE_WEIGHTS)
+    write_table(weights, rd / WEIGHTS_FILE, name="sample_weights", schema=schemas.SAMPLE_WEIGHTS)
     target = write_table(result.quantiles, rd / "rarity.parquet", name="rarity", schema=schemas.RARITY)
     _write_gates(config, run_id, "rarity", result.gates)
     return target

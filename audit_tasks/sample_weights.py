@@ -26,6 +26,8 @@ import pandas as pd
 
 from audit_tasks.manifest import parse_tags
 
+#: The file the rarity stage writes into the run folder and retraining reads (the clean-audit event names it).
+WEIGHTS_FILE = "sample_weights.parquet"
 WEIGHT_COLUMNS = ("image_id", "label", "density", "rarity_weight", "pair_weight", "weight")
 _CAP_ROUNDS = 50
 

@@ -19,7 +19,6 @@ from audit_tasks.config import load_config
 from audit_tasks.demo.build import SCALES, build_batch, write_config
 from audit_tasks.demo.loop import format_table, gate_table, red_run_weights
 from audit_tasks.demo.retrain import (
-    WEIGHTS_FILE,
     join_weights,
     read_sample_weights,
     retrain_with_weights,
@@ -28,6 +27,7 @@ from audit_tasks.demo.retrain import (
 from audit_tasks.demo.train import TrainSpec, build_model, epoch_order
 from audit_tasks.demo.world import CLASSES, SplitSpec, WorldSpec
 from audit_tasks.errors import AuditError
+from audit_tasks.sample_weights import WEIGHTS_FILE
 
 
 def write_weights(path: Path, image_ids, weights) -> Path:

@@ -35,9 +35,9 @@ import pandas as pd
 
 from audit_tasks.config import load_config
 from audit_tasks.demo.build import SCALES, SEED, DemoBuild, build_batch, train_specs, write_config
-from audit_tasks.demo.retrain import WEIGHTS_FILE
 from audit_tasks.demo.world import WorldSpec
 from audit_tasks.errors import AuditError
+from audit_tasks.sample_weights import WEIGHTS_FILE
 
 #: Run ids (folder names under the demo's reports): the training catalog's audits ...
 BEFORE_RUN, AFTER_RUN = "loop-before", "loop-after"

@@ -23,7 +23,6 @@ from audit_tasks.errors import AuditError
 from audit_tasks.storage import StoragePath, public_uri, read_parquet, storage_path
 
 #: The file `checks.rarity` writes into a run folder.
-WEIGHTS_FILE = "sample_weights.parquet"
 #: The columns the retraining reads from it.
 WEIGHT_COLUMNS = ("image_id", "weight")
 

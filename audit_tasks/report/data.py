@@ -19,6 +19,7 @@ import pyarrow as pa
 from audit_tasks import history
 from audit_tasks.errors import AuditError
 from audit_tasks.gx_results import DATA_DOCS_INDEX, VALIDATION_DIR
+from audit_tasks.sample_weights import WEIGHTS_FILE
 from audit_tasks.storage import StoragePath, parquet_file, parquet_schema, read_parquet, storage_path
 
 #: Quarantine rows shown on the page; the rest stay in quarantine.parquet.
@@ -192,7 +193,7 @@ def load_run(run_dir: StoragePath) -> RunTables:
         multilabel=_is_multilabel(run_dir / "images.parquet"),
         strategies=_read(run_dir / "strategies.parquet"),
         rarity=_read(run_dir / "rarity.parquet"),
-        sample_weights=_read(run_dir / "sample_weights.parquet"),
+        sample_weights=_read(run_dir / WEIGHTS_FILE),
     )
 
 
