@@ -11,8 +11,6 @@ story, never exact figures, and hold on any x86-64 CPU.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fixtures_worlds import write_generated_world
+from fixtures_worlds import fit, write_generated_world
 
 CLASSES = ("laptop", "mouse", "cup", "book")
 SIZE = 32
@@ -127,39 +125,12 @@ def indicator(sets: list[tuple[str, ...]]) -> np.ndarray:
     return np.array([[c in s for c in CLASSES] for s in sets], dtype=np.float32)
 
 
-@contextlib.contextmanager
-def _reproducible() -> Iterator[None]:
-    """One thread and deterministic kernels inside the block (as audit_tasks.demo.train does), restored after."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads)
-
-
 def train_multilabel(scenes: list[Scene], *, seed: int = SEED, epochs: int = 8) -> TinyNet:
     """A TinyNet trained with one sigmoid per class (BCE) on the scenes' labels, seeded and deterministic."""
-    with _reproducible():
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        model = TinyNet()
-        x_all = to_tensor(np.stack([s.pixels for s in scenes]))
-        y_all = torch.from_numpy(indicator([s.labels for s in scenes]))
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(epochs):
-            order = torch.from_numpy(rng.permutation(len(scenes)))
-            for start in range(0, len(scenes), 32):
-                idx = order[start : start + 32]
-                loss = nn.functional.binary_cross_entropy_with_logits(model(x_all[idx]), y_all[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        model.eval()
-    return model
+    inputs = to_tensor(np.stack([s.pixels for s in scenes]))
+    targets = torch.from_numpy(indicator([s.labels for s in scenes]))
+    loss = nn.functional.binary_cross_entropy_with_logits
+    return fit(TinyNet, inputs, targets, loss, seed=seed, epochs=epochs)
 
 
 def predict_sets(model: nn.Module, scenes: list[Scene], threshold: float = 0.5) -> list[list[str]]:

@@ -11,6 +11,7 @@ features can find them. The planted effect is wide, so the tests assert the stor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fixtures_multilabel import SIZE, TinyNet, _reproducible, model_section, to_tensor
-from fixtures_worlds import write_generated_world
+from fixtures_multilabel import SIZE, TinyNet, model_section, to_tensor
+from fixtures_worlds import fit, write_generated_world
 
 CLASSES = ("day", "night")
 SEED = 17
@@ -55,24 +56,9 @@ def make_skies(n_day: int, n_night: int, *, dusk_share: float, seed: int) -> lis
 
 def train_classifier(skies: list[Sky], *, seed: int = SEED, epochs: int = 4) -> TinyNet:
     """A TinyNet trained with softmax cross-entropy, seeded and deterministic (one thread)."""
-    with _reproducible():
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        model = TinyNet(len(CLASSES))
-        x_all = to_tensor(np.stack([s.pixels for s in skies]))
-        y_all = torch.tensor([CLASSES.index(s.label) for s in skies])
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(epochs):
-            order = torch.from_numpy(rng.permutation(len(skies)))
-            for start in range(0, len(skies), 32):
-                idx = order[start : start + 32]
-                loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        model.eval()
-    return model
+    inputs = to_tensor(np.stack([s.pixels for s in skies]))
+    targets = torch.tensor([CLASSES.index(s.label) for s in skies])
+    return fit(partial(TinyNet, len(CLASSES)), inputs, targets, nn.functional.cross_entropy, seed=seed, epochs=epochs)
 
 
 @dataclass(frozen=True)

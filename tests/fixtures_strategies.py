@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fixtures_multilabel import _reproducible
-from fixtures_worlds import write_generated_world
+from fixtures_worlds import fit, write_generated_world
 
 CLASSES = ("wolf", "husky")
 SIZE = 32
@@ -102,24 +101,9 @@ def _tensor(pixels: np.ndarray) -> torch.Tensor:
 
 def train(animals: list[Animal], *, seed: int = SEED, epochs: int = 6) -> CueNet:
     """A CueNet trained with cross-entropy on the animals' labels, seeded and deterministic."""
-    with _reproducible():
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        model = CueNet()
-        x_all = _tensor(np.stack([a.pixels for a in animals]))
-        y_all = torch.tensor([CLASSES.index(a.label) for a in animals])
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(epochs):
-            order = torch.from_numpy(rng.permutation(len(animals)))
-            for start in range(0, len(animals), 32):
-                idx = order[start : start + 32]
-                loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        model.eval()
-    return model
+    inputs = _tensor(np.stack([a.pixels for a in animals]))
+    targets = torch.tensor([CLASSES.index(a.label) for a in animals])
+    return fit(CueNet, inputs, targets, nn.functional.cross_entropy, seed=seed, epochs=epochs)
 
 
 def write_world(root: Path, model: nn.Module, animals: list[Animal], *, checks: dict[str, Any]) -> Path:

@@ -1,21 +1,65 @@
-"""One home for writing a generated world to disk: images, a CSV manifest, the model's weights, audit.yaml.
-
-The generated worlds (desks, skies, animals) differ in what they draw and which rows they write; how a world
-lands on disk for `run_audit` is the same for all of them.
+"""One home for what every generated world (desks, skies, animals) does the same way: train its small
+model seeded and deterministic, and land on disk for `run_audit` (images, a CSV manifest, the model's
+weights, audit.yaml). The worlds differ only in what they draw and which rows they write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
 from torch import nn
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+@contextlib.contextmanager
+def reproducible() -> Iterator[None]:
+    """One thread and deterministic kernels inside the block (as audit_tasks.demo.train does), restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+def fit(
+    make_model: Callable[[], ModelT],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    seed: int,
+    epochs: int,
+) -> ModelT:
+    """A model built after seeding, trained with Adam (lr 3e-3) in seeded shuffled batches of 32, in eval mode:
+    the same weights on every run of one machine."""
+    with reproducible():
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model = make_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(len(inputs)))
+            for start in range(0, len(inputs), 32):
+                idx = order[start : start + 32]
+                value = loss(model(inputs[idx]), targets[idx])
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+        model.eval()
+    return model
 
 
 def write_generated_world(
