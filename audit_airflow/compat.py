@@ -24,6 +24,7 @@ __all__ = [
     "AirflowSkipException",
     "MAX_MAP_LENGTH",
     "audit_run_id",
+    "audit_schedule",
     "audit_setting",
     "default_config_path",
     "default_shard_size",
@@ -61,6 +62,12 @@ def default_shard_size() -> int:
     except ValueError:
         return 512
     return size if size >= 1 else 512
+
+
+def audit_schedule() -> str | None:
+    """dataset_audit's schedule from `[audit] schedule`: a cron expression or preset; `none` means triggered only."""
+    value = audit_setting("schedule", "@daily").strip()
+    return None if value.lower() in ("none", "null") else value
 
 
 def max_map_length() -> int:

@@ -63,6 +63,12 @@ AUDIT_OPTIONS: dict[str, dict[str, Any]] = {
         example="gpu",
         default="gpu",
     ),
+    "schedule": _option(
+        "Schedule of the dataset_audit DAG: a cron expression or preset, or `none` for triggered runs only "
+        "(an upstream DAG or the REST API starts each audit).",
+        example="0 2 * * *",
+        default="@daily",
+    ),
     "shard_size": _option(
         "Default of the shard_size param: images per mapped saliency task.",
         kind="integer",

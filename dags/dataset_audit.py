@@ -17,7 +17,7 @@ from audit_airflow.params import audit_params
 
 @dag(
     dag_id="dataset_audit",
-    schedule="@daily",
+    schedule=compat.audit_schedule(),  # [audit] schedule: "@daily" unless the deployment says otherwise
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

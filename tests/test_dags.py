@@ -112,6 +112,16 @@ def test_retrain_dag_has_the_example_training_beside_the_placeholder_and_off_by_
     assert dag.params["sample_weights"] is None
 
 
+def test_dataset_audit_runs_daily_unless_the_deployment_sets_another_schedule(dagbag, monkeypatch):
+    from audit_airflow import compat
+
+    assert dagbag.dags["dataset_audit"].schedule == "@daily"
+    monkeypatch.setenv("AIRFLOW__AUDIT__SCHEDULE", "0 2 * * *")
+    assert compat.audit_schedule() == "0 2 * * *"
+    monkeypatch.setenv("AIRFLOW__AUDIT__SCHEDULE", "none")  # triggered runs only (the distributed harness)
+    assert compat.audit_schedule() is None
+
+
 def test_gpu_task_kwargs_set_the_queue_only_under_celery(monkeypatch):
     from audit_airflow import compat
 

@@ -10,7 +10,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRAS = {"gpu", "s3", "gcs", "timm", "huggingface", "coco", "datasets"}
+EXTRAS = {"gpu", "s3", "gcs", "timm", "huggingface", "coco", "datasets", "celery"}
 
 
 def test_importing_audit_tasks_does_not_import_airflow():
@@ -66,7 +66,7 @@ def test_dev_lock_keeps_every_runtime_pin():
 
 
 #: Extras the test install pins, so that the model sources and importers they serve are tested.
-TESTED_EXTRAS = {"timm", "huggingface", "coco", "datasets"}
+TESTED_EXTRAS = {"timm", "huggingface", "coco", "datasets", "celery"}
 
 
 def test_optional_extras_stay_out_of_the_runtime_install():
