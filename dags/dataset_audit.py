@@ -34,6 +34,7 @@ def dataset_audit() -> None:
         task_id="score_shard",
         map_index_template="{{ shard_label }}",
         retries=2,
+        retry_delay=timedelta(seconds=15),  # a shard lost with its worker moves to another one promptly
         **compat.gpu_task_kwargs(),
     ).expand(shard=shards)
     merged = task(tasks.merge_shards, task_id="merge", trigger_rule="none_failed")(shards)

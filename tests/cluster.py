@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 #: The queue and pool of the mapped saliency shards, as docker/docker-compose.yaml sets them.
@@ -43,6 +45,8 @@ TASK_HEARTBEAT_TIMEOUT_S = 30
 #: How often the scheduler looks for tasks a dead scheduler left behind (default 300 s). Compose: the same.
 ORPHANED_TASKS_CHECK_S = 30
 ADMIN = "admin"
+#: What a REST call raises while the api-server restarts or cannot reach Postgres (RuntimeError: a 5xx reply).
+API_DOWN = (httpx.HTTPError, RuntimeError)
 #: The components the watchdog keeps up, in start order.
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "worker-default", "worker-gpu")
 
@@ -94,9 +98,11 @@ def require_services() -> None:
         import psycopg2  # noqa: F401
     except ImportError as exc:
         raise ClusterUnavailable(f"{exc.name} is not installed (requirements-dev.lock pins it)") from exc
-    missing = [pkg for pkg, binary in (("postgresql", "initdb"), ("redis-server", "redis-server")) if not (
-        _postgres_bin(binary) if binary == "initdb" else shutil.which(binary)
-    )]
+    missing = [
+        pkg
+        for pkg, binary in (("postgresql", "initdb"), ("redis-server", "redis-server"))
+        if not (_postgres_bin(binary) if binary == "initdb" else shutil.which(binary))
+    ]
     if missing:
         why = _apt_install(*missing)
         if why:
@@ -249,8 +255,11 @@ class LocalCeleryCluster:
             self.components[name] = self._airflow_component(name)
             self.components[name].start()
         self._wait(self._api_healthy, timeout_s, "the api-server to answer")
-        self._wait(lambda: self._dag_known("dataset_audit") and self._dag_known("retrain_on_clean_audit"),
-                   timeout_s, "the dag-processor to parse dags/")
+        self._wait(
+            lambda: self._dag_known("dataset_audit") and self._dag_known("retrain_on_clean_audit"),
+            timeout_s,
+            "the dag-processor to parse dags/",
+        )
         self._wait(self._workers_ready, timeout_s, "both Celery workers to connect")
         for dag_id in ("dataset_audit", "retrain_on_clean_audit"):
             self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
@@ -265,7 +274,7 @@ class LocalCeleryCluster:
             self._watchdog.join(timeout=5)
         for name in reversed(list(self.components)):
             component = self.components[name]
-            with contextlib.suppress(Exception):  # noqa: BLE001 - stopping must reach every component
+            with contextlib.suppress(OSError, subprocess.SubprocessError):  # stopping must reach every component
                 component.stop(signal.SIGINT if name == "postgres" else signal.SIGTERM)
         if self._pg_data is not None:
             shutil.rmtree(self._pg_data, ignore_errors=True)
@@ -282,23 +291,53 @@ class LocalCeleryCluster:
         data = self._pg_data / "data"
         initdb = subprocess.run(
             [_postgres_bin("initdb") or "initdb", "-D", str(data), "-U", "airflow", "--auth=trust", "-E", "UTF8"],
-            capture_output=True, text=True, timeout=120, user=user, cwd=self._pg_data,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            user=user,
+            cwd=self._pg_data,
         )
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed: {initdb.stdout[-1500:]}{initdb.stderr[-1500:]}")
         self.components["postgres"] = Component(
             "postgres",
-            [_postgres_bin("postgres") or "postgres", "-D", str(data), "-p", str(self.pg_port), "-k", str(self._pg_data),
-             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=off"],
+            [
+                _postgres_bin("postgres") or "postgres",
+                "-D",
+                str(data),
+                "-p",
+                str(self.pg_port),
+                "-k",
+                str(self._pg_data),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=off",
+            ],
             env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
             log=self.root / "logs" / "postgres.log",
             user=user,
         )
         self.start_postgres()
         created = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "airflow", "-d", "postgres", "-c",
-             "CREATE DATABASE airflow"],
-            capture_output=True, text=True, timeout=60,
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.pg_port),
+                "-U",
+                "airflow",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE airflow",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if created.returncode != 0:
             raise RuntimeError(f"CREATE DATABASE failed: {created.stderr}")
@@ -318,7 +357,8 @@ class LocalCeleryCluster:
                 return False
         done = subprocess.run(
             ["psql", "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "airflow", "-d", "postgres", "-c", "SELECT 1"],
-            capture_output=True, timeout=10,
+            capture_output=True,
+            timeout=10,
         )
         return done.returncode == 0
 
@@ -327,8 +367,21 @@ class LocalCeleryCluster:
         folder.mkdir(parents=True, exist_ok=True)
         self.components["redis"] = Component(
             "redis",
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(folder), "--protected-mode", "yes"],
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(folder),
+                "--protected-mode",
+                "yes",
+            ],
             env={"PATH": os.environ.get("PATH", "")},
             log=self.root / "logs" / "redis.log",
         )
@@ -415,17 +468,42 @@ class LocalCeleryCluster:
             "api-server": [*python, "api-server", "-H", "127.0.0.1", "-p", str(self.api_port), "-w", "1"],
             "scheduler": [*python, "scheduler"],
             "dag-processor": [*python, "dag-processor"],
-            "worker-default": [*python, "celery", "worker", "-q", "default", "-c", str(self.default_concurrency),
-                               "-H", "default@cluster", "--without-gossip", "--without-mingle"],
-            "worker-gpu": [*python, "celery", "worker", "-q", GPU_QUEUE, "-c", "1",
-                           "-H", "gpu@cluster", "--without-gossip", "--without-mingle"],
+            "worker-default": [
+                *python,
+                "celery",
+                "worker",
+                "-q",
+                "default",
+                "-c",
+                str(self.default_concurrency),
+                "-H",
+                "default@cluster",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            "worker-gpu": [
+                *python,
+                "celery",
+                "worker",
+                "-q",
+                GPU_QUEUE,
+                "-c",
+                "1",
+                "-H",
+                "gpu@cluster",
+                "--without-gossip",
+                "--without-mingle",
+            ],
         }[name]
         return Component(name, argv, self.airflow_env(name), self.root / "logs" / f"{name}.log")
 
     def _airflow_cli(self, args: list[str], timeout_s: float = 300) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "airflow", *args],
-            env=self.airflow_env("cli"), capture_output=True, text=True, timeout=timeout_s,
+            env=self.airflow_env("cli"),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
         if done.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -476,16 +554,20 @@ class LocalCeleryCluster:
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         """One authenticated REST call (a fresh token when the old one is refused); returns the JSON body."""
-        import httpx
-
         for attempt in range(2):
             if self._token is None:
-                reply = httpx.post(f"{self.api_url}/auth/token", json={"username": ADMIN, "password": self.password},
-                                   timeout=30)
+                reply = httpx.post(
+                    f"{self.api_url}/auth/token", json={"username": ADMIN, "password": self.password}, timeout=30
+                )
                 reply.raise_for_status()
                 self._token = reply.json()["access_token"]
-            response = httpx.request(method, f"{self.api_url}{path}", headers={"Authorization": f"Bearer {self._token}"},
-                                     timeout=60, **kwargs)
+            response = httpx.request(
+                method,
+                f"{self.api_url}{path}",
+                headers={"Authorization": f"Bearer {self._token}"},
+                timeout=60,
+                **kwargs,
+            )
             if response.status_code == 401 and attempt == 0:
                 self._token = None
                 continue
@@ -495,8 +577,13 @@ class LocalCeleryCluster:
         raise AssertionError("unreachable")
 
     def trigger(self, dag_id: str, run_id: str, conf: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                             json={"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)}))
+        return dict(
+            self.api(
+                "POST",
+                f"/api/v2/dags/{dag_id}/dagRuns",
+                json={"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)},
+            )
+        )
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return dict(self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"))
@@ -517,7 +604,7 @@ class LocalCeleryCluster:
         finished: dict[str, Any] = {}
 
         def done() -> bool:
-            with contextlib.suppress(Exception):  # noqa: BLE001 - the api-server may be restarting
+            with contextlib.suppress(*API_DOWN):  # the api-server may be restarting, Postgres may be down
                 finished.update(self.dag_run(dag_id, run_id))
             return finished.get("state") in ("success", "failed")
 
@@ -528,17 +615,16 @@ class LocalCeleryCluster:
         """Until some instance of `task_id` is in `state`; returns the time it was seen."""
 
         def seen() -> bool:
-            with contextlib.suppress(Exception):  # noqa: BLE001 - the api-server may be restarting
-                return any(ti["task_id"] == task_id and ti["state"] == state
-                           for ti in self.task_instances(dag_id, run_id))
+            with contextlib.suppress(*API_DOWN):  # the api-server may be restarting, Postgres may be down
+                return any(
+                    ti["task_id"] == task_id and ti["state"] == state for ti in self.task_instances(dag_id, run_id)
+                )
             return False
 
         self._wait(seen, timeout_s, f"{task_id} of {run_id} to be {state}", poll_s=0.5)
         return time.monotonic()
 
     def _api_healthy(self) -> bool:
-        import httpx
-
         try:
             return httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).status_code == 200
         except httpx.HTTPError:
@@ -559,13 +645,19 @@ class LocalCeleryCluster:
         while time.monotonic() < deadline:
             if predicate():
                 return
-            dead = [c.name for c in self.components.values() if not c.alive and not c.stopping
-                    and not self._watching.is_set()]
+            dead = [
+                c.name
+                for c in self.components.values()
+                if not c.alive and not c.stopping and not self._watching.is_set()
+            ]
             if dead:
                 raise RuntimeError(f"while waiting for {what}, {', '.join(dead)} exited:\n" + self.logs(dead))
             time.sleep(poll_s)
         raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}\n" + self.logs())
 
     def logs(self, names: list[str] | None = None, chars: int = 2500) -> str:
-        return "\n".join(f"----- {name}.log\n{self.components[name].tail(chars)}"
-                         for name in (names or list(self.components)) if name in self.components)
+        return "\n".join(
+            f"----- {name}.log\n{self.components[name].tail(chars)}"
+            for name in (names or list(self.components))
+            if name in self.components
+        )

@@ -46,3 +46,18 @@ def airflow_db() -> Path:
     if done.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def small_demo_source(tmp_path_factory) -> Path:
+    """The small demo (both batches, both trained models, both configs), built once per session.
+
+    Read-only: audits consume a landing area and fill a catalog, so each user copies it
+    (`fixtures_worlds.copy_small_demo`).
+    """
+    from audit_tasks.demo.build import build_demo
+
+    root = tmp_path_factory.mktemp("small-demo-source")
+    build_demo(root, scale="small")
+    return root
+

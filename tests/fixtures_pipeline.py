@@ -146,3 +146,39 @@ def without_prefix(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
         if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
             frame[column] = frame[column].map(lambda v: v.replace(prefix, "<root>") if isinstance(v, str) else v)
     return frame
+
+
+#: The tables two audits of one world must agree on, wherever and however they ran.
+AUDIT_TABLES = (
+    "images",
+    "quarantine",
+    "saliency_by_class",
+    "cooccurrence",
+    "class_balance",
+    "subgroups",
+    "confusion",
+    "gates",
+)
+
+
+def audit_tables(root: Path | str, run_id: str, folder: Any = None) -> dict[str, pd.DataFrame]:
+    """A finished run's tables (under `root/reports/<run_id>` unless `folder`, a path or UPath, says),
+    with `root` (a folder or an object-store prefix) masked."""
+    from audit_tasks.tables import read_table
+
+    where = folder if folder is not None else Path(root) / "reports" / run_id
+    return {name: without_prefix(read_table(where / f"{name}.parquet"), str(root)) for name in AUDIT_TABLES}
+
+
+def assert_audit_tables_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame]) -> None:
+    """Equal row for row; floats to 1e-5 (a shard scores its images in other batches than one pass does)."""
+    for name in AUDIT_TABLES:
+        a, b = left[name], right[name]
+        assert list(a.columns) == list(b.columns), name
+        assert len(a) == len(b), name
+        if "cam" in a.columns:
+            np.testing.assert_allclose(
+                np.stack(a["cam"].to_numpy()), np.stack(b["cam"].to_numpy()), rtol=1e-5, atol=1e-7, err_msg=name
+            )
+            a, b = a.drop(columns="cam"), b.drop(columns="cam")
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)

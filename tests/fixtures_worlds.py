@@ -94,3 +94,14 @@ def write_generated_world(
     config = root / "audit.yaml"
     config.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     return config
+
+
+def copy_small_demo(source: Path, dest: Path) -> Any:
+    """A private copy of the session's small demo (conftest's `small_demo_source`): `build_demo` on it
+    finds every piece current and returns its DemoBuild at once."""
+    import shutil
+
+    from audit_tasks.demo.build import build_demo
+
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("reports"))
+    return build_demo(dest, scale="small")

@@ -15,25 +15,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures_pipeline import forget_object_store, make_world, move_to_object_store, without_prefix
+from fixtures_pipeline import (
+    assert_audit_tables_equal,
+    audit_tables,
+    forget_object_store,
+    make_world,
+    move_to_object_store,
+)
 
 pytestmark = pytest.mark.slow
 
 PUBLISHED = "memory://published-audits"
-TABLES = (
-    "images",
-    "quarantine",
-    "saliency_by_class",
-    "cooccurrence",
-    "class_balance",
-    "subgroups",
-    "confusion",
-    "gates",
-)
 
 
 class _FreshDags:
@@ -233,26 +228,7 @@ def sharded_and_single(dags, tmp_path_factory):
 
 
 def _tables(root: Path | str, run_id: str = "same-run", folder=None) -> dict[str, pd.DataFrame]:
-    from audit_tasks.tables import read_table
-
-    folder = folder if folder is not None else root / "reports" / run_id
-    tables = {}
-    for name in TABLES:
-        tables[name] = without_prefix(read_table(folder / f"{name}.parquet"), str(root))  # paths differ by root
-    return tables
-
-
-def _assert_tables_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame]) -> None:
-    for name in TABLES:
-        a, b = left[name], right[name]
-        assert list(a.columns) == list(b.columns), name
-        assert len(a) == len(b), name
-        if "cam" in a.columns:
-            np.testing.assert_allclose(
-                np.stack(a["cam"].to_numpy()), np.stack(b["cam"].to_numpy()), rtol=1e-5, atol=1e-7, err_msg=name
-            )
-            a, b = a.drop(columns="cam"), b.drop(columns="cam")
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, obj=name)
+    return audit_tables(root, run_id, folder)
 
 
 def test_mapped_run_uses_one_task_per_shard(sharded_and_single):
@@ -266,7 +242,7 @@ def test_mapped_run_uses_one_task_per_shard(sharded_and_single):
 
 def test_mapped_run_equals_the_single_process_audit(sharded_and_single):
     mapped_root, _, single_root, _ = sharded_and_single
-    _assert_tables_equal(_tables(mapped_root), _tables(single_root))
+    assert_audit_tables_equal(_tables(mapped_root), _tables(single_root))
 
 
 def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
@@ -304,7 +280,7 @@ def test_rerunning_one_shard_leaves_the_tables_unchanged(sharded_and_single):
     pipeline.stage_gate(config, "same-run")
     after = _tables(mapped_root)
     assert after["images"]["image_id"].is_unique
-    _assert_tables_equal(before, after)
+    assert_audit_tables_equal(before, after)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +312,7 @@ def test_mapped_run_on_object_storage_equals_the_local_audit(object_store_and_lo
     world, run, local_root, prefix = object_store_and_local
     assert str(run.state) == "success"
     remote = _tables(f"memory://{prefix}", folder=UPath(f"memory://{prefix}/reports/lake-1"))
-    _assert_tables_equal(remote, _tables(local_root, "lake-1"))
+    assert_audit_tables_equal(remote, _tables(local_root, "lake-1"))
 
 
 def test_mapped_run_on_object_storage_reports_its_object_store_location(object_store_and_local):

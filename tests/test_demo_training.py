@@ -26,14 +26,15 @@ from audit_tasks.demo.train import (
     train_classifier,
 )
 from audit_tasks.demo.world import CLASSES, SplitSpec, WorldSpec, render_array, sample_split, swap_cue
+from fixtures_worlds import copy_small_demo
 
 WORLD = WorldSpec()
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The small demo, built once for this module (about a minute on two cores)."""
-    return build_demo(tmp_path_factory.mktemp("demo"), scale="small")
+def demo(small_demo_source, tmp_path_factory):
+    """The small demo for this module: a copy of the session's build (about a minute on two cores)."""
+    return copy_small_demo(small_demo_source, tmp_path_factory.mktemp("demo") / "demo")
 
 
 @pytest.fixture(scope="module")
