@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint wheel-check bench device-kit lock clean
+.PHONY: demo test test-fast distributed lint wheel-check bench device-kit lock clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=python3 ..."; exit 2; }
@@ -39,6 +39,13 @@ test: $(VENV)/.dev
 
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The audit on a real CeleryExecutor cluster made of local processes (Postgres, Redis, api-server, scheduler,
+# dag-processor, a default and a gpu worker; tests/cluster.py): the fault tests, then the load benchmark.
+# Installs Postgres and Redis with apt-get when they are missing and it may (root); skips where it cannot.
+distributed: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -s -m distributed
+	$(BIN)/python bench/distributed.py
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml; runs all three and fails if any does.
 # The first step of .ci/run.

@@ -40,10 +40,21 @@ TESTS = REPO / "tests"
 GPU_QUEUE = "gpu"
 GPU_POOL = "gpu"
 #: Seconds without a heartbeat after which the scheduler fails a running task over to its retry (Airflow's
-#: default is 300 s; a dead GPU worker's shard would wait that long). The compose file sets the same.
-TASK_HEARTBEAT_TIMEOUT_S = 30
-#: How often the scheduler looks for tasks a dead scheduler left behind (default 300 s). Compose: the same.
-ORPHANED_TASKS_CHECK_S = 30
+#: default is 300 s, which a shard lost with its GPU worker would wait out; 60 s outlasts a database failover).
+TASK_HEARTBEAT_TIMEOUT_S = 60
+#: How often the scheduler looks for tasks a dead scheduler left behind (Airflow's default is 300 s).
+ORPHANED_TASKS_CHECK_S = 60
+#: The settings this harness proves and docker/docker-compose.yaml must share (tests/test_docker.py checks).
+PROVEN_SETTINGS = {
+    "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+    "AIRFLOW__AUDIT__GPU_POOL": GPU_POOL,
+    "AIRFLOW__AUDIT__GPU_QUEUE": GPU_QUEUE,
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT_S),
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": str(ORPHANED_TASKS_CHECK_S),
+}
+#: Each worker's Celery queue and concurrency (`airflow celery worker -q QUEUE -c N`); the gpu worker takes one
+#: shard at a time, as compose's does (its pool has one slot per GPU).
+WORKERS = {"worker-default": ("default", 2), "worker-gpu": (GPU_QUEUE, 1)}
 ADMIN = "admin"
 #: What a REST call raises while the api-server restarts or cannot reach Postgres (RuntimeError: a 5xx reply).
 API_DOWN = (httpx.HTTPError, RuntimeError)
@@ -216,7 +227,6 @@ class LocalCeleryCluster:
     """Start with `with LocalCeleryCluster(root) as cluster:`; everything under `root` (logs, homes)."""
 
     root: Path
-    default_concurrency: int = 2
     gpu_slots: int = 1
     components: dict[str, Component] = field(default_factory=dict)
     restarts: list[Restart] = field(default_factory=list)
@@ -412,7 +422,7 @@ class LocalCeleryCluster:
                 "AUDIT_CLUSTER_HOSTNAME": component,
                 "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p),
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cluster.worker_hostname",
-                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                **PROVEN_SETTINGS,
                 "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -432,10 +442,6 @@ class LocalCeleryCluster:
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{db}",
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT_S),
-                "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": str(ORPHANED_TASKS_CHECK_S),
-                "AIRFLOW__AUDIT__GPU_POOL": GPU_POOL,
-                "AIRFLOW__AUDIT__GPU_QUEUE": GPU_QUEUE,
                 "AIRFLOW__AUDIT__SCHEDULE": "none",  # every audit here is triggered through the REST API
                 "AIRFLOW__AUDIT__REPORTS_DIR": str(self.root / "reports"),
             }
@@ -464,37 +470,15 @@ class LocalCeleryCluster:
 
     def _airflow_component(self, name: str) -> Component:
         python = [sys.executable, "-m", "airflow"]
-        argv = {
-            "api-server": [*python, "api-server", "-H", "127.0.0.1", "-p", str(self.api_port), "-w", "1"],
-            "scheduler": [*python, "scheduler"],
-            "dag-processor": [*python, "dag-processor"],
-            "worker-default": [
-                *python,
-                "celery",
-                "worker",
-                "-q",
-                "default",
-                "-c",
-                str(self.default_concurrency),
-                "-H",
-                "default@cluster",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            "worker-gpu": [
-                *python,
-                "celery",
-                "worker",
-                "-q",
-                GPU_QUEUE,
-                "-c",
-                "1",
-                "-H",
-                "gpu@cluster",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        }[name]
+        if name in WORKERS:
+            queue, concurrency = WORKERS[name]
+            # -H names the Celery node; gossip and mingle only slow two workers on one host down
+            argv = [*python, "celery", "worker", "-q", queue, "-c", str(concurrency), "-H", f"{queue}@cluster"]
+            argv += ["--without-gossip", "--without-mingle"]
+        elif name == "api-server":
+            argv = [*python, "api-server", "-H", "127.0.0.1", "-p", str(self.api_port), "-w", "1"]
+        else:
+            argv = [*python, name]
         return Component(name, argv, self.airflow_env(name), self.root / "logs" / f"{name}.log")
 
     def _airflow_cli(self, args: list[str], timeout_s: float = 300) -> str:
@@ -638,7 +622,7 @@ class LocalCeleryCluster:
             return False
 
     def _workers_ready(self) -> bool:
-        return all("ready" in self.components[name].tail(20000) for name in ("worker-default", "worker-gpu"))
+        return all("ready" in self.components[name].tail(20000) for name in WORKERS)
 
     def _wait(self, predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 1.0) -> None:
         deadline = time.monotonic() + timeout_s

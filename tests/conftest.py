@@ -60,4 +60,3 @@ def small_demo_source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small-demo-source")
     build_demo(root, scale="small")
     return root
-

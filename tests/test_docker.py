@@ -139,6 +139,18 @@ def test_airflow_services_share_one_jwt_secret_and_the_execution_api(compose):
         assert services[name]["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
 
 
+def test_compose_runs_with_the_settings_the_distributed_harness_proved(compose):
+    from cluster import PROVEN_SETTINGS, WORKERS
+
+    services = compose["services"]
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert {key: env.get(key) for key in PROVEN_SETTINGS} == PROVEN_SETTINGS, name
+    queue, concurrency = WORKERS["worker-gpu"]
+    assert services["airflow-worker-gpu"]["command"] == f"celery worker -q {queue} --concurrency {concurrency}"
+    assert services["airflow-worker"]["command"] == f"celery worker -q {WORKERS['worker-default'][0]}"
+
+
 def test_each_airflow_component_runs_once(compose):
     commands = {name: service.get("command") for name, service in compose["services"].items()}
     assert commands["airflow-scheduler"] == "scheduler"
