@@ -441,7 +441,6 @@ class LocalCeleryCluster:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}",
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{db}",
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__AUDIT__SCHEDULE": "none",  # every audit here is triggered through the REST API
                 "AIRFLOW__AUDIT__REPORTS_DIR": str(self.root / "reports"),
             }
@@ -472,9 +471,11 @@ class LocalCeleryCluster:
         python = [sys.executable, "-m", "airflow"]
         if name in WORKERS:
             queue, concurrency = WORKERS[name]
-            # -H names the Celery node; gossip and mingle only slow two workers on one host down
+            # -H names the Celery node; gossip and mingle only slow two workers on one host down. The worker's
+            # log server would listen on every interface (it has no host setting), so it stays off: task logs
+            # are in each worker's AIRFLOW_HOME/logs, where `logs()` does not look but a reader can.
             argv = [*python, "celery", "worker", "-q", queue, "-c", str(concurrency), "-H", f"{queue}@cluster"]
-            argv += ["--without-gossip", "--without-mingle"]
+            argv += ["--without-gossip", "--without-mingle", "--skip-serve-logs"]
         elif name == "api-server":
             argv = [*python, "api-server", "-H", "127.0.0.1", "-p", str(self.api_port), "-w", "1"]
         else:
