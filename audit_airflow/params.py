@@ -34,6 +34,7 @@ __all__ = [
     "Threshold",
     "audit_params",
     "config_overrides",
+    "config_param",
     "field_schemas",
     "nullable",
     "write_field_schemas",
@@ -146,16 +147,15 @@ def write_field_schemas(path: Path | None = None) -> Path:
     return target
 
 
+def config_param(description: str) -> Param:
+    """The `config` param both DAGs take: the audit YAML, by default `[audit] config`."""
+    return Param(compat.default_config_path(), type="string", minLength=1, title="Config file", description=description)
+
+
 def audit_params() -> dict[str, Param]:
     """The `params` of `dataset_audit`: config path, run id, shard size, then one param per threshold."""
     params: dict[str, Param] = {
-        "config": Param(
-            compat.default_config_path(),
-            type="string",
-            minLength=1,
-            title="Config file",
-            description="Path of the audit YAML config, as seen by the workers.",
-        ),
+        "config": config_param("Path of the audit YAML config, as seen by the workers."),
         "run_id": Param(
             None,
             type=["null", "string"],

@@ -16,7 +16,7 @@ from airflow.sdk import Param, get_current_context
 
 from audit_airflow import compat
 from audit_airflow.assets import AUDIT_CLEAN
-from audit_airflow.params import config_overrides
+from audit_airflow.params import config_overrides, config_param
 from audit_airflow.storage import bind_storage, publish_run
 
 if TYPE_CHECKING:
@@ -232,13 +232,7 @@ def failure_message(summary: Mapping[str, Any], report_path: str) -> str:
 def retrain_params() -> dict[str, Param]:
     """The `params` of `retrain_on_clean_audit`; every default leaves the asset-triggered run as it was."""
     return {
-        "config": Param(
-            compat.default_config_path(),
-            type="string",
-            minLength=1,
-            title="Config file",
-            description="The audit config: its catalog, image root and model are what the example trains.",
-        ),
+        "config": config_param("The audit config: its catalog, image root and model are what the example trains."),
         "example_training": Param(
             False,
             type="boolean",

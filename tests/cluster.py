@@ -59,7 +59,7 @@ ADMIN = "admin"
 #: What a REST call raises while the api-server restarts or cannot reach Postgres (RuntimeError: a 5xx reply).
 API_DOWN = (httpx.HTTPError, RuntimeError)
 #: The components the watchdog keeps up, in start order.
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "worker-default", "worker-gpu")
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", *WORKERS)
 
 
 def worker_hostname() -> str:
